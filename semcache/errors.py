@@ -1,0 +1,56 @@
+"""The one exception tree of semcache.
+
+    SemcacheError
+     ├── InvalidRequestError (ValueError)  the caller passed something unusable: an empty prompt,
+     │                                     a response that is not JSON, a bad namespace or option
+     ├── ConfigError (ValueError)          a setting is out of range or unknown
+     ├── ModelNotFoundError                the embedding model cannot be found on this machine
+     ├── CacheLockedError                  another process has the cache directory open
+     └── StoreError                        the on-disk store cannot be used
+          └── CorruptEntryError            one stored record cannot be decoded
+
+Errors from the libraries underneath (diskcache, FAISS, sentence-transformers) are translated
+where they are raised, with the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class SemcacheError(Exception):
+    """Base class of every error semcache raises on purpose."""
+
+
+class InvalidRequestError(SemcacheError, ValueError):
+    """Bad input from the caller.
+
+    ``field`` names the offending argument or request field, so an HTTP layer can say
+    which one to fix.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(SemcacheError, ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+class ModelNotFoundError(SemcacheError):
+    """The embedding model could not be resolved from local files."""
+
+
+class CacheLockedError(SemcacheError):
+    """The cache directory is already open in another process."""
+
+
+class StoreError(SemcacheError):
+    """The entry store failed or holds data this version cannot read."""
+
+
+class CorruptEntryError(StoreError):
+    """A single stored record failed to decode; the rest of the store is unaffected."""
+
+    def __init__(self, message: str, *, entry_id: int) -> None:
+        super().__init__(message)
+        self.entry_id = entry_id

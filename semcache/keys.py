@@ -1,0 +1,152 @@
+"""From a request to the keys it is stored under: its scope and its exact-match key.
+
+A scope is a namespace (the tenant) plus a fingerprint of everything besides the prompt that
+changes the answer: model, system prompt, tools, sampling parameters, prior turns. Two requests
+can only ever share an entry when their scopes are equal, so the fingerprint errs towards
+including a field rather than leaving it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from semcache.config import check_similarity, check_ttl
+from semcache.errors import InvalidRequestError
+
+DEFAULT_NAMESPACE = "default"
+MAX_NAMESPACE_LENGTH = 256
+
+_WHITESPACE = re.compile(r"\s+")
+_TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where an entry lives: only lookups with the same scope can see it."""
+
+    namespace: str
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}\x1f{self.fingerprint}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheRequest:
+    """A prompt with everything that decides which entries may answer it.
+
+    Attributes:
+        prompt: the text that is embedded and compared (for chat, the last user message).
+        namespace: the tenant; entries never cross namespaces.
+        context: JSON-compatible values that change the answer besides the prompt (model,
+            system prompt, tools, sampling parameters, prior turns). Hashed into the scope.
+        min_similarity: overrides the cache's threshold for this lookup.
+        ttl_s: overrides the cache's default lifetime for an entry stored from this request.
+
+    Raises:
+        InvalidRequestError: on construction, when a field is empty, of the wrong type or out
+            of range.
+    """
+
+    prompt: str
+    namespace: str = DEFAULT_NAMESPACE
+    context: Mapping[str, Any] = field(default_factory=dict)
+    min_similarity: float | None = None
+    ttl_s: float | None = None
+    scope: Scope = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        check_namespace(self.namespace)
+        if not isinstance(self.context, Mapping):
+            raise InvalidRequestError(
+                f"context must be a mapping, got {type(self.context).__name__}", field="context"
+            )
+        if self.min_similarity is not None:
+            check_similarity(self.min_similarity, "min_similarity", InvalidRequestError)
+        if self.ttl_s is not None:
+            check_ttl(self.ttl_s, "ttl_s", InvalidRequestError)
+        # Fail at construction, not at the first lookup, when the context cannot be hashed.
+        object.__setattr__(self, "scope", Scope(self.namespace, fingerprint(self.context)))
+
+    @property
+    def exact_key(self) -> str:
+        return exact_key(self.scope, self.prompt)
+
+
+def check_prompt(prompt: object, name: str = "prompt") -> str:
+    """Raises InvalidRequestError unless ``prompt`` is a string with some non-space text."""
+    if not isinstance(prompt, str):
+        raise InvalidRequestError(
+            f"{name} must be a string, got {type(prompt).__name__}", field=name
+        )
+    if not prompt.strip():
+        raise InvalidRequestError(f"{name} must not be empty", field=name)
+    return prompt
+
+
+def check_namespace(namespace: object) -> str:
+    """Raises InvalidRequestError unless ``namespace`` is a short printable string."""
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidRequestError(
+            f"namespace must be a non-empty string, got {namespace!r}", field="namespace"
+        )
+    if len(namespace) > MAX_NAMESPACE_LENGTH or not namespace.isprintable():
+        raise InvalidRequestError(
+            f"namespace must be at most {MAX_NAMESPACE_LENGTH} printable characters",
+            field="namespace",
+        )
+    return namespace
+
+
+def fingerprint(context: Mapping[str, Any]) -> str:
+    """A stable hash of ``context``: key order and ``1`` against ``1.0`` do not matter.
+
+    Raises:
+        InvalidRequestError: ``context`` holds values that are not JSON (sets, objects, NaN).
+    """
+    try:
+        canonical = orjson.dumps(_canonical(context), option=orjson.OPT_SORT_KEYS)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"context must be JSON-compatible: {exc}", field="context"
+        ) from exc
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a JSON number")
+        return int(value) if value.is_integer() else value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The form two prompts share when they differ only in case, spacing, Unicode width or
+    trailing punctuation: what the exact tier compares."""
+    text = unicodedata.normalize("NFKC", prompt).casefold()
+    text = _WHITESPACE.sub(" ", text).strip()
+    return _TRAILING_PUNCTUATION.sub("", text) or text
+
+
+def exact_key(scope: Scope, prompt: str) -> str:
+    """Hash of scope and normalised prompt, looked up before any embedding is computed."""
+    digest = hashlib.sha256()
+    digest.update(scope.key.encode())
+    digest.update(b"\x00")
+    digest.update(normalize_prompt(prompt).encode())
+    return digest.hexdigest()

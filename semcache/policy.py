@@ -1,0 +1,164 @@
+"""What counts as a hit: the similarity threshold and the lexical guards.
+
+Cosine similarity of sentence embeddings is blind to the details that make two questions want
+different answers: "flights from NY to FL" and "from FL to NY", "is 7 prime" and "is 9 prime",
+"can I" and "can't I". Each guard below extracts one such detail from both texts with a regular
+expression and forces a miss when it differs. They are cheap (microseconds) and conservative: a
+guard that fires on a true paraphrase costs one upstream call, a wrong hit costs a wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+
+class Reason(StrEnum):
+    """Why a lookup ended the way it did."""
+
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    EMPTY_SCOPE = "empty_scope"
+    NO_CANDIDATE = "no_candidate"
+    BELOW_THRESHOLD = "below_threshold"
+    NUMBER_MISMATCH = "number_mismatch"
+    NEGATION_MISMATCH = "negation_mismatch"
+    ENTITY_MISMATCH = "entity_mismatch"
+    QUOTE_MISMATCH = "quote_mismatch"
+    PROMPT_TOO_LONG = "prompt_exceeds_embedder_window"
+
+    @property
+    def is_hit(self) -> bool:
+        return self in (Reason.EXACT, Reason.SEMANTIC)
+
+
+_NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
+    "million": 10**6, "billion": 10**9, "first": 1, "second": 2, "third": 3, "fourth": 4,
+    "fifth": 5, "twice": 2, "half": 0.5, "dozen": 12,
+}  # fmt: skip
+_NEGATIONS = {
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere",
+    "cannot", "without", "unable", "non",
+}  # fmt: skip
+# Capitalised words that open clauses or are capitalised by convention, not names.
+_NOT_ENTITIES = {
+    "i", "i'm", "i've", "i'd", "i'll", "what", "why", "how", "when", "where", "who", "whom",
+    "which", "whose", "is", "are", "was", "were", "do", "does", "did", "can", "could", "will",
+    "would", "should", "shall", "may", "might", "must", "have", "has", "had", "the", "a", "an",
+    "if", "in", "on", "at", "for", "to", "of", "and", "or", "but", "my", "your", "it", "this",
+    "that", "there", "please", "tell", "give", "explain", "list", "write", "describe", "best",
+    "good", "ok", "okay", "hi", "hello", "hey", "thanks", "yes", "no", "vs", "mr", "mrs", "dr",
+}  # fmt: skip
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*|\d[\d,.]*\d|\d")
+_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+_SENTENCE_END = re.compile(r"[.?!:;\n]")
+_QUOTED = re.compile(
+    r'"([^"\n]{1,200})"|“([^”\n]{1,200})”|`([^`\n]{1,200})`|(?<!\w)\'([^\'\n]{2,200})\'(?!\w)'
+)
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """The details of a text that the guards compare."""
+
+    numbers: frozenset[str]
+    negated: bool
+    entities: tuple[str, ...]  # in order of first appearance, lower-cased
+    words: frozenset[str]
+    quoted: frozenset[str]
+
+
+@lru_cache(maxsize=16384)
+def features(text: str) -> TextFeatures:
+    """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
+    words = _WORD.findall(text)
+    lowered = [w.lower().replace("’", "'") for w in words]
+    numbers: set[str] = set()
+    for match in _DIGITS.findall(text):
+        numbers.add(_canonical_number(match))
+    for w in lowered:
+        if w in _NUMBER_WORDS:
+            numbers.add(_canonical_number(str(_NUMBER_WORDS[w])))
+    negated = any(w in _NEGATIONS or w.endswith("n't") for w in lowered)
+    quoted = frozenset(
+        " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
+    )
+    return TextFeatures(
+        numbers=frozenset(numbers),
+        negated=negated,
+        entities=_entities(text),
+        words=frozenset(lowered),
+        quoted=quoted,
+    )
+
+
+def _canonical_number(token: str) -> str:
+    token = token.replace(",", "")
+    try:
+        value = float(token)
+    except ValueError:
+        return token
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _entities(text: str) -> tuple[str, ...]:
+    """Names: capitalised words that do not open a sentence, acronyms and mixed tokens.
+
+    In Title Case Text every word is capitalised, so only acronyms and mixed tokens count there.
+    """
+    tokens: list[tuple[str, bool]] = []  # (word, opens a sentence)
+    opens = True
+    position = 0
+    for match in _WORD.finditer(text):
+        if _SENTENCE_END.search(text, position, match.start()):
+            opens = True
+        tokens.append((match.group(), opens))
+        opens = False
+        position = match.end()
+    alphabetic = [w for w, _ in tokens if w[0].isalpha()]
+    title_case = len(alphabetic) >= 4 and sum(w[0].isupper() for w in alphabetic) > 0.6 * len(
+        alphabetic
+    )
+    seen: dict[str, None] = {}
+    for word, opens_sentence in tokens:
+        lowered = word.lower().replace("’", "'")
+        if lowered in _NOT_ENTITIES or not word[0].isalpha():
+            continue
+        acronym = len(word) >= 2 and word.isupper()
+        mixed = any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
+        capitalised = word[0].isupper() and not opens_sentence and not title_case
+        if acronym or mixed or capitalised:
+            seen.setdefault(lowered, None)
+    return tuple(seen)
+
+
+def guard_mismatch(query: str, candidate: str) -> Reason | None:
+    """The first guard on which ``query`` and ``candidate`` differ, or ``None``."""
+    q, c = features(query), features(candidate)
+    if q.numbers != c.numbers:
+        return Reason.NUMBER_MISMATCH
+    if q.negated != c.negated:
+        return Reason.NEGATION_MISMATCH
+    if q.quoted != c.quoted:
+        return Reason.QUOTE_MISMATCH
+    if _entities_differ(q, c):
+        return Reason.ENTITY_MISMATCH
+    return None
+
+
+def _entities_differ(q: TextFeatures, c: TextFeatures) -> bool:
+    # A name in one text that the other does not mention at all (in any case) is a different
+    # subject; names both mention in a different order are a swap ("from NY to FL").
+    if any(e not in c.words for e in q.entities) or any(e not in q.words for e in c.entities):
+        return True
+    shared_q = [e for e in q.entities if e in c.entities]
+    shared_c = [e for e in c.entities if e in q.entities]
+    return shared_q != shared_c

@@ -1,0 +1,139 @@
+"""Saving the derived state (FAISS indexes and catalog) so a restart need not rebuild it.
+
+The snapshot is one file, written to a temporary name, flushed to disk and renamed over the old
+one, so a reader sees either the old snapshot or the new one, never half of one. It names the
+store version it reflects and ends with a SHA-256 of everything before it: a snapshot that is
+stale (the store changed after it was written, for instance by a process that was killed),
+truncated or altered is refused, and the cache rebuilds from the store instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from semcache.catalog import Catalog, Item
+from semcache.errors import StoreError
+
+_MAGIC = b"SCSNAP01"
+_LENGTH = struct.Struct("<Q")
+_DIGEST_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    store_version: int
+    embedder: str
+    dim: int
+    catalog: Catalog
+    indexes: dict[str, tuple[int, bytes]]
+
+
+def write_snapshot(path: Path, snapshot: Snapshot) -> None:
+    """Atomically replace ``path`` with ``snapshot``."""
+    items = list(snapshot.catalog.items())
+    scopes = sorted({item.scope for _, item in items} | set(snapshot.indexes))
+    scope_number = {scope: n for n, scope in enumerate(scopes)}
+    namespaces = {item.scope: item.namespace for _, item in items}
+    arrays = {
+        "ids": np.array([i for i, _ in items], np.int64),
+        "sizes": np.array([item.size for _, item in items], np.int64),
+        "expires": np.array(
+            [np.nan if item.expires_at is None else item.expires_at for _, item in items],
+            np.float64,
+        ),
+        "indexed": np.array([item.indexed for _, item in items], np.bool_),
+        "scopes": np.array([scope_number[item.scope] for _, item in items], np.int32),
+    }
+    blobs: list[bytes] = [a.tobytes() for a in arrays.values()]
+    blobs += [snapshot.indexes[s][1] for s in scopes if s in snapshot.indexes]
+    header = orjson.dumps(
+        {
+            "store_version": snapshot.store_version,
+            "embedder": snapshot.embedder,
+            "dim": snapshot.dim,
+            "count": len(items),
+            "arrays": [[name, a.dtype.str] for name, a in arrays.items()],
+            "scopes": [[s, namespaces.get(s, "")] for s in scopes],
+            "indexes": [[s, snapshot.indexes[s][0]] for s in scopes if s in snapshot.indexes],
+            "lengths": [len(b) for b in blobs],
+        }
+    )
+    body = b"".join([_MAGIC, _LENGTH.pack(len(header)), header, *blobs])
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(body)
+        file.write(hashlib.sha256(body).digest())
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Raises StoreError when the file is missing, truncated, altered or of another format."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"no snapshot at {path}: {exc}") from exc
+    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if not body.startswith(_MAGIC) or hashlib.sha256(body).digest() != digest:
+        raise StoreError(f"snapshot {path} is truncated or corrupt")
+    try:
+        (header_len,) = _LENGTH.unpack_from(body, len(_MAGIC))
+        offset = len(_MAGIC) + _LENGTH.size
+        header = orjson.loads(body[offset : offset + header_len])
+        offset += header_len
+        blobs = []
+        for length in header["lengths"]:
+            blobs.append(body[offset : offset + length])
+            offset += length
+        arrays = {
+            name: np.frombuffer(blob, np.dtype(dtype))
+            for (name, dtype), blob in zip(header["arrays"], blobs, strict=False)
+        }
+        scopes = [(scope, namespace) for scope, namespace in header["scopes"]]
+        catalog = Catalog()
+        for entry_id, size, expires, indexed, scope_number in zip(
+            arrays["ids"],
+            arrays["sizes"],
+            arrays["expires"],
+            arrays["indexed"],
+            arrays["scopes"],
+            strict=True,
+        ):
+            scope, namespace = scopes[scope_number]
+            catalog.add(
+                int(entry_id),
+                Item(
+                    scope=scope,
+                    namespace=namespace,
+                    size=int(size),
+                    expires_at=None if np.isnan(expires) else float(expires),
+                    indexed=bool(indexed),
+                ),
+            )
+        index_blobs = blobs[len(header["arrays"]) :]
+        indexes = {
+            scope: (int(trained_on), blob)
+            for (scope, trained_on), blob in zip(header["indexes"], index_blobs, strict=True)
+        }
+        return Snapshot(
+            store_version=int(header["store_version"]),
+            embedder=str(header["embedder"]),
+            dim=int(header["dim"]),
+            catalog=catalog,
+            indexes=indexes,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise StoreError(f"snapshot {path} cannot be read: {exc}") from exc

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from semcache import SemanticCache, SentenceTransformerEmbedder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA = Path(__file__).parent / "data"
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class WordHashEmbedder:
+    """A deterministic, model-free embedder: the normalised sum of one random vector per word.
+
+    Texts sharing words are close, so it exercises the cache's mechanics (index, store,
+    eviction, durability) at thousands of puts per second. Quality tests use the real model.
+    """
+
+    name = "word-hash-64"
+    dim = 64
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.calls.append(len(texts))
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()) or [text]:
+                seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest())
+                out[row] += np.random.default_rng(seed).standard_normal(self.dim)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+
+class CountingEmbedder:
+    """Wraps an embedder and counts its calls and texts."""
+
+    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def max_tokens(self) -> int:
+        return self.inner.max_tokens
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.token_counts(texts)
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.calls.append(len(texts))
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="session")
+def model() -> SentenceTransformerEmbedder:
+    """The real all-MiniLM-L6-v2, loaded once for the whole run."""
+    embedder = SentenceTransformerEmbedder()
+    embedder.embed(["warm up"])
+    return embedder
+
+
+@pytest.fixture
+def embedder(model: SentenceTransformerEmbedder) -> CountingEmbedder:
+    return CountingEmbedder(model)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, embedder: CountingEmbedder, clock: FakeClock) -> Iterator[SemanticCache]:
+    with SemanticCache(tmp_path / "cache", embedder=embedder, clock=clock) as cache:
+        yield cache
+
+
+@pytest.fixture
+def fast_cache(tmp_path: Path, clock: FakeClock) -> Iterator[SemanticCache]:
+    with SemanticCache(tmp_path / "fast", embedder=WordHashEmbedder(), clock=clock) as cache:
+        yield cache
