@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint serve demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+serve: install
+	$(BIN)/semcache serve
 
 demo: install
 	$(BIN)/python examples/library_demo.py

@@ -132,7 +132,10 @@ class SemanticCache:
             raise ConfigError("pass either config or keyword options, not both")
         self.config = config if config is not None else CacheConfig.from_options(**options)
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.directory} as a cache directory: {exc}") from exc
         self._clock = clock
         self._embedder: Embedder = embedder or SentenceTransformerEmbedder(
             self.config.model,
@@ -390,6 +393,22 @@ class SemanticCache:
             self._forget([entry_id])
             return bool(deleted)
 
+    def mark_wrong(self, entry_id: int) -> bool:
+        """Take an entry out of service for good, keeping its record for audit (``w:<id>`` in
+        the store); ``False`` if there was none with this id."""
+        self._check_open()
+        with self._lock:
+            marked = self._store.quarantine(entry_id)
+            self._forget([entry_id])
+            if marked:
+                self._counters["marked_wrong"] += 1
+            return marked
+
+    def warm_up(self) -> None:
+        """Load the embedding model now rather than on the first semantic lookup."""
+        self._check_open()
+        self._embed(["warm up"])
+
     def clear(self, namespace: str | None = None) -> int:
         """Remove every entry of ``namespace``, or of all namespaces; returns how many."""
         self._check_open()
@@ -433,6 +452,7 @@ class SemanticCache:
                 "evicted": counters.get("evicted", 0),
                 "expired": counters.get("expired", 0),
                 "corrupt_entries_removed": counters.get("corrupt", 0),
+                "marked_wrong": counters.get("marked_wrong", 0),
                 "index_rebuilds": counters.get("rebuild", 0),
             }
 
@@ -473,6 +493,9 @@ class SemanticCache:
     astore_many = _offloaded(store_many)
     adelete = _offloaded(delete)
     aclear = _offloaded(clear)
+    amark_wrong = _offloaded(mark_wrong)
+    aentry = _offloaded(entry)
+    awarm_up = _offloaded(warm_up)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -601,6 +624,8 @@ class SemanticCache:
 
     def _load_derived_state(self) -> None:
         path = self.directory / _SNAPSHOT_FILE
+        if self._store.version == 0:
+            return  # a new store: nothing to load or rebuild
         try:
             snapshot = read_snapshot(path)
             if snapshot.store_version != self._store.version:
@@ -612,8 +637,7 @@ class SemanticCache:
             )
             index.restore(snapshot.indexes)
         except StoreError as exc:
-            if path.exists() or self._store.version:
-                logger.info("rebuilding the index from the store: %s", exc)
+            logger.info("rebuilding the index from the store: %s", exc)
             self._rebuild()
             return
         self._catalog, self._index = snapshot.catalog, index

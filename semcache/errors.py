@@ -6,8 +6,11 @@
      ├── ConfigError (ValueError)          a setting is out of range or unknown
      ├── ModelNotFoundError                the embedding model cannot be found on this machine
      ├── CacheLockedError                  another process has the cache directory open
-     └── StoreError                        the on-disk store cannot be used
-          └── CorruptEntryError            one stored record cannot be decoded
+     ├── StoreError                        the on-disk store cannot be used
+     │    └── CorruptEntryError            one stored record cannot be decoded
+     └── UpstreamError                     the LLM API could not be reached or did not answer
+          ├── UpstreamUnavailableError     connection refused, reset, DNS failure (HTTP 502)
+          └── UpstreamTimeoutError         no answer within the timeout (HTTP 504)
 
 Errors from the libraries underneath (diskcache, FAISS, sentence-transformers) are translated
 where they are raised, with the original kept as ``__cause__``.
@@ -54,3 +57,15 @@ class CorruptEntryError(StoreError):
     def __init__(self, message: str, *, entry_id: int) -> None:
         super().__init__(message)
         self.entry_id = entry_id
+
+
+class UpstreamError(SemcacheError):
+    """The upstream API failed before it gave an HTTP answer."""
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The upstream could not be reached or dropped the connection."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer, or stopped streaming, within the timeout."""

@@ -69,7 +69,7 @@ _QUOTED = re.compile(
 class TextFeatures:
     """The details of a text that the guards compare."""
 
-    numbers: frozenset[str]
+    numbers: tuple[str, ...]  # in order of first appearance: "10 divided by 2" is not "2 by 10"
     negated: bool
     entities: tuple[str, ...]  # in order of first appearance, lower-cased
     words: frozenset[str]
@@ -81,18 +81,18 @@ def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
     lowered = [w.lower().replace("’", "'") for w in words]
-    numbers: set[str] = set()
-    for match in _DIGITS.findall(text):
-        numbers.add(_canonical_number(match))
-    for w in lowered:
-        if w in _NUMBER_WORDS:
-            numbers.add(_canonical_number(str(_NUMBER_WORDS[w])))
+    found = [(m.start(), _canonical_number(m.group())) for m in _DIGITS.finditer(text)]
+    for match in _WORD.finditer(text):
+        value = _NUMBER_WORDS.get(match.group().lower())
+        if value is not None:
+            found.append((match.start(), _canonical_number(str(value))))
+    numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
     negated = any(w in _NEGATIONS or w.endswith("n't") for w in lowered)
     quoted = frozenset(
         " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
     )
     return TextFeatures(
-        numbers=frozenset(numbers),
+        numbers=numbers,
         negated=negated,
         entities=_entities(text),
         words=frozenset(lowered),

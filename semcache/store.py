@@ -9,6 +9,7 @@ Layout of the diskcache keys:
     <int id>            an entry record (see :func:`encode_entry`)
     "x:<exact key>"     id of the entry stored for that scope and normalised prompt
     "h:<id>"            (hit count, last access) of an entry, rewritten on each hit
+    "w:<id>"            an entry record marked wrong: never served again, kept for audit
     "meta:version"      bumped by every transaction that adds or removes entries, so a snapshot
                         of the derived state can tell whether it is current
     "meta:next_id"      the last id handed out
@@ -211,6 +212,17 @@ class DiskStore:
             if deleted:
                 self._cache.incr("meta:version")
         return deleted
+
+    def quarantine(self, entry_id: int) -> bool:
+        """Move an entry out of service into ``w:<id>``; ``False`` if there was none."""
+        with self._cache.transact():
+            data = self._cache.get(entry_id)
+            if data is None:
+                return False
+            self._cache.set(f"w:{entry_id}", data)
+            self._delete(entry_id)
+            self._cache.incr("meta:version")
+        return True
 
     def _delete(self, entry_id: int) -> bool:
         data = self._cache.get(entry_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,40 @@ def test_stats_count_outcomes(fast_cache: SemanticCache) -> None:
     stats = fast_cache.stats()
     assert stats["entries"] == 1 and stats["lookups"] == 2 and stats["hits"] == 1
     assert stats["outcomes"] == {"exact": 1, "below_threshold": 1}
+
+
+def test_concurrent_puts_gets_and_deletes_keep_the_cache_consistent(tmp_path: Path) -> None:
+    with SemanticCache(
+        tmp_path, embedder=WordHashEmbedder(), exact_index_max=300, max_entries=800
+    ) as cache:
+        errors: list[BaseException] = []
+
+        def writer(worker: int) -> None:
+            try:
+                for i in range(150):
+                    ids = cache.put_many(
+                        [f"w{worker} item{i} part{j}" for j in range(3)], [worker, i, 0]
+                    )
+                    if i % 10 == 0:
+                        cache.delete(ids[0])
+            except BaseException as exc:  # surfaced below: a thread's failure fails the test
+                errors.append(exc)
+
+        def reader(worker: int) -> None:
+            try:
+                for i in range(300):
+                    prompt = f"w{worker % 2} item{i % 150} part1"
+                    hit = cache.get(prompt, min_similarity=0.99)
+                    assert hit is None or hit.prompt == prompt
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        threads += [threading.Thread(target=reader, args=(w,)) for w in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(cache) <= 800
+        assert_consistent(cache)
