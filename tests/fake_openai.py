@@ -1,0 +1,251 @@
+"""A fake OpenAI API: a real aiohttp application on 127.0.0.1, port chosen by the OS.
+
+It answers chat and legacy completions as JSON or as SSE streams in OpenAI's chunk format,
+records every request it receives, and can be told to misbehave for the next requests:
+fail with a status (429 with Retry-After, 500 …), be slow, or cut a stream in the middle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    delay_s: float = 0.0
+    cut_after_chunks: int | None = None  # close the stream after this many chunks, no [DONE]
+    finish_reason: str = "stop"
+    retry_after_s: int | None = None
+    answer: str | None = None
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeOpenAI:
+    received: list[Received] = field(default_factory=list)
+    script: list[Behaviour] = field(default_factory=list)  # consumed one per request
+    default: Behaviour = field(default_factory=Behaviour)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def calls(self, path: str = "/v1/chat/completions") -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completion)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _next(self) -> Behaviour:
+        return self.script.pop(0) if self.script else self.default
+
+    async def _record(self, request: web.Request) -> Any:
+        body = orjson.loads(await request.read())
+        self.received.append(Received(request.path, dict(request.headers), body))
+        return body
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.path, dict(request.headers), None))
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "fake"}],
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
+
+    async def _failure(self, behaviour: Behaviour) -> web.Response | None:
+        await asyncio.sleep(behaviour.delay_s)
+        if behaviour.status == 200:
+            return None
+        headers = {}
+        if behaviour.retry_after_s is not None:
+            headers["Retry-After"] = str(behaviour.retry_after_s)
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"fake upstream failure {behaviour.status}",
+                    "type": "rate_limit_error" if behaviour.status == 429 else "server_error",
+                    "param": None,
+                    "code": "fake_failure",
+                }
+            },
+            status=behaviour.status,
+            headers=headers,
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        if (failure := await self._failure(behaviour)) is not None:
+            return failure
+        last = body["messages"][-1].get("content")
+        answer = behaviour.answer or f"Answer #{len(self.received)} to: {last}"
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": len(answer.split()),
+            "total_tokens": 12 + len(answer.split()),
+        }
+        base = {
+            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+        }
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer, "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": behaviour.finish_reason,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunk = {**base, "object": "chat.completion.chunk"}
+        if include_usage:
+            chunk["usage"] = None
+        deltas = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": word + " "} for word in answer.split(" ")[:-1]]
+        deltas += [{"content": answer.split(" ")[-1]}]
+        events = [
+            {
+                **chunk,
+                "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}],
+            }
+            for d in deltas
+        ]
+        events.append(
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": behaviour.finish_reason,
+                    }
+                ],
+            }
+        )
+        if include_usage:
+            events.append({**chunk, "choices": [], "usage": usage})
+        return await self._stream(request, events, behaviour)
+
+    async def _completion(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        if (failure := await self._failure(behaviour)) is not None:
+            return failure
+        answer = behaviour.answer or f"Completion #{len(self.received)} of: {body['prompt']}"
+        base = {
+            "id": f"cmpl-fake-{next(self._ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": answer,
+                            "logprobs": None,
+                            "finish_reason": behaviour.finish_reason,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        events = [
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "text": word + " ", "logprobs": None, "finish_reason": None}
+                ],
+            }
+            for word in answer.split(" ")
+        ]
+        events.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "",
+                        "logprobs": None,
+                        "finish_reason": behaviour.finish_reason,
+                    }
+                ],
+            }
+        )
+        return await self._stream(request, events, behaviour)
+
+    async def _stream(
+        self, request: web.Request, events: list[dict[str, Any]], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-ratelimit-remaining-requests": "99"}
+        )
+        await response.prepare(request)
+        for n, event in enumerate(events):
+            if behaviour.cut_after_chunks is not None and n >= behaviour.cut_after_chunks:
+                # Drop the connection mid-stream, as a crashed or overloaded upstream does.
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            await asyncio.sleep(0)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
