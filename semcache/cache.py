@@ -20,7 +20,7 @@ import functools
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -56,6 +56,7 @@ R = TypeVar("R")
 S = TypeVar("S", bound="SemanticCache")
 
 _SNAPSHOT_FILE = "index.snapshot"
+_MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
 _LOCK_FILE = "semcache.lock"
 
 
@@ -154,6 +155,8 @@ class SemanticCache:
                 f"by one process at a time (share a cache between processes with the sidecar)"
             ) from exc
         self._lock = threading.RLock()
+        self._memo: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._memo_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
         self._closed = False
@@ -407,7 +410,7 @@ class SemanticCache:
     def warm_up(self) -> None:
         """Load the embedding model now rather than on the first semantic lookup."""
         self._check_open()
-        self._embed(["warm up"])
+        self._compute_vectors(["warm up"])
 
     def clear(self, namespace: str | None = None) -> int:
         """Remove every entry of ``namespace``, or of all namespaces; returns how many."""
@@ -609,6 +612,24 @@ class SemanticCache:
         return [n <= limit for n in self._embedder.token_counts(prompts)]
 
     def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Unit vectors for ``texts``, computing only those not embedded recently.
+
+        The memo is what lets a miss be stored without embedding its prompt a second time:
+        the lookup that missed has just computed the vector.
+        """
+        with self._memo_lock:
+            known = {t: self._memo[t] for t in texts if t in self._memo}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            fresh = self._compute_vectors(missing)
+            with self._memo_lock:
+                for text, vector in zip(missing, fresh, strict=True):
+                    self._memo[text] = known[text] = vector
+                while len(self._memo) > _MEMO_SIZE:
+                    self._memo.popitem(last=False)
+        return np.stack([known[t] for t in texts])
+
+    def _compute_vectors(self, texts: Sequence[str]) -> NDArray[np.float32]:
         vectors = np.asarray(self._embedder.embed(texts), dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise SemcacheError(

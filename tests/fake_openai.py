@@ -249,3 +249,19 @@ class FakeOpenAI:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+async def _serve_forever(port: int, delay_ms: float) -> None:
+    fake = FakeOpenAI(default=Behaviour(delay_s=delay_ms / 1000))
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"fake upstream on http://127.0.0.1:{port}/v1, {delay_ms} ms per answer", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    # python -m tests.fake_openai PORT DELAY_MS: a standalone fake upstream for benchmarks.
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]), float(sys.argv[2])))

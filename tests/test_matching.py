@@ -179,3 +179,13 @@ def test_precision_on_held_out_qqp_sample(tmp_path: Path, embedder: CountingEmbe
         metrics = metrics_at(outcomes, rows, cache.config.min_similarity)
     assert metrics.precision >= 0.72
     assert metrics.recall >= 0.45
+
+
+def test_a_miss_is_stored_without_embedding_its_prompt_again(
+    cache: SemanticCache, embedder: CountingEmbedder
+) -> None:
+    cache.put("What is the capital of France?", "Paris.")
+    assert cache.get("How tall is the Eiffel Tower?") is None
+    calls = len(embedder.calls)
+    cache.put("How tall is the Eiffel Tower?", "330 m.")
+    assert len(embedder.calls) == calls
