@@ -25,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
         "over the file.",
     )
     serve.add_argument("--config", type=Path, help="TOML file of settings")
+    bench = commands.add_parser(
+        "bench",
+        help="measure hit rate, precision and savings on a JSONL file",
+        description="Measure semcache on labelled pairs (pair mode) or on a replayed stream of "
+        "requests through the sidecar (stream mode); write results.json and plots to --out.",
+    )
+    from semcache.bench.options import add_arguments
+
+    add_arguments(bench)
     for info in settings():
         default = "none" if info.default is None else info.default
         serve.add_argument(
@@ -44,8 +53,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        return _bench(args)
     _parser().print_help()
     return 2
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from semcache.bench.options import BenchOptions
+        from semcache.bench.runner import run_bench
+
+        options = BenchOptions(**{k: v for k, v in vars(args).items() if k != "command"})
+        run_bench(options)
+    except ImportError as exc:
+        print(
+            f"semcache bench needs its extra: pip install 'semcache[bench]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    except SemcacheError as exc:
+        print(f"semcache bench: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

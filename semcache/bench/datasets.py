@@ -1,0 +1,116 @@
+"""Reading benchmark inputs: the formats of ``shared/data`` and a user's request log."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from semcache.errors import InvalidRequestError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One request of a replayed stream.
+
+    ``label`` groups requests that may share an answer (a cluster, a conversation turn and its
+    paraphrase); ``None`` when the data has no labels, and then a hit counts as right only for
+    the same text.
+    """
+
+    body: dict[str, Any]
+    label: Hashable | None
+    text: str  # the last user message
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Raises InvalidRequestError naming the line that is not a JSON object."""
+    rows = []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc}", field="file") from exc
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"{path}:{number} is not JSON: {exc}", field="file") from None
+        if not isinstance(row, dict):
+            raise InvalidRequestError(f"{path}:{number} is not a JSON object", field="file")
+        rows.append(row)
+    if not rows:
+        raise InvalidRequestError(f"{path} has no rows", field="file")
+    return rows
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    """pairs, clusters, prompts, conversations or requests, from the keys of a row."""
+    if {"a", "b", "duplicate"} <= row.keys():
+        return "pairs"
+    if "model" in row and ("messages" in row or "prompt" in row):
+        return "requests"
+    if "messages" in row:
+        return "conversations"
+    if "cluster" in row and "text" in row:
+        return "clusters"
+    if "text" in row:
+        return "prompts"
+    raise InvalidRequestError(
+        f"cannot tell the format of a row with keys {sorted(row)}: expected pairs (a, b, "
+        f"duplicate), clusters (cluster, text), prompts (text), conversations (messages) or "
+        f"OpenAI request bodies (model, messages)",
+        field="file",
+    )
+
+
+def stream_items(
+    rows: list[dict[str, Any]], fmt: str, model: str = DEFAULT_MODEL
+) -> list[StreamItem]:
+    if fmt == "clusters":
+        return [_ask(row["text"], ("cluster", row["cluster"]), model) for row in rows]
+    if fmt == "prompts":
+        return [_ask(row["text"], None, model) for row in rows]
+    if fmt == "conversations":
+        return _conversation_items(rows, model)
+    if fmt == "requests":
+        items = []
+        for row in rows:
+            body = {**row, "stream": False}
+            messages = body.get("messages") or []
+            last = messages[-1].get("content") if messages else body.get("prompt")
+            items.append(StreamItem(body, None, last if isinstance(last, str) else ""))
+        return items
+    raise InvalidRequestError(f"{fmt} rows cannot be streamed; use --mode pairs", field="mode")
+
+
+def _ask(text: str, label: Hashable | None, model: str) -> StreamItem:
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
+    return StreamItem(body, label, text)
+
+
+def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamItem]:
+    """Every user turn with the turns before it; paraphrases (MeanCache's ``paraphrases``,
+    keyed by message index) become extra requests with the same label as their original."""
+    items = []
+    for number, row in enumerate(rows):
+        messages = row["messages"]
+        paraphrases = row.get("paraphrases") or {}
+        for index, message in enumerate(messages):
+            if message.get("role") != "user" or not isinstance(message.get("content"), str):
+                continue
+            label = ("turn", number, index)
+            prior = messages[:index]
+            variants = [message["content"]]
+            if isinstance(paraphrases.get(str(index)), str):
+                variants.append(paraphrases[str(index)])
+            for text in variants:
+                body = {"model": model, "messages": [*prior, {"role": "user", "content": text}]}
+                items.append(StreamItem(body, label, text))
+    return items

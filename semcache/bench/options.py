@@ -1,0 +1,79 @@
+"""The options of a bench run, kept apart from the heavy parts so ``semcache --help`` is quick."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+MODES = ("pairs", "stream")
+
+
+@dataclass(kw_only=True)
+class BenchOptions:
+    file: Path
+    out: Path
+    mode: str | None = None
+    split: str = "all"
+    seed: int = 0
+    limit: int | None = None
+    target_precision: float = 0.9
+    min_similarity: float | None = None
+    model: str | None = None
+    latency_median_ms: float = 800.0
+    price_in_per_1k: float = 0.00015
+    price_out_per_1k: float = 0.0006
+    progress: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", type=Path, help="JSONL: pairs, clusters, prompts, conversations or request bodies"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="folder for results.json and plots"
+    )
+    parser.add_argument("--mode", choices=MODES, help="pairs or stream (default: from the rows)")
+    parser.add_argument(
+        "--split",
+        choices=("all", "train", "test"),
+        default="all",
+        help="pairs: test = rows with id %% 10 == 0, train = the rest",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="order of the stream and simulated draws"
+    )
+    parser.add_argument(
+        "--limit", type=int, help="stream: replay only the first N requests of the shuffle"
+    )
+    parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.9,
+        help="pairs: report the threshold that first reaches this precision",
+    )
+    parser.add_argument(
+        "--min-similarity", type=float, help="semcache's threshold (default: its own)"
+    )
+    parser.add_argument("--model", help="embedding model name or path (see models/README.md)")
+    parser.add_argument(
+        "--latency-median-ms",
+        type=float,
+        default=800.0,
+        help="stream: median of the simulated upstream latency",
+    )
+    parser.add_argument(
+        "--price-in",
+        dest="price_in_per_1k",
+        type=float,
+        default=0.00015,
+        help="stream: USD per 1K prompt tokens (default gpt-4o-mini)",
+    )
+    parser.add_argument(
+        "--price-out",
+        dest="price_out_per_1k",
+        type=float,
+        default=0.0006,
+        help="stream: USD per 1K completion tokens",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false")  # fmt: skip

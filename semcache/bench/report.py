@@ -1,0 +1,207 @@
+"""Figures of a bench run: a table on the terminal, ``results.json`` and PNG plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from semcache.bench.pairs import PairReport
+from semcache.bench.stream import StreamResult
+from semcache.evaluation import Metrics
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    array = np.asarray(values)
+    return {f"p{q}": round(float(np.percentile(array, q)), 2) for q in (50, 90, 99)}
+
+
+def stream_figures(
+    result: StreamResult, hittable: Sequence[bool], *, calls_without_cache: int, cost_all: float
+) -> dict[str, Any]:
+    hits = sum(result.hits)
+    right, wrong, unverified = sum(result.right), sum(result.wrong), sum(result.unverified)
+    judged = right + wrong + unverified
+    could = sum(hittable)
+    hit_lat = [lat for lat, h in zip(result.latency_ms, result.hits, strict=True) if h]
+    miss_lat = [lat for lat, h in zip(result.latency_ms, result.hits, strict=True) if not h]
+    return {
+        "requests": len(result.hits),
+        "hits": hits,
+        "right": right,
+        "wrong": wrong,
+        "unverified": unverified,
+        "hit_rate": hits / len(result.hits) if result.hits else 0.0,
+        "precision": right / judged if judged else 1.0,
+        "recall": right / could if could else 0.0,
+        "hittable": could,
+        "upstream_calls": len(result.hits) - hits,
+        "upstream_calls_saved": hits,
+        "share_of_calls_saved": hits / calls_without_cache if calls_without_cache else 0.0,
+        "tokens_saved": result.tokens_saved,
+        "dollars_saved": round(result.dollars_saved, 6),
+        "share_of_spend_saved": result.dollars_saved / cost_all if cost_all else 0.0,
+        "latency_ms_hits": _percentiles(hit_lat),
+        "latency_ms_misses": _percentiles(miss_lat),
+    }
+
+
+def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
+    header = (
+        f"{'cache':<30} | {'hits':>6} | {'right':>6} | {'wrong':>6} | {'unverif':>7} | "
+        f"{'hit rate':>8} | {'precision':>9} | {'recall':>6} | {'calls':>6} | {'$ saved':>8} | "
+        f"{'hit p50/p99 ms':>15} | {'miss p50/p99 ms':>16}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, f in figures.items():
+        hit, miss = f["latency_ms_hits"], f["latency_ms_misses"]
+        hit_lat = "-" if hit["p50"] is None else f"{hit['p50']:.0f}/{hit['p99']:.0f}"
+        miss_lat = "-" if miss["p50"] is None else f"{miss['p50']:.0f}/{miss['p99']:.0f}"
+        lines.append(
+            f"{name:<30} | {f['hits']:>6} | {f['right']:>6} | {f['wrong']:>6} | "
+            f"{f['unverified']:>7} | {f['hit_rate']:>8.3f} | {f['precision']:>9.3f} | "
+            f"{f['recall']:>6.3f} | {f['upstream_calls']:>6} | {f['dollars_saved']:>8.4f} | "
+            f"{hit_lat:>15} | {miss_lat:>16}"
+        )
+    return "\n".join(lines)
+
+
+def pair_figures(report: PairReport) -> dict[str, Any]:
+    at_target = next((m for m in report.sweep if m.threshold == report.target_threshold), None)
+    return {
+        **{k: v for k, v in report.semcache.as_dict().items()},
+        "target_precision": report.target_precision,
+        "threshold_at_target": report.target_threshold,
+        "recall_at_target": None if at_target is None else at_target.recall,
+        "baselines": {k: None if m is None else m.as_dict() for k, m in report.baselines.items()},
+        "sweep": [m.as_dict() for m in report.sweep],
+        "notes": report.notes,
+    }
+
+
+def print_pair_table(report: PairReport) -> str:
+    header = (
+        f"{'cache':<34} | {'hits':>6} | {'right':>6} | {'wrong':>6} | {'hit rate':>8} | "
+        f"{'precision':>9} | {'recall':>6} | {'false hits':>10} | {'F1':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    rows: list[tuple[str, Metrics | None]] = [
+        (f"semcache (min_similarity {report.threshold})", report.semcache),
+        *report.baselines.items(),
+    ]
+    for name, m in rows:
+        if m is None:
+            lines.append(f"{name:<34} | not installed")
+            continue
+        lines.append(
+            f"{name:<34} | {m.hits:>6} | {m.right:>6} | {m.wrong:>6} | {m.hit_rate:>8.3f} | "
+            f"{m.precision:>9.3f} | {m.recall:>6.3f} | {m.false_hit_rate:>10.3f} | {m.f1:>5.3f}"
+        )
+    lines.append("")
+    lines.append("threshold sweep (semcache):")
+    lines.append(f"{'threshold':>9} | {'precision':>9} | {'recall':>6} | {'hit rate':>8}")
+    for m in report.sweep[::5]:
+        lines.append(
+            f"{m.threshold:>9.2f} | {m.precision:>9.3f} | {m.recall:>6.3f} | {m.hit_rate:>8.3f}"
+        )
+    if report.target_threshold is None:
+        lines.append(f"no threshold reaches precision {report.target_precision}")
+    else:
+        at = next(m for m in report.sweep if m.threshold == report.target_threshold)
+        lines.append(
+            f"precision {report.target_precision} is first reached at threshold "
+            f"{report.target_threshold}, with recall {at.recall:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(out: Path, figures: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pairs(out: Path, report: PairReport) -> list[Path]:
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    thresholds = [m.threshold for m in report.sweep]
+    axes.plot(thresholds, [m.precision for m in report.sweep], label="precision of hits")
+    axes.plot(thresholds, [m.recall for m in report.sweep], label="recall")
+    axes.plot(thresholds, [m.hit_rate for m in report.sweep], label="hit rate", linestyle=":")
+    axes.axvline(
+        report.threshold, color="grey", linestyle="--", label=f"default {report.threshold}"
+    )
+    axes.set_xlabel("min_similarity (cosine)")
+    axes.set_ylim(0, 1)
+    axes.set_title(f"Pairs: {report.rows} rows, {report.duplicates} duplicates")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    path = out / "precision_recall_vs_threshold.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return [path]
+
+
+def plot_stream(out: Path, results: Sequence[StreamResult]) -> list[Path]:
+    plt = _pyplot()
+    paths = []
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for result in results:
+        if result.name == "no cache":
+            continue
+        hits = np.cumsum(result.hits)
+        axes.plot(
+            np.arange(1, len(hits) + 1), hits / np.arange(1, len(hits) + 1), label=result.name
+        )
+        wrong = np.cumsum(np.array(result.wrong) | np.array(result.unverified))
+        axes.plot(
+            np.arange(1, len(wrong) + 1), wrong / np.arange(1, len(wrong) + 1),
+            linestyle=":", label=f"{result.name}: wrong or unverified",
+        )  # fmt: skip
+    axes.set_xlabel("requests so far")
+    axes.set_ylabel("cumulative rate")
+    axes.set_title("Hit rate over the stream (cache starts empty)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    paths.append(out / "hit_rate_over_stream.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    semcache = results[0]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    hit_lat = [lat for lat, h in zip(semcache.latency_ms, semcache.hits, strict=True) if h]
+    miss_lat = [lat for lat, h in zip(semcache.latency_ms, semcache.hits, strict=True) if not h]
+    bins = np.logspace(0, 4.5, 60)
+    if hit_lat:
+        axes.hist(hit_lat, bins=bins, alpha=0.7, label=f"hits ({len(hit_lat)})")
+    if miss_lat:
+        axes.hist(
+            miss_lat, bins=bins, alpha=0.7, label=f"misses ({len(miss_lat)}, simulated upstream)"
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("latency (ms)")
+    axes.set_ylabel("requests")
+    axes.set_title("semcache latency, hits and misses")
+    axes.legend()
+    figure.tight_layout()
+    paths.append(out / "latency_histogram.png")
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+    return paths

@@ -1,0 +1,330 @@
+"""Stream mode: replay requests through the real sidecar over HTTP, from an empty cache.
+
+The sidecar runs in this process on 127.0.0.1 in front of a simulated upstream (also a real
+HTTP server here). The upstream answers every request at once with a text that names the
+request it answers (``[bench #k]``), so when the sidecar serves a stored answer the harness knows
+whose answer it was, and whether that was right: the same label (cluster, conversation turn) for
+labelled data, the same text after normalisation for unlabelled data (otherwise the hit is
+counted as unverified, probably wrong).
+
+Upstream latency is simulated, not slept: each request gets a latency drawn from a log-normal
+distribution (seeded), which is added to the measured time of every miss. Usage is counted with
+a real tokenizer: the prompt's tokens, and an answer whose length is drawn per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import tempfile
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+from aiohttp import web
+from tqdm import tqdm
+
+from semcache.bench import gptcache_baseline
+from semcache.bench.datasets import StreamItem
+from semcache.cache import SemanticCache
+from semcache.embedding import Embedder
+from semcache.keys import fingerprint, normalize_prompt
+from semcache.pricing import Price
+from semcache.server import create_app
+from semcache.settings import ServerConfig
+from semcache.tokens import count_messages, count_text
+
+_SOURCE = re.compile(r"\[bench #(\d+)\]")
+_WORDS = [
+    "the",
+    "cache",
+    "answers",
+    "questions",
+    "about",
+    "accounts",
+    "cards",
+    "payments",
+    "and",
+    "transfers",
+    "today",
+]
+
+
+@dataclass
+class Simulation:
+    seed: int = 0
+    latency_median_ms: float = 800.0
+    latency_sigma: float = 0.6
+    answer_median_tokens: float = 120.0
+    price: Price = field(default_factory=lambda: Price(0.00015, 0.0006))  # gpt-4o-mini list
+
+
+@dataclass
+class StreamResult:
+    """Outcomes of one cache over the stream, in stream order."""
+
+    name: str
+    hits: list[bool]
+    right: list[bool]
+    wrong: list[bool]  # labelled data: another label's answer
+    unverified: list[bool]  # unlabelled data: another text's answer
+    latency_ms: list[float]
+    tokens_saved: int = 0
+    dollars_saved: float = 0.0
+
+
+class SimulatedUpstream:
+    def __init__(self, simulation: Simulation, count: int) -> None:
+        self.simulation = simulation
+        rng = np.random.default_rng(simulation.seed)
+        self.latency_ms = rng.lognormal(
+            np.log(simulation.latency_median_ms), simulation.latency_sigma, count
+        )
+        self.answer_tokens = np.maximum(
+            5, rng.lognormal(np.log(simulation.answer_median_tokens), 0.5, count).astype(int)
+        )
+        self.calls = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def usage(self, item: int, body: dict[str, Any]) -> tuple[int, int]:
+        """(prompt, completion) tokens the upstream bills for this request."""
+        return count_messages(body.get("messages") or []), count_text(self.answer(item))
+
+    def cost(self, item: int, body: dict[str, Any]) -> float:
+        prompt, completion = self.usage(item, body)
+        price = self.simulation.price
+        return (prompt * price.input_per_1k + completion * price.output_per_1k) / 1000
+
+    def answer(self, item: int) -> str:
+        words = [_WORDS[(item + i) % len(_WORDS)] for i in range(int(self.answer_tokens[item]))]
+        return f"[bench #{item}] " + " ".join(words)
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        item = int(request.headers["X-Bench-Item"])
+        self.calls += 1
+        answer = self.answer(item)
+        prompt_tokens, completion_tokens = self.usage(item, body)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return web.json_response(
+            {
+                "id": f"chatcmpl-bench-{item}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _record(
+    result: StreamResult,
+    upstream: SimulatedUpstream,
+    item_id: int,
+    item: StreamItem,
+    judged: tuple[bool, bool, bool] | None,
+    elapsed_ms: float,
+) -> None:
+    """Add one request's outcome: ``judged`` is (right, wrong, unverified) for a hit, None for a
+    miss, which pays the simulated upstream latency."""
+    hit = judged is not None
+    right, wrong, unverified = judged or (False, False, False)
+    if hit:
+        # Saved: what this request would have cost upstream.
+        result.tokens_saved += sum(upstream.usage(item_id, item.body))
+        result.dollars_saved += upstream.cost(item_id, item.body)
+    else:
+        elapsed_ms += float(upstream.latency_ms[item_id])
+    result.hits.append(hit)
+    result.right.append(right)
+    result.wrong.append(wrong)
+    result.unverified.append(unverified)
+    result.latency_ms.append(elapsed_ms)
+
+
+def shuffled(
+    items: Sequence[StreamItem], seed: int, limit: int | None
+) -> list[tuple[int, StreamItem]]:
+    order = list(enumerate(items))
+    random.Random(seed).shuffle(order)
+    return order[:limit] if limit else order
+
+
+def _same_answer(query: StreamItem, source: StreamItem) -> tuple[bool, bool, bool]:
+    """(right, wrong, unverified) for a hit on ``source``'s answer."""
+    if query.label is not None:
+        right = query.label == source.label
+        return right, not right, False
+    same = normalize_prompt(query.text) == normalize_prompt(source.text)
+    return same, False, not same
+
+
+async def _replay_sidecar(
+    order: Sequence[tuple[int, StreamItem]],
+    items: Sequence[StreamItem],
+    upstream: SimulatedUpstream,
+    cache: SemanticCache,
+    progress: bool,
+) -> StreamResult:
+    config = ServerConfig(upstream=upstream.url, cache_dir=cache.directory, batch_max_wait_ms=0)
+    runner = web.AppRunner(create_app(config, cache=cache))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    result = StreamResult("semcache", [], [], [], [], [])
+    try:
+        async with aiohttp.ClientSession() as session:
+            for item_id, item in tqdm(order, disable=not progress, desc="stream", unit="req"):
+                started = time.perf_counter()
+                async with session.post(
+                    url,
+                    data=orjson.dumps(item.body),
+                    headers={
+                        "Authorization": "Bearer sk-bench",
+                        "Content-Type": "application/json",
+                        "X-Bench-Item": str(item_id),
+                    },
+                ) as response:
+                    answer = await response.json()
+                    outcome = response.headers.get("X-Semcache", "error")
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                judged = None
+                if outcome == "hit":
+                    content = answer["choices"][0]["message"]["content"]
+                    source = items[int(_SOURCE.search(content).group(1))]  # type: ignore[union-attr]
+                    judged = _same_answer(item, source)
+                _record(result, upstream, item_id, item, judged, elapsed_ms)
+    finally:
+        await runner.cleanup()
+    return result
+
+
+def _exact_key(item: StreamItem) -> str:
+    messages = item.body.get("messages") or []
+    context = {k: v for k, v in item.body.items() if k not in ("messages", "stream")}
+    return fingerprint({"context": context, "prior": messages[:-1]}) + normalize_prompt(item.text)
+
+
+def _replay_exact(
+    order: Sequence[tuple[int, StreamItem]], upstream: SimulatedUpstream
+) -> StreamResult:
+    stored: dict[str, StreamItem] = {}
+    result = StreamResult("exact match", [], [], [], [], [])
+    for item_id, item in order:
+        key = _exact_key(item)
+        source = stored.get(key)
+        if source is None:
+            stored[key] = item
+        judged = None if source is None else _same_answer(item, source)
+        _record(result, upstream, item_id, item, judged, 0.0)
+    return result
+
+
+def _replay_none(
+    order: Sequence[tuple[int, StreamItem]], upstream: SimulatedUpstream
+) -> StreamResult:
+    n = len(order)
+    return StreamResult(
+        "no cache", [False] * n, [False] * n, [False] * n, [False] * n,
+        [float(upstream.latency_ms[i]) for i, _ in order],
+    )  # fmt: skip
+
+
+def _replay_gptcache(
+    order: Sequence[tuple[int, StreamItem]],
+    items: Sequence[StreamItem],
+    upstream: SimulatedUpstream,
+    model: str | None,
+    progress: bool,
+) -> StreamResult:
+    baseline = gptcache_baseline.GPTCacheBaseline(model)
+    result = StreamResult("GPTCache (default threshold)", [], [], [], [], [])
+    try:
+        for item_id, item in tqdm(order, disable=not progress, desc="GPTCache", unit="req"):
+            started = time.perf_counter()
+            answer = baseline.get(item.text)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            judged = None
+            if answer is not None:
+                judged = _same_answer(item, items[int(answer)])
+            else:
+                baseline.put_many([item.text], [str(item_id)])
+            _record(result, upstream, item_id, item, judged, elapsed_ms)
+    finally:
+        baseline.close()
+    return result
+
+
+def hittable(order: Sequence[tuple[int, StreamItem]]) -> list[bool]:
+    """Whether an earlier request could have given each request its right answer."""
+    seen: set[Hashable] = set()
+    out = []
+    for _, item in order:
+        key = item.label if item.label is not None else normalize_prompt(item.text)
+        out.append(key in seen)
+        seen.add(key)
+    return out
+
+
+def run(
+    items: Sequence[StreamItem],
+    *,
+    simulation: Simulation,
+    limit: int | None,
+    embedder: Embedder | None,
+    min_similarity: float | None,
+    model: str | None = None,
+    progress: bool = True,
+) -> tuple[list[StreamResult], list[bool], float, list[str]]:
+    """The results of semcache, exact match, no cache (and GPTCache), which requests could
+    have hit, what the stream costs with no cache, and notes."""
+    order = shuffled(items, simulation.seed, limit)
+    upstream = SimulatedUpstream(simulation, len(items))
+    notes: list[str] = []
+    options: dict[str, Any] = {} if min_similarity is None else {"min_similarity": min_similarity}
+
+    async def replay() -> StreamResult:
+        await upstream.start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory:
+                cache = SemanticCache(directory, embedder=embedder, model=model, **options)
+                try:
+                    return await _replay_sidecar(order, items, upstream, cache, progress)
+                finally:
+                    cache.close()
+        finally:
+            await upstream.stop()
+
+    results = [asyncio.run(replay()), _replay_exact(order, upstream), _replay_none(order, upstream)]
+    total = sum(upstream.cost(i, item.body) for i, item in order)
+    if gptcache_baseline.available():
+        results.append(_replay_gptcache(order, items, upstream, model, progress))
+    else:
+        notes.append("GPTCache baseline skipped: pip install 'semcache[gptcache]'")
+    return results, hittable(order), total, notes

@@ -1,0 +1,158 @@
+"""The bench harness on small samples: figures, files, determinism, formats and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from semcache.bench import gptcache_baseline
+from semcache.bench.datasets import detect_format, read_rows, stream_items
+from semcache.bench.options import BenchOptions
+from semcache.bench.runner import run_bench
+from semcache.errors import InvalidRequestError
+from tests.conftest import DATA, CountingEmbedder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pairs_file(tmp_path: Path, count: int = 80) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n".join((DATA / "qqp_test_sample.jsonl").read_bytes().splitlines()[:count]))
+    return path
+
+
+def test_pair_mode_reports_every_figure_and_plots(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    out = tmp_path / "out"
+    figures = run_bench(
+        BenchOptions(file=pairs_file(tmp_path), out=out, progress=False), embedder=embedder
+    )
+    saved = orjson.loads((out / "results.json").read_bytes())
+    assert saved["mode"] == "pairs" and saved["rows"] == 80
+    for key in ("hit_rate", "precision", "recall", "false_hit_rate", "f1", "threshold_at_target"):
+        assert key in saved
+    assert 0 < saved["hit_rate"] < 1 and 0 < saved["precision"] <= 1
+    assert saved["baselines"]["exact match"]["hits"] <= saved["hits"]
+    assert saved["baselines"]["no cache"]["hits"] == 0
+    thresholds = [row["threshold"] for row in saved["sweep"]]
+    assert thresholds == sorted(thresholds) and len(thresholds) == 50
+    recalls = [row["recall"] for row in saved["sweep"]]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more
+    assert (out / "precision_recall_vs_threshold.png").stat().st_size > 10_000
+    assert figures["precision"] == saved["precision"]
+
+
+def test_the_split_keeps_train_and_test_apart(tmp_path: Path, embedder: CountingEmbedder) -> None:
+    rows = [
+        {"a": f"question {i}", "b": f"question {i}?", "duplicate": True, "id": i} for i in range(30)
+    ]
+    path = tmp_path / "ids.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    test = run_bench(
+        BenchOptions(file=path, out=tmp_path / "t", split="test", progress=False), embedder=embedder
+    )
+    train = run_bench(
+        BenchOptions(file=path, out=tmp_path / "r", split="train", progress=False),
+        embedder=embedder,
+    )
+    assert (test["rows"], train["rows"]) == (3, 27)
+
+
+def test_stream_mode_replays_through_the_sidecar(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    options = BenchOptions(
+        file=DATA / "banking77_sample.jsonl", out=tmp_path / "s1", seed=7, progress=False
+    )
+    first = run_bench(options, embedder=embedder)
+    semcache = first["semcache"]
+    assert first["mode"] == "stream" and semcache["requests"] == 45
+    assert semcache["hits"] == semcache["right"] + semcache["wrong"]
+    assert semcache["hits"] > 0 and semcache["upstream_calls"] == 45 - semcache["hits"]
+    assert semcache["tokens_saved"] > 0 and semcache["dollars_saved"] > 0
+    assert semcache["latency_ms_hits"]["p50"] < semcache["latency_ms_misses"]["p50"]
+    assert first["baselines"]["no cache"]["upstream_calls"] == 45
+    assert len(first["hit_rate_by_tenth"]) == 10
+    for name in ("hit_rate_over_stream.png", "latency_histogram.png", "results.json"):
+        assert (tmp_path / "s1" / name).is_file()
+    # The same seed replays the same stream to the same outcome.
+    again = run_bench(
+        BenchOptions(file=options.file, out=tmp_path / "s2", seed=7, progress=False),
+        embedder=embedder,
+    )
+    for key in ("hits", "right", "wrong", "tokens_saved", "dollars_saved"):
+        assert again["semcache"][key] == semcache[key]
+
+
+def test_conversations_and_request_logs_become_streams() -> None:
+    rows = read_rows(DATA / "meancache_sample.jsonl")
+    assert detect_format(rows[0]) == "conversations"
+    items = stream_items(rows, "conversations")
+    # Two user turns per conversation, each with its paraphrase: four requests, two labels.
+    assert len(items) == 4 * len(rows)
+    first, paraphrase = items[0], items[1]
+    assert first.label == paraphrase.label and first.text != paraphrase.text
+    follow_up = items[2]
+    assert follow_up.body["messages"][:-1] == rows[0]["messages"][:2]
+    log = [{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}]
+    assert detect_format(log[0]) == "requests"
+    (item,) = stream_items(log, "requests")
+    assert item.body["stream"] is False and item.label is None and item.text == "hi"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "has no rows"),
+        (b'{"a": 1}\nnot json', "is not JSON"),
+        (b"[1, 2]", "is not a JSON object"),
+        (b'{"question": "x"}', "cannot tell the format"),
+    ],
+)
+def test_bad_files_are_typed_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(InvalidRequestError, match=message):
+        run_bench(BenchOptions(file=path, out=tmp_path / "o", progress=False))
+
+
+def test_pair_mode_refuses_rows_without_pairs(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="pair mode needs pair rows"):
+        run_bench(
+            BenchOptions(
+                file=DATA / "banking77_sample.jsonl", out=tmp_path, mode="pairs", progress=False
+            )
+        )
+
+
+@pytest.mark.skipif(not gptcache_baseline.available(), reason="the gptcache extra is not installed")
+def test_gptcache_baseline_runs_with_the_same_model(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    figures = run_bench(
+        BenchOptions(file=pairs_file(tmp_path, 40), out=tmp_path / "g", progress=False),
+        embedder=embedder,
+    )
+    gptcache = figures["baselines"]["GPTCache (default threshold)"]
+    assert gptcache is not None and gptcache["queries"] == 40 and gptcache["hits"] > 0
+
+
+def test_the_cli_runs_a_bench_and_reports_bad_files(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "semcache", "bench", str(tmp_path / "missing.jsonl")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
+    good = subprocess.run(
+        [sys.executable, "benchmarks/bench.py", str(pairs_file(tmp_path, 20)),
+         "--out", str(tmp_path / "cli"), "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert "precision" in good.stdout
+    assert orjson.loads((tmp_path / "cli" / "results.json").read_bytes())["rows"] == 20
