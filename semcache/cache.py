@@ -155,6 +155,8 @@ class SemanticCache:
                 f"by one process at a time (share a cache between processes with the sidecar)"
             ) from exc
         self._lock = threading.RLock()
+        self._snapshot_lock = threading.Lock()  # one snapshot writer at a time
+        self._snapshot_version = -1
         self._memo: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
@@ -459,15 +461,27 @@ class SemanticCache:
                 "index_rebuilds": counters.get("rebuild", 0),
             }
 
-    def checkpoint(self) -> None:
-        """Save the index snapshot now, so the next open need not rebuild it."""
+    def checkpoint(self) -> bool:
+        """Save the index snapshot now, so the next open need not rebuild it; ``False`` when
+        nothing was added or removed since the last one.
+
+        Lookups and stores wait only while the state is copied, not while it is written.
+        """
         self._check_open()
-        with self._lock:
-            self._write_snapshot()
+        with self._snapshot_lock:
+            with self._lock:
+                if self._store.version == self._snapshot_version:
+                    return False
+                snapshot = self._snapshot_state()
+            if snapshot is None:
+                return False
+            write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
+            self._snapshot_version = snapshot.store_version
+            return True
 
     def close(self) -> None:
         """Save the index snapshot, close the store and release the directory. Idempotent."""
-        with self._lock:
+        with self._snapshot_lock, self._lock:  # the order checkpoint() takes them in
             if self._closed:
                 return
             self._closed = True
@@ -497,6 +511,7 @@ class SemanticCache:
     adelete = _offloaded(delete)
     aclear = _offloaded(clear)
     amark_wrong = _offloaded(mark_wrong)
+    acheckpoint = _offloaded(checkpoint)
     aentry = _offloaded(entry)
     awarm_up = _offloaded(warm_up)
 
@@ -661,7 +676,8 @@ class SemanticCache:
             logger.info("rebuilding the index from the store: %s", exc)
             self._rebuild()
             return
-        self._catalog, self._index = snapshot.catalog, index
+        self._catalog, self._index = snapshot.catalog(), index
+        self._snapshot_version = snapshot.store_version
 
     def _rebuild(self) -> None:
         entries: list[Entry] = []
@@ -707,19 +723,24 @@ class SemanticCache:
         self._counters["rebuild"] += 1
         self._write_snapshot()
 
-    def _write_snapshot(self) -> None:
+    def _snapshot_state(self) -> Snapshot | None:
+        """A copy of the derived state (call with ``_lock`` held)."""
         if self._index.dim is None:
-            return
-        write_snapshot(
-            self.directory / _SNAPSHOT_FILE,
-            Snapshot(
-                store_version=self._store.version,
-                embedder=self._embedder.name,
-                dim=self._index.dim,
-                catalog=self._catalog,
-                indexes=self._index.dump(),
-            ),
+            return None
+        return Snapshot(
+            store_version=self._store.version,
+            embedder=self._embedder.name,
+            dim=self._index.dim,
+            items=list(self._catalog.items()),
+            indexes=self._index.dump(),
         )
+
+    def _write_snapshot(self) -> None:
+        """Save the state now (the caller holds ``_snapshot_lock``, or is still opening)."""
+        snapshot = self._snapshot_state()
+        if snapshot is not None:
+            write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
+            self._snapshot_version = snapshot.store_version
 
 
 def _item(entry: Entry, size: int) -> Item:

@@ -51,6 +51,9 @@ class ServerConfig:
         3.0, "how long a lookup waits for others to share its embedding batch (0: no batching)"
     )
     batch_max_size: int = setting(32, "lookups per embedding batch at most")
+    checkpoint_interval_s: float = setting(
+        300.0, "how often the index snapshot is saved when the cache changed (0: only at exit)"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
@@ -67,6 +70,11 @@ class ServerConfig:
             value = getattr(self, name)
             if not (0 < value < math.inf):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not (0 <= self.checkpoint_interval_s < math.inf):
+            raise ConfigError(
+                f"checkpoint_interval_s must be 0 or a number of seconds, got "
+                f"{self.checkpoint_interval_s!r}"
+            )
         if not (0 <= self.batch_max_wait_ms <= 1000):
             raise ConfigError(
                 f"batch_max_wait_ms must be between 0 and 1000, got {self.batch_max_wait_ms!r}"

@@ -31,13 +31,19 @@ class Snapshot:
     store_version: int
     embedder: str
     dim: int
-    catalog: Catalog
+    items: list[tuple[int, Item]]  # least recently used first
     indexes: dict[str, tuple[int, bytes]]
+
+    def catalog(self) -> Catalog:
+        catalog = Catalog()
+        for entry_id, item in self.items:
+            catalog.add(entry_id, item)
+        return catalog
 
 
 def write_snapshot(path: Path, snapshot: Snapshot) -> None:
     """Atomically replace ``path`` with ``snapshot``."""
-    items = list(snapshot.catalog.items())
+    items = snapshot.items
     scopes = sorted({item.scope for _, item in items} | set(snapshot.indexes))
     scope_number = {scope: n for n, scope in enumerate(scopes)}
     namespaces = {item.scope: item.namespace for _, item in items}
@@ -103,7 +109,7 @@ def read_snapshot(path: Path) -> Snapshot:
             for (name, dtype), blob in zip(header["arrays"], blobs, strict=False)
         }
         scopes = [(scope, namespace) for scope, namespace in header["scopes"]]
-        catalog = Catalog()
+        items: list[tuple[int, Item]] = []
         for entry_id, size, expires, indexed, scope_number in zip(
             arrays["ids"],
             arrays["sizes"],
@@ -113,16 +119,14 @@ def read_snapshot(path: Path) -> Snapshot:
             strict=True,
         ):
             scope, namespace = scopes[scope_number]
-            catalog.add(
-                int(entry_id),
-                Item(
-                    scope=scope,
-                    namespace=namespace,
-                    size=int(size),
-                    expires_at=None if np.isnan(expires) else float(expires),
-                    indexed=bool(indexed),
-                ),
+            item = Item(
+                scope=scope,
+                namespace=namespace,
+                size=int(size),
+                expires_at=None if np.isnan(expires) else float(expires),
+                indexed=bool(indexed),
             )
+            items.append((int(entry_id), item))
         index_blobs = blobs[len(header["arrays"]) :]
         indexes = {
             scope: (int(trained_on), blob)
@@ -132,7 +136,7 @@ def read_snapshot(path: Path) -> Snapshot:
             store_version=int(header["store_version"]),
             embedder=str(header["embedder"]),
             dim=int(header["dim"]),
-            catalog=catalog,
+            items=items,
             indexes=indexes,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:

@@ -189,3 +189,35 @@ def test_a_new_model_re_embeds_stored_entries(tmp_path: Path, embedder: Counting
     with SemanticCache(tmp_path, embedder=embedder) as cache:
         assert cache.stats()["index_rebuilds"] == 0
         assert embedder.calls == [1, 1]
+
+
+def test_checkpoint_saves_only_when_something_changed(tmp_path: Path) -> None:
+    with SemanticCache(tmp_path, embedder=WordHashEmbedder()) as cache:
+        assert cache.checkpoint() is False  # nothing stored yet
+        cache.put("alpha beta", 1)
+        assert cache.checkpoint() is True
+        assert cache.checkpoint() is False
+        cache.put("gamma delta", 2)
+        assert cache.checkpoint() is True
+
+
+def test_a_checkpoint_spares_the_rebuild_after_a_kill(tmp_path: Path) -> None:
+    with run_python(
+        """
+        import sys, time
+        from tests.conftest import WordHashEmbedder
+        from semcache import SemanticCache
+        cache = SemanticCache(sys.argv[1], embedder=WordHashEmbedder())
+        cache.put_many([f"fact {i}" for i in range(20)], list(range(20)))
+        cache.checkpoint()
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+        str(tmp_path),
+    ) as owner:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        owner.kill()
+        owner.wait(timeout=10)
+    with SemanticCache(tmp_path, embedder=WordHashEmbedder()) as cache:
+        assert cache.stats()["index_rebuilds"] == 0
+        assert len(cache) == 20

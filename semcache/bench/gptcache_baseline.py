@@ -3,7 +3,8 @@
 Used only when the optional ``gptcache`` extra is installed (``pip install semcache[gptcache]``).
 GPTCache's default similarity check (``SearchDistanceEvaluation`` over FAISS L2 distances, with
 ``Config.similarity_threshold`` 0.8) is kept as it ships: the point is to measure what its users
-get by default.
+get by default. Its default size bound (1,000 entries, then eviction) is lifted, so the
+comparison is of matching, not of capacity.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class GPTCacheBaseline:
         manager = manager_factory(
             "sqlite,faiss",
             data_dir=str(self.directory),
+            # GPTCache evicts beyond 1,000 entries by default (for sqlite,faiss the bound is read
+            # from eviction_params, not max_size); a benchmark of matching must not lose entries
+            # to a size bound semcache does not have.
+            eviction_params={"max_size": 10**9},
             vector_params={"dimension": embedding.dimension},
         )
         cache = Cache()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -17,6 +19,8 @@ from semcache.server.errors import error_middleware
 from semcache.server.state import STATE, State
 from semcache.settings import ServerConfig
 from semcache.upstream import Upstream
+
+logger = logging.getLogger("semcache.server")
 
 
 def create_app(
@@ -84,11 +88,20 @@ def _resources(
             metrics=metrics_,
             prices=prices,
         )
+        checkpoints = None
         try:
             await the_cache.awarm_up()  # the first request should not pay for loading the model
             await the_upstream.start()
+            if config.checkpoint_interval_s > 0:
+                checkpoints = asyncio.get_running_loop().create_task(
+                    _checkpoint_every(the_cache, config.checkpoint_interval_s)
+                )
             yield
         finally:
+            if checkpoints is not None:
+                checkpoints.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpoints
             await batcher.close()
             if own_upstream:
                 await the_upstream.close()
@@ -96,6 +109,16 @@ def _resources(
                 await asyncio.to_thread(the_cache.close)
 
     return resources
+
+
+async def _checkpoint_every(cache: SemanticCache, interval_s: float) -> None:
+    """Save the index snapshot now and then, so a crash costs a short rebuild, not a long one."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await cache.acheckpoint()
+        except Exception:  # a failed checkpoint costs a rebuild after a crash, nothing more
+            logger.exception("saving the index snapshot failed")
 
 
 async def healthz(request: web.Request) -> web.Response:
