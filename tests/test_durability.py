@@ -119,22 +119,25 @@ def test_a_second_process_is_refused_while_the_first_has_the_directory(tmp_path:
         assert cache.get("one two") is not None
 
 
-def test_a_killed_owner_does_not_leave_the_directory_locked(tmp_path: Path) -> None:
-    with run_python(
-        """
-        import sys, time
-        from tests.conftest import WordHashEmbedder
-        from semcache import SemanticCache
-        cache = SemanticCache(sys.argv[1], embedder=WordHashEmbedder())
-        cache.put("alpha", 1)
-        print("ready", flush=True)
-        time.sleep(60)
-        """,
-        str(tmp_path),
-    ) as owner:
+def kill_after(directory: Path, setup: str) -> None:
+    """Run ``setup`` on a cache in ``directory`` in a child process, then SIGKILL it."""
+    code = (
+        "import sys, time\n"
+        "from tests.conftest import WordHashEmbedder\n"
+        "from semcache import SemanticCache\n"
+        "cache = SemanticCache(sys.argv[1], embedder=WordHashEmbedder())\n"
+        f"{setup}\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with run_python(code, str(directory)) as owner:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
         owner.kill()
         owner.wait(timeout=10)
+
+
+def test_a_killed_owner_does_not_leave_the_directory_locked(tmp_path: Path) -> None:
+    kill_after(tmp_path, 'cache.put("alpha", 1)')
     with SemanticCache(tmp_path, embedder=WordHashEmbedder()) as cache:
         assert cache.get("alpha") is not None
 
@@ -202,22 +205,10 @@ def test_checkpoint_saves_only_when_something_changed(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_spares_the_rebuild_after_a_kill(tmp_path: Path) -> None:
-    with run_python(
-        """
-        import sys, time
-        from tests.conftest import WordHashEmbedder
-        from semcache import SemanticCache
-        cache = SemanticCache(sys.argv[1], embedder=WordHashEmbedder())
-        cache.put_many([f"fact {i}" for i in range(20)], list(range(20)))
-        cache.checkpoint()
-        print("ready", flush=True)
-        time.sleep(60)
-        """,
-        str(tmp_path),
-    ) as owner:
-        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
-        owner.kill()
-        owner.wait(timeout=10)
+    kill_after(
+        tmp_path,
+        'cache.put_many([f"fact {i}" for i in range(20)], list(range(20)))\ncache.checkpoint()',
+    )
     with SemanticCache(tmp_path, embedder=WordHashEmbedder()) as cache:
         assert cache.stats()["index_rebuilds"] == 0
         assert len(cache) == 20
