@@ -196,7 +196,7 @@ def ivf_recall(
         fill(cache, texts)
         kinds = cache.stats()["indexes"]
         stored = precomputed.embed(texts)
-        ids = np.array([cache._store.find_exact(cache_request_key(cache, t)) for t in texts])
+        ids = np.array([cache._store.find_exact(CacheRequest(prompt=t).exact_key) for t in texts])
         query_vectors = precomputed.embed(queries)
         scope = next(iter(cache._index._scopes))
         _, found = cache._index.search(scope, query_vectors, 8)
@@ -208,10 +208,6 @@ def ivf_recall(
         f"index {kinds} at {len(texts)} entries, nprobe {cache.config.ivf_nprobe}: "
         f"recall@1 {at1:.3f}, recall@8 {at8:.3f} against exact search ({len(queries)} queries)"
     )
-
-
-def cache_request_key(cache: SemanticCache, text: str) -> str:
-    return CacheRequest(prompt=text).exact_key
 
 
 def main() -> None:

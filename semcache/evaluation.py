@@ -13,7 +13,7 @@ and :func:`sweep` applies each threshold to it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,20 +97,32 @@ def load_pairs(
 
 
 def run_pairs(
-    cache: SemanticCache, rows: Sequence[PairRow], *, floor: float, namespace: str = "pairs"
+    cache: SemanticCache,
+    rows: Sequence[PairRow],
+    *,
+    floor: float,
+    namespace: str = "pairs",
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = 256,
 ) -> list[Outcome]:
     """Store every distinct ``a`` in ``cache`` (expected empty), look up every ``b`` at
-    threshold ``floor``."""
+    threshold ``floor``, ``chunk`` at a time; ``on_progress`` hears how many were done."""
     answers = list(dict.fromkeys(row.a for row in rows))
-    cache.put_many(answers, answers, namespace=namespace)
-    hits = cache.get_many([row.b for row in rows], namespace=namespace, min_similarity=floor)
-    return [
-        Outcome(
-            score=None if hit is None else hit.score,
-            right=hit is not None and row.duplicate and hit.response == row.a,
-        )
-        for row, hit in zip(rows, hits, strict=True)
-    ]
+    for start in range(0, len(answers), chunk):
+        part = answers[start : start + chunk]
+        cache.put_many(part, part, namespace=namespace)
+        if on_progress is not None:
+            on_progress(len(part))
+    outcomes: list[Outcome] = []
+    for start in range(0, len(rows), chunk):
+        batch = rows[start : start + chunk]
+        hits = cache.get_many([r.b for r in batch], namespace=namespace, min_similarity=floor)
+        for row, hit in zip(batch, hits, strict=True):
+            right = hit is not None and row.duplicate and hit.response == row.a
+            outcomes.append(Outcome(score=None if hit is None else hit.score, right=right))
+        if on_progress is not None:
+            on_progress(len(batch))
+    return outcomes
 
 
 def exact_outcomes(rows: Sequence[PairRow]) -> list[Outcome]:

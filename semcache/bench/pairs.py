@@ -19,6 +19,7 @@ from semcache.evaluation import (
     exact_outcomes,
     in_split,
     metrics_at,
+    run_pairs,
     sweep,
 )
 
@@ -84,24 +85,9 @@ def run(
 
 
 def _run_pairs(cache: SemanticCache, rows: Sequence[PairRow], progress: bool) -> list[Outcome]:
-    """:func:`semcache.evaluation.run_pairs` in chunks, so the progress bar moves."""
-    answers = list(dict.fromkeys(row.a for row in rows))
-    bar = tqdm(total=len(answers) + len(rows), disable=not progress, desc="pairs", unit="q")
-    for start in range(0, len(answers), 256):
-        chunk = answers[start : start + 256]
-        cache.put_many(chunk, chunk, namespace="pairs")
-        bar.update(len(chunk))
-    outcomes: list[Outcome] = []
-    floor = THRESHOLDS[0]
-    for start in range(0, len(rows), 256):
-        batch = rows[start : start + 256]
-        hits = cache.get_many([r.b for r in batch], namespace="pairs", min_similarity=floor)
-        for row, hit in zip(batch, hits, strict=True):
-            right = hit is not None and row.duplicate and hit.response == row.a
-            outcomes.append(Outcome(None if hit is None else hit.score, right))
-        bar.update(len(batch))
-    bar.close()
-    return outcomes
+    answers = len(set(row.a for row in rows))
+    with tqdm(total=answers + len(rows), disable=not progress, desc="pairs", unit="q") as bar:
+        return run_pairs(cache, rows, floor=THRESHOLDS[0], on_progress=bar.update)
 
 
 def _gptcache(rows: Sequence[PairRow], model: str | None, progress: bool) -> Metrics:
