@@ -38,6 +38,7 @@ from semcache.evaluation import (
     exact_outcomes,
     load_pairs,
     metrics_at,
+    metrics_at_defaults,
     run_pairs,
 )
 from semcache.keys import normalize_prompt
@@ -268,20 +269,25 @@ def main() -> None:
     rows = load_pairs(args.data / "pairs_qqp_gptcache.jsonl", limit=3000)
     precomputed.prefill([r.a for r in rows] + [r.b for r in rows])
     with tempfile.TemporaryDirectory() as tmp, SemanticCache(tmp, embedder=precomputed) as cache:
-        threshold = cache.config.min_similarity
-        semantic = metrics_at(run_pairs(cache, rows, floor=threshold), rows, threshold)
+        semantic = metrics_at_defaults(
+            cache, run_pairs(cache, rows, floor=cache.min_similarity), rows
+        )
+        name = f"semcache (min_similarity {cache.min_similarity}"
+        if cache.min_confidence is not None:
+            name += f", min_confidence {cache.min_confidence}"
+        name += ")"
     exact = metrics_at(exact_outcomes(rows), rows, 1.0)
     say(
-        f"hits on the first {len(rows)} QQP pairs (put every a, get every b; right = duplicate "
-        f"and the row's own a), {semantic.duplicates} duplicates:"
+        f"hits on the first {len(rows)} QQP pairs (put every a, get every b; right = the labels "
+        f"join the two questions), {semantic.answerable} queries with a right answer stored:"
     )
     say(
-        f"{'cache':<32} | {'hits':>5} | {'right':>5} | {'wrong':>5} | {'hit rate':>8} | "
+        f"{'cache':<52} | {'hits':>5} | {'right':>5} | {'wrong':>5} | {'hit rate':>8} | "
         f"{'precision':>9} | {'recall':>6}"
     )
-    for label, m in ((f"semcache (min_similarity {threshold})", semantic), ("exact match", exact)):
+    for label, m in ((name, semantic), ("exact match", exact)):
         say(
-            f"{label:<32} | {m.hits:>5} | {m.right:>5} | {m.wrong:>5} | {m.hit_rate:>8.3f} | "
+            f"{label:<52} | {m.hits:>5} | {m.right:>5} | {m.wrong:>5} | {m.hit_rate:>8.3f} | "
             f"{m.precision:>9.3f} | {m.recall:>6.3f}"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,11 @@ A lookup goes through three tiers, cheapest first, and stops at the first that d
 
 1. exact: the hash of scope and normalised prompt, answered from the store with no embedding;
 2. empty scope: nothing to compare with, so a miss without computing an embedding;
-3. semantic: embed the prompt, search the scope's index, and serve the best candidate whose
-   cosine similarity reaches ``min_similarity`` and that passes the guards of
-   :mod:`semcache.policy`.
+3. semantic: embed the prompt, search the scope's index, keep the candidates whose cosine
+   similarity reaches ``min_similarity`` and that pass the guards of :mod:`semcache.policy`;
+4. verification: the verifier (:mod:`semcache.verification`) gives each of the first
+   ``verify_top`` of them a calibrated probability of being right, and the most probable is
+   served when it reaches ``min_confidence``. Without a verifier the first candidate is served.
 
 Every method is synchronous and thread-safe; each has an awaitable twin (``aget``, ``aput``, …)
 that runs it on the cache's worker threads, so an event loop never blocks on the model, FAISS or
@@ -33,7 +35,7 @@ import orjson
 from numpy.typing import NDArray
 
 from semcache.catalog import Catalog, Item
-from semcache.config import CacheConfig
+from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig, default_models_dir
 from semcache.embedding import Embedder, SentenceTransformerEmbedder, WindowedEmbedder
 from semcache.errors import (
     CacheLockedError,
@@ -46,8 +48,10 @@ from semcache.errors import (
 from semcache.index import ScopedIndex
 from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
 from semcache.policy import Reason, guard_mismatch
+from semcache.shadow import Verdict, compare_answers
 from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
 from semcache.store import DiskStore, Entry, encode_entry
+from semcache.verification import Verifier, resolve_verifier
 
 logger = logging.getLogger("semcache")
 
@@ -72,6 +76,7 @@ class Hit:
     namespace: str
     created_at: float
     expires_at: float | None
+    confidence: float | None = None  # the verifier's probability; None when none ran
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,13 +84,23 @@ class Decision:
     """The outcome of a lookup, hit or miss, with the evidence for it.
 
     ``score`` and ``entry_id`` describe the best candidate examined, also on a miss (``None``
-    when no candidate was examined).
+    when no candidate was examined); ``confidence`` is the verifier's probability for it.
     """
 
     hit: Hit | None
     reason: Reason
     score: float | None = None
     entry_id: int | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class _Screened:
+    """Candidates of one lookup that passed the floor and the guards, best first, and the
+    decision to return if none is served."""
+
+    candidates: list[tuple[Entry, float]]
+    miss: Decision
 
 
 def _offloaded(
@@ -110,6 +125,7 @@ class SemanticCache:
         directory: where the entries (diskcache) and the index snapshot live; created if absent.
         embedder: anything with ``name`` and ``embed(texts)``; defaults to the sentence-transformers
             model named by ``model`` (see ``models/README.md``), loaded on first use.
+        verifier: the second stage; defaults to the one ``config.verifier`` names.
         config: a :class:`CacheConfig`; or pass its fields as keyword options.
         clock: seconds since the epoch; tests pass a fake one to drive expiry.
 
@@ -125,6 +141,7 @@ class SemanticCache:
         directory: str | Path,
         *,
         embedder: Embedder | None = None,
+        verifier: Verifier | None = None,
         config: CacheConfig | None = None,
         clock: Callable[[], float] = time.time,
         **options: Any,
@@ -142,6 +159,11 @@ class SemanticCache:
             self.config.model,
             models_dir=self.config.models_dir,
             batch_size=self.config.embed_batch_size,
+        )
+        self.verifier = verifier or resolve_verifier(
+            self.config.verifier,
+            self._embedder.name,
+            self.config.models_dir or default_models_dir(),
         )
         # One process owns a directory: the catalog and the index are kept in its memory, and a
         # second writer would make them silently stale. flock is released by the kernel when
@@ -292,11 +314,24 @@ class SemanticCache:
             by_scope: dict[str, list[int]] = {}
             for row, i in enumerate(semantic):
                 by_scope.setdefault(requests[i].scope.key, []).append(row)
+            screened: dict[int, _Screened] = {}
             for scope, rows in by_scope.items():
                 scores, ids = self._index.search(scope, vectors[rows], self.config.top_k)
                 for row, row_scores, row_ids in zip(rows, scores, ids, strict=True):
                     i = semantic[row]
-                    decisions[i] = self._judge(requests[i], row_scores, row_ids, now)
+                    screened[i] = self._screen(requests[i], row_scores, row_ids, now)
+            if self.verifier is None:
+                for i, screen in screened.items():
+                    decisions[i] = (
+                        self._serve(*screen.candidates[0], Reason.SEMANTIC, now)
+                        if screen.candidates
+                        else screen.miss
+                    )
+            else:
+                vector_of = {i: vectors[row] for row, i in enumerate(semantic)}
+                decisions_of = self._verify(requests, screened, vector_of, now)
+                for i, decision in decisions_of.items():
+                    decisions[i] = decision
         result = [d for d in decisions if d is not None]
         assert len(result) == len(requests)
         with self._lock:
@@ -410,9 +445,17 @@ class SemanticCache:
             return marked
 
     def warm_up(self) -> None:
-        """Load the embedding model now rather than on the first semantic lookup."""
+        """Load the embedding model and the verifier now rather than on the first lookup."""
         self._check_open()
-        self._compute_vectors(["warm up"])
+        vectors = self._compute_vectors(["warm up"])
+        if self.verifier is not None:
+            self.verifier.probabilities(["warm up"], ["warm up"], vectors, vectors)
+
+    def compare_answers(self, cached: str, fresh: str, agreement: float) -> Verdict:
+        """Whether two answers agree in meaning (see :mod:`semcache.shadow`), by this cache's
+        embedding model."""
+        self._check_open()
+        return compare_answers(cached, fresh, embed=self._compute_vectors, agreement=agreement)
 
     def clear(self, namespace: str | None = None) -> int:
         """Remove every entry of ``namespace``, or of all namespaces; returns how many."""
@@ -448,7 +491,9 @@ class SemanticCache:
                 "scopes": self._catalog.scope_count,
                 "indexes": self._index.describe(),
                 "embedder": self._embedder.name,
-                "min_similarity": self.config.min_similarity,
+                "min_similarity": self.min_similarity,
+                "verifier": None if self.verifier is None else self.verifier.name,
+                "min_confidence": self.min_confidence,
                 "lookups": total,
                 "hits": hits,
                 "hit_rate": hits / total if total else 0.0,
@@ -514,6 +559,7 @@ class SemanticCache:
     acheckpoint = _offloaded(checkpoint)
     aentry = _offloaded(entry)
     awarm_up = _offloaded(warm_up)
+    acompare_answers = _offloaded(compare_answers)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -530,13 +576,15 @@ class SemanticCache:
             return None
         return self._serve(entry, 1.0, Reason.EXACT, now)
 
-    def _judge(
+    def _screen(
         self, request: CacheRequest, scores: NDArray[np.float32], ids: NDArray[np.int64], now: float
-    ) -> Decision:
-        threshold = request.min_similarity or self.config.min_similarity
+    ) -> _Screened:
+        threshold = request.min_similarity or self.min_similarity
+        wanted = 1 if self.verifier is None else self.config.verify_top
+        candidates: list[tuple[Entry, float]] = []
         reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
         for score, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
-            if entry_id < 0:
+            if entry_id < 0 or len(candidates) >= wanted:
                 break
             if best_score is None:
                 best_score, best_id = score, entry_id
@@ -553,10 +601,74 @@ class SemanticCache:
                     if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
                         reason, best_score, best_id = mismatch, score, entry_id
                     continue
-            return self._serve(entry, score, Reason.SEMANTIC, now)
-        return Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
+            candidates.append((entry, score))
+        miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
+        return _Screened(candidates, miss)
 
-    def _serve(self, entry: Entry, score: float, reason: Reason, now: float) -> Decision:
+    def _verify(
+        self,
+        requests: Sequence[CacheRequest],
+        screened: Mapping[int, _Screened],
+        vectors: Mapping[int, NDArray[np.float32]],
+        now: float,
+    ) -> dict[int, Decision]:
+        """One verifier call for the candidates of every lookup of a batch."""
+        assert self.verifier is not None
+        pairs = [(i, entry, score) for i, s in screened.items() for entry, score in s.candidates]
+        decisions = {i: s.miss for i, s in screened.items() if not s.candidates}
+        if not pairs:
+            return decisions
+        probabilities = self.verifier.probabilities(
+            [requests[i].prompt for i, _, _ in pairs],
+            [entry.prompt for _, entry, _ in pairs],
+            np.stack([vectors[i] for i, _, _ in pairs]),
+            np.stack([_vector(entry) for _, entry, _ in pairs]),
+        )
+        best: dict[int, tuple[float, Entry, float]] = {}
+        for (i, entry, score), probability in zip(pairs, probabilities.tolist(), strict=True):
+            if i not in best or probability > best[i][0]:
+                best[i] = (probability, entry, score)
+        for i, (probability, entry, score) in best.items():
+            wanted = requests[i].min_confidence
+            if probability >= (self.verifier.min_confidence if wanted is None else wanted):
+                decisions[i] = self._serve(entry, score, Reason.SEMANTIC, now, probability)
+            else:
+                decisions[i] = Decision(
+                    hit=None,
+                    reason=Reason.UNVERIFIED,
+                    score=min(1.0, score),
+                    entry_id=entry.entry_id,
+                    confidence=probability,
+                )
+        return decisions
+
+    @property
+    def min_similarity(self) -> float:
+        """The similarity floor in force: the configured one, else the verifier's, else
+        ``DEFAULT_MIN_SIMILARITY``."""
+        if self.config.min_similarity is not None:
+            return self.config.min_similarity
+        if self.verifier is not None:
+            return self.verifier.min_similarity
+        return DEFAULT_MIN_SIMILARITY
+
+    @property
+    def min_confidence(self) -> float | None:
+        """The probability the verifier must give in force; ``None`` without a verifier."""
+        if self.verifier is None:
+            return None
+        if self.config.min_confidence is not None:
+            return self.config.min_confidence
+        return self.verifier.min_confidence
+
+    def _serve(
+        self,
+        entry: Entry,
+        score: float,
+        reason: Reason,
+        now: float,
+        confidence: float | None = None,
+    ) -> Decision:
         with self._lock:
             # Under the lock and only while the entry is catalogued, so a hit racing a delete
             # cannot leave statistics behind for an entry that is gone.
@@ -572,8 +684,15 @@ class SemanticCache:
             namespace=entry.namespace,
             created_at=entry.created_at,
             expires_at=entry.expires_at,
+            confidence=confidence,
         )
-        return Decision(hit=hit, reason=reason, score=hit.score, entry_id=entry.entry_id)
+        return Decision(
+            hit=hit,
+            reason=reason,
+            score=hit.score,
+            entry_id=entry.entry_id,
+            confidence=confidence,
+        )
 
     def _fetch(self, entry_id: int, now: float) -> Entry | None:
         """The live entry, repairing what points at a missing, corrupt or expired one."""
@@ -741,6 +860,11 @@ class SemanticCache:
         if snapshot is not None:
             write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
             self._snapshot_version = snapshot.store_version
+
+
+def _vector(entry: Entry) -> NDArray[np.float32]:
+    assert entry.vector is not None  # only entries with a vector are in an index
+    return entry.vector
 
 
 def _item(entry: Entry, size: int) -> Item:

@@ -11,9 +11,11 @@ from typing import Any
 
 from semcache.errors import ConfigError, SemcacheError
 
-# Chosen from the threshold sweep in benchmarks/tune_threshold.py on QQP rows 3000-14999 with
-# id % 10 != 0 (the tuning part), maximising F0.5 with the lexical guards on; see models/README.md
-# for the curve and for the figures on the held-out rows (id % 10 == 0).
+# The threshold when no verifier runs. Chosen from the threshold sweep in
+# benchmarks/tune_threshold.py on QQP rows 3000-14999 with id % 10 != 0 (the tuning part),
+# maximising F0.5 with the lexical guards on; see models/README.md for the curve and for the
+# figures on the held-out rows (id % 10 == 0). With a verifier, the verifier's own floor and
+# min_confidence apply (models/verifier/README.md).
 DEFAULT_MIN_SIMILARITY = 0.85
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -32,8 +34,17 @@ class CacheConfig:
     """Options of :class:`semcache.SemanticCache`.
 
     Attributes:
-        min_similarity: cosine similarity in (0, 1] a candidate needs to be served; higher is
-            stricter. Overridable per lookup.
+        min_similarity: cosine similarity in (0, 1] a candidate needs to be served (with a
+            verifier: to be verified); higher is stricter. ``None``: the verifier's calibrated
+            floor, or ``DEFAULT_MIN_SIMILARITY`` without one. Overridable per lookup.
+        verifier: the second stage that judges each candidate (``semcache.verification``):
+            ``"auto"`` uses the project's verifier when it was trained for this embedding
+            model, ``None`` turns verification off, anything else names one under
+            ``models_dir/verifier/`` or is a path.
+        min_confidence: probability in [0, 1] the verifier must give a candidate for it to be
+            served; ``None``: the verifier's default. Overridable per lookup.
+        verify_top: candidates above the floor and past the guards sent to the verifier per
+            lookup; the most probable is served.
         ttl_s: default lifetime of an entry in seconds; ``None`` keeps entries until evicted.
         max_entries: bound on the number of entries; the least recently used go first.
         max_bytes: bound on the encoded size of all entries in bytes, evicted the same way.
@@ -49,7 +60,10 @@ class CacheConfig:
         embed_batch_size: texts per forward pass of the model.
     """
 
-    min_similarity: float = DEFAULT_MIN_SIMILARITY
+    min_similarity: float | None = None
+    verifier: str | None = "auto"
+    min_confidence: float | None = None
+    verify_top: int = 3
     ttl_s: float | None = None
     max_entries: int | None = None
     max_bytes: int | None = None
@@ -63,14 +77,22 @@ class CacheConfig:
     embed_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        check_similarity(self.min_similarity, "min_similarity")
+        if self.min_similarity is not None:
+            check_similarity(self.min_similarity, "min_similarity")
+        if self.min_confidence is not None:
+            check_confidence(self.min_confidence, "min_confidence")
+        if self.verifier is not None and (not isinstance(self.verifier, str) or not self.verifier):
+            raise ConfigError(
+                f"verifier must be 'auto', a name, a path or None, got {self.verifier!r}"
+            )
         if self.ttl_s is not None:
             check_ttl(self.ttl_s, "ttl_s")
         for name in ("max_entries", "max_bytes"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("top_k", "exact_index_max", "ivf_nprobe", "workers", "embed_batch_size"):
+        positive = ("top_k", "verify_top", "exact_index_max", "ivf_nprobe", "workers")
+        for name in (*positive, "embed_batch_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -114,6 +136,17 @@ def check_similarity(value: object, name: str, error: type[SemcacheError] = Conf
     """
     if not _is_number(value) or not (0.0 < float(value) <= 1.0):  # type: ignore[arg-type]
         raise error(f"{name} must be a number in (0, 1] (cosine similarity), got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_confidence(value: object, name: str, error: type[SemcacheError] = ConfigError) -> float:
+    """Validate a probability threshold in [0, 1].
+
+    Raises:
+        ``error`` (ConfigError by default): ``value`` is not a number in [0, 1].
+    """
+    if not _is_number(value) or not (0.0 <= float(value) <= 1.0):  # type: ignore[arg-type]
+        raise error(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 

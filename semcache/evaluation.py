@@ -1,13 +1,20 @@
 """Measuring a cache on labelled paraphrase pairs: hit rate, precision of hits, recall.
 
 The procedure (also the benchmark's "pair mode"): store every distinct ``a`` with itself as the
-answer, look up every ``b``. A hit is right only when the row is a duplicate *and* the answer
-served is that row's own ``a``; any other hit is a wrong answer served to a user.
+answer, look up every ``b``. Whether a hit is right is read from the labels of the rows
+evaluated (:class:`Labels`): the answer served is right when the labels join the two questions,
+directly (the row's own ``a`` on a duplicate row) or through a chain of rows labelled duplicate,
+and no row labels that very pair a non-duplicate. QQP repeats popular questions across rows, so
+the answer stored for another ``a`` is often the right one. A hit on a pair no row labels is
+*unjudged* and counted wrong, so ``precision`` is a lower bound; ``precision_judged`` leaves the
+unjudged out. Recall is over the queries whose question has some stored answer.
 
-A lookup at threshold ``t`` serves the first candidate, in descending similarity, that passes
-the guards, provided its similarity is at least ``t``. So one pass at a low threshold gives the
-outcome at every higher threshold: :func:`run_pairs` records the served candidate's similarity
-and :func:`sweep` applies each threshold to it.
+One pass gives the outcome at every operating point. Without a verifier a lookup at threshold
+``t`` serves the first candidate, in descending similarity, that passes the guards, provided
+its similarity is at least ``t``: :func:`run_pairs` records the served candidate's similarity
+at a low threshold and :func:`sweep` applies each threshold. With a verifier the most probable
+candidate is served when its probability reaches ``min_confidence``, so the pass records that
+probability at ``min_confidence`` 0 and the sweep is over ``min_confidence``.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from semcache.cache import SemanticCache
+from semcache.cache import Hit, SemanticCache
 from semcache.embedding import Embedder
-from semcache.keys import normalize_prompt
+from semcache.keys import CacheRequest, normalize_prompt
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,50 @@ class Outcome:
 
     score: float | None  # similarity of the served candidate; None for a miss
     right: bool
+    judged: bool = True  # whether the labels say anything about the pair served
+    confidence: float | None = None  # the verifier's probability; None when none ran
+
+    def key(self, by: str) -> float | None:
+        return self.score if by == "score" or self.score is None else self.confidence
+
+
+class Labels:
+    """What labelled rows say about two questions: joined by duplicate labels (transitively),
+    or labelled non-duplicate. Texts are compared after normalisation."""
+
+    def __init__(self, rows: Iterable[PairRow]) -> None:
+        self._parent: dict[str, str] = {}
+        self._negative: set[tuple[str, str]] = set()
+        for row in rows:
+            a, b = normalize_prompt(row.a), normalize_prompt(row.b)
+            if row.duplicate:
+                self._parent[self._find(a)] = self._find(b)
+            else:
+                self._negative.add((a, b))
+                self._negative.add((b, a))
+
+    def _find(self, text: str) -> str:
+        root = text
+        while self._parent.get(root, root) != root:
+            root = self._parent[root]
+        while text != root:  # path compression
+            self._parent[text], text = root, self._parent[text]
+        return root
+
+    def same(self, query: str, answer: str) -> bool:
+        """The labels say one answer serves both."""
+        q, a = normalize_prompt(query), normalize_prompt(answer)
+        return (q, a) not in self._negative and self._find(q) == self._find(a)
+
+    def known(self, query: str, answer: str) -> bool:
+        """The labels say something about this pair, either way."""
+        q, a = normalize_prompt(query), normalize_prompt(answer)
+        return (q, a) in self._negative or self._find(q) == self._find(a)
+
+    def answerable(self, queries: Iterable[str], answers: Iterable[str]) -> int:
+        """How many of ``queries`` have a right answer among ``answers``."""
+        groups = {self._find(normalize_prompt(a)) for a in answers}
+        return sum(self._find(normalize_prompt(q)) in groups for q in queries)
 
 
 @dataclass(frozen=True)
@@ -56,6 +107,9 @@ class Metrics:
     recall: float
     false_hit_rate: float
     f1: float
+    unjudged: int = 0  # wrong hits that no label covers (counted wrong above)
+    precision_judged: float = 1.0  # right / (hits - unjudged)
+    answerable: int = 0  # queries with a right answer stored (recall's denominator)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,56 +160,105 @@ def run_pairs(
     chunk: int = 256,
 ) -> list[Outcome]:
     """Store every distinct ``a`` in ``cache`` (expected empty), look up every ``b`` at
-    threshold ``floor``, ``chunk`` at a time; ``on_progress`` hears how many were done."""
+    threshold ``floor`` (and ``min_confidence`` 0 when the cache has a verifier), ``chunk`` at a
+    time; ``on_progress`` hears how many were done."""
+    labels = Labels(rows)
     answers = list(dict.fromkeys(row.a for row in rows))
     for start in range(0, len(answers), chunk):
         part = answers[start : start + chunk]
         cache.put_many(part, part, namespace=namespace)
         if on_progress is not None:
             on_progress(len(part))
-    outcomes: list[Outcome] = []
-    for start in range(0, len(rows), chunk):
-        batch = rows[start : start + chunk]
-        hits = cache.get_many([r.b for r in batch], namespace=namespace, min_similarity=floor)
-        for row, hit in zip(batch, hits, strict=True):
-            right = hit is not None and row.duplicate and hit.response == row.a
-            outcomes.append(Outcome(score=None if hit is None else hit.score, right=right))
+    hits = lookups(
+        cache, [row.b for row in rows], floor=floor, namespace=namespace, on_progress=on_progress
+    )
+    return [
+        Outcome(score=None, right=False)
+        if hit is None
+        else Outcome(
+            score=hit.score,
+            right=labels.same(row.b, hit.response),
+            judged=labels.known(row.b, hit.response),
+            confidence=hit.confidence,
+        )
+        for row, hit in zip(rows, hits, strict=True)
+    ]
+
+
+def lookups(
+    cache: SemanticCache,
+    queries: Sequence[str],
+    *,
+    floor: float,
+    namespace: str = "pairs",
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = 256,
+) -> list[Hit | None]:
+    """Look up ``queries`` at similarity ``floor`` and, with a verifier, ``min_confidence`` 0,
+    so that the outcome at any stricter setting can be read from the hits."""
+    min_confidence = None if cache.verifier is None else 0.0
+    hits: list[Hit | None] = []
+    for start in range(0, len(queries), chunk):
+        batch = queries[start : start + chunk]
+        requests = [
+            CacheRequest(
+                prompt=q, namespace=namespace, min_similarity=floor, min_confidence=min_confidence
+            )
+            for q in batch
+        ]
+        hits.extend(decision.hit for decision in cache.lookup_many(requests))
         if on_progress is not None:
             on_progress(len(batch))
-    return outcomes
+    return hits
 
 
 def exact_outcomes(rows: Sequence[PairRow]) -> list[Outcome]:
     """An exact-match cache on the same rows: a hit only for a ``b`` equal to a stored ``a``
     after normalisation (case, spacing, trailing punctuation)."""
+    labels = Labels(rows)
     stored: dict[str, str] = {}
     for row in rows:
         stored[normalize_prompt(row.a)] = row.a
     outcomes = []
     for row in rows:
         answer = stored.get(normalize_prompt(row.b))
-        outcomes.append(
-            Outcome(
-                score=None if answer is None else 1.0,
-                right=answer is not None and row.duplicate and answer == row.a,
-            )
-        )
+        if answer is None:
+            outcomes.append(Outcome(score=None, right=False))
+        else:
+            outcomes.append(Outcome(score=1.0, right=labels.same(row.b, answer)))
     return outcomes
 
 
-def metrics_at(outcomes: Sequence[Outcome], rows: Sequence[PairRow], threshold: float) -> Metrics:
-    duplicates = sum(row.duplicate for row in rows)
-    served = [o for o in outcomes if o.score is not None and o.score >= threshold]
+def answerable(rows: Sequence[PairRow]) -> int:
+    """Queries (``b``) of ``rows`` whose right answer is among the stored ``a``."""
+    return Labels(rows).answerable((r.b for r in rows), (r.a for r in rows))
+
+
+def metrics_at(
+    outcomes: Sequence[Outcome],
+    rows: Sequence[PairRow],
+    threshold: float,
+    *,
+    by: str = "score",
+    answerable_queries: int | None = None,
+) -> Metrics:
+    """The figures when hits need ``threshold`` on ``by`` (``"score"``: similarity,
+    ``"confidence"``: the verifier's probability). Pass ``answerable_queries`` (from
+    :func:`answerable`) when sweeping, to count it once."""
+    if answerable_queries is None:
+        answerable_queries = answerable(rows)
+    served = [o for o in outcomes if (key := o.key(by)) is not None and key >= threshold]
     right = sum(o.right for o in served)
+    unjudged = sum(not o.right and not o.judged for o in served)
     hits = len(served)
     queries = len(outcomes)
     precision = right / hits if hits else 1.0
-    recall = right / duplicates if duplicates else 0.0
+    recall = right / answerable_queries if answerable_queries else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Metrics(
         threshold=round(threshold, 4),
         queries=queries,
-        duplicates=duplicates,
+        duplicates=sum(row.duplicate for row in rows),
         hits=hits,
         right=right,
         wrong=hits - right,
@@ -164,13 +267,30 @@ def metrics_at(outcomes: Sequence[Outcome], rows: Sequence[PairRow], threshold: 
         recall=recall,
         false_hit_rate=(hits - right) / queries if queries else 0.0,
         f1=f1,
+        unjudged=unjudged,
+        precision_judged=right / (hits - unjudged) if hits > unjudged else 1.0,
+        answerable=answerable_queries,
     )
 
 
+def metrics_at_defaults(
+    cache: SemanticCache, outcomes: Sequence[Outcome], rows: Sequence[PairRow]
+) -> Metrics:
+    """The figures at ``cache``'s own settings, from outcomes of :func:`run_pairs` on it."""
+    if cache.min_confidence is None:
+        return metrics_at(outcomes, rows, cache.min_similarity)
+    return metrics_at(outcomes, rows, cache.min_confidence, by="confidence")
+
+
 def sweep(
-    outcomes: Sequence[Outcome], rows: Sequence[PairRow], thresholds: Iterable[float]
+    outcomes: Sequence[Outcome],
+    rows: Sequence[PairRow],
+    thresholds: Iterable[float],
+    *,
+    by: str = "score",
 ) -> list[Metrics]:
-    return [metrics_at(outcomes, rows, t) for t in thresholds]
+    count = answerable(rows)
+    return [metrics_at(outcomes, rows, t, by=by, answerable_queries=count) for t in thresholds]
 
 
 def f_beta(metrics: Metrics, beta: float) -> float:

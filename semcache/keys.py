@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from semcache.config import check_similarity, check_ttl
+from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 
 DEFAULT_NAMESPACE = "default"
@@ -50,6 +50,7 @@ class CacheRequest:
         context: JSON-compatible values that change the answer besides the prompt (model,
             system prompt, tools, sampling parameters, prior turns). Hashed into the scope.
         min_similarity: overrides the cache's threshold for this lookup.
+        min_confidence: overrides the probability the verifier must give for this lookup.
         ttl_s: overrides the cache's default lifetime for an entry stored from this request.
 
     Raises:
@@ -62,6 +63,7 @@ class CacheRequest:
     context: Mapping[str, Any] = field(default_factory=dict)
     min_similarity: float | None = None
     ttl_s: float | None = None
+    min_confidence: float | None = None
     scope: Scope = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +77,8 @@ class CacheRequest:
             check_similarity(self.min_similarity, "min_similarity", InvalidRequestError)
         if self.ttl_s is not None:
             check_ttl(self.ttl_s, "ttl_s", InvalidRequestError)
+        if self.min_confidence is not None:
+            check_confidence(self.min_confidence, "min_confidence", InvalidRequestError)
         # Fail at construction, not at the first lookup, when the context cannot be hashed.
         object.__setattr__(self, "scope", Scope(self.namespace, fingerprint(self.context)))
 

@@ -44,6 +44,7 @@ def parse_chat(
     namespace: str,
     min_similarity: float | None = None,
     ttl_s: float | None = None,
+    min_confidence: float | None = None,
 ) -> Parsed:
     """Validate a ``/v1/chat/completions`` body and key it.
 
@@ -82,7 +83,7 @@ def parse_chat(
     context["kind"] = "chat"
     context["prior"] = messages[:-1]
     context["last_message_extra"] = {k: v for k, v in last.items() if k not in ("role", "content")}
-    request = _cache_request(prompt, namespace, context, min_similarity, ttl_s)
+    request = _cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
     return Parsed("chat", model, stream, include_usage, request)
 
 
@@ -92,6 +93,7 @@ def parse_completion(
     namespace: str,
     min_similarity: float | None = None,
     ttl_s: float | None = None,
+    min_confidence: float | None = None,
 ) -> Parsed:
     """Validate a legacy ``/v1/completions`` body and key it on its prompt.
 
@@ -112,7 +114,7 @@ def parse_completion(
         return Parsed("completion", model, stream, include_usage, None, "the prompt is empty")
     context = {k: v for k, v in body.items() if k not in _NOT_IN_SCOPE and k != "prompt"}
     context["kind"] = "completion"
-    request = _cache_request(prompt, namespace, context, min_similarity, ttl_s)
+    request = _cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
     return Parsed("completion", model, stream, include_usage, request)
 
 
@@ -122,6 +124,7 @@ def _cache_request(
     context: Mapping[str, Any],
     min_similarity: float | None,
     ttl_s: float | None,
+    min_confidence: float | None,
 ) -> CacheRequest:
     return CacheRequest(
         prompt=prompt,
@@ -129,6 +132,7 @@ def _cache_request(
         context=context,
         min_similarity=min_similarity,
         ttl_s=ttl_s,
+        min_confidence=min_confidence,
     )
 
 
@@ -184,6 +188,18 @@ def finished_normally(response: object) -> bool:
         isinstance(choice, dict) and choice.get("finish_reason") in _STORABLE_FINISH
         for choice in choices
     )
+
+
+def answer_text(response: object) -> str:
+    """The text of the first choice of an answer (chat message content or completion text);
+    empty when there is none."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    choice = choices[0]
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 def usage_tokens(response: object) -> tuple[int, int]:

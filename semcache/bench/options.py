@@ -19,6 +19,7 @@ class BenchOptions:
     limit: int | None = None
     target_precision: float = 0.9
     min_similarity: float | None = None
+    min_confidence: float | None = None
     model: str | None = None
     latency_median_ms: float = 800.0
     price_in_per_1k: float = 0.00015
@@ -50,10 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target-precision",
         type=float,
         default=0.9,
-        help="pairs: report the threshold that first reaches this precision",
+        help="pairs: report the setting of the knob that first reaches this precision",
     )
     parser.add_argument(
-        "--min-similarity", type=float, help="semcache's threshold (default: its own)"
+        "--min-similarity",
+        type=float,
+        help="semcache's similarity floor (default: its own; the verifier's floor with one)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        help="probability semcache's verifier must give a hit (default: the verifier's own)",
     )
     parser.add_argument("--model", help="embedding model name or path (see models/README.md)")
     parser.add_argument(

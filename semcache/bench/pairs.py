@@ -1,41 +1,55 @@
-"""Pair mode: store every distinct ``a``, look up every ``b``, sweep the threshold."""
+"""Pair mode: store every distinct ``a``, look up every ``b`` and adversarial swaps of every
+``a``, sweep the knob (``min_confidence`` with a verifier, ``min_similarity`` without)."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
-from semcache.cache import SemanticCache
-from semcache.embedding import Embedder
+from semcache.bench.swaps import KINDS, Swap, swap_variants
+from semcache.cache import Hit, SemanticCache
+from semcache.config import CacheConfig
+from semcache.embedding import Embedder, SentenceTransformerEmbedder
 from semcache.evaluation import (
+    Labels,
     Metrics,
     Outcome,
     PairRow,
+    PrecomputedEmbedder,
+    answerable,
     exact_outcomes,
     in_split,
+    lookups,
     metrics_at,
     run_pairs,
     sweep,
 )
+from semcache.keys import normalize_prompt
 
 THRESHOLDS = [round(0.50 + 0.01 * i, 2) for i in range(50)]
+CONFIDENCES = [round(0.05 * i, 2) for i in range(20)] + [0.97, 0.98, 0.99]
 
 
 @dataclass
 class PairReport:
     rows: int
     duplicates: int
-    threshold: float
+    knob: str  # what the sweep moves: min_confidence with a verifier, else min_similarity
+    threshold: float  # the knob's default
+    floor: float  # the similarity floor in force
+    verifier: str | None
     semcache: Metrics
     sweep: list[Metrics]
     target_precision: float
     target_threshold: float | None
     baselines: dict[str, Metrics | None] = field(default_factory=dict)
+    swaps: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # cache -> kind -> figures
     notes: list[str] = field(default_factory=list)
 
 
@@ -55,42 +69,125 @@ def run(
     target_precision: float,
     model: str | None = None,
     progress: bool = True,
+    min_confidence: float | None = None,
+    seed: int = 0,
 ) -> PairReport:
-    options: dict[str, Any] = {} if min_similarity is None else {"min_similarity": min_similarity}
-    with (
-        tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory,
-        SemanticCache(directory, embedder=embedder, model=model, **options) as cache,
-    ):
-        threshold = cache.config.min_similarity
-        outcomes = _run_pairs(cache, rows, progress)
-    curve = sweep(outcomes, rows, THRESHOLDS)
+    """Semcache at its defaults (the knob swept), semcache without its verifier, and the
+    baselines, on the pairs and on adversarial swaps of the stored questions."""
+    # Both semcache runs embed the same texts: compute each vector once.
+    embedder = PrecomputedEmbedder(embedder or SentenceTransformerEmbedder(model))
+    swaps = swap_variants(list(dict.fromkeys(row.a for row in rows)), seed=seed)
+    config = CacheConfig(min_similarity=min_similarity, min_confidence=min_confidence)
+    plain_config = CacheConfig(min_similarity=min_similarity, verifier=None)
+    with tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory:
+        with SemanticCache(Path(directory) / "default", embedder=embedder, config=config) as cache:
+            verifier = None if cache.verifier is None else cache.verifier.name
+            knob = "min_similarity" if verifier is None else "min_confidence"
+            floor = cache.min_similarity
+            threshold = cache.min_confidence if cache.min_confidence is not None else floor
+            outcomes = _run_pairs(
+                cache, rows, progress, floor=THRESHOLDS[0] if verifier is None else floor
+            )
+            swap_outcomes = _run_swaps(cache, swaps, progress, floor=floor)
+        plain: tuple[list[Outcome], list[Outcome]] | None = None
+        if verifier is not None:
+            with SemanticCache(
+                Path(directory) / "plain", embedder=embedder, config=plain_config
+            ) as cache:
+                plain_floor = cache.min_similarity
+                plain = (
+                    _run_pairs(cache, rows, progress, floor=plain_floor),
+                    _run_swaps(cache, swaps, progress, floor=plain_floor),
+                )
+    by = "score" if verifier is None else "confidence"
+    count = answerable(rows)
+    curve = sweep(outcomes, rows, THRESHOLDS if verifier is None else CONFIDENCES, by=by)
     reaching = [m for m in curve if m.hits and m.precision >= target_precision]
     report = PairReport(
         rows=len(rows),
         duplicates=sum(r.duplicate for r in rows),
+        knob=knob,
         threshold=threshold,
-        semcache=metrics_at(outcomes, rows, threshold),
+        floor=floor,
+        verifier=verifier,
+        semcache=metrics_at(outcomes, rows, threshold, by=by, answerable_queries=count),
         sweep=curve,
         target_precision=target_precision,
         target_threshold=reaching[0].threshold if reaching else None,
     )
-    report.baselines["no cache"] = metrics_at([Outcome(None, False)] * len(rows), rows, 1.0)
-    report.baselines["exact match"] = metrics_at(exact_outcomes(rows), rows, 1.0)
+    report.swaps["semcache"] = _swap_figures(swaps, swap_outcomes, threshold, by)
+    if plain is not None:
+        name = f"semcache without verifier ({plain_floor})"
+        report.baselines[name] = metrics_at(plain[0], rows, plain_floor, answerable_queries=count)
+        report.swaps[name] = _swap_figures(swaps, plain[1], plain_floor, "score")
+    report.baselines["no cache"] = metrics_at(
+        [Outcome(None, False)] * len(rows), rows, 1.0, answerable_queries=count
+    )
+    report.baselines["exact match"] = metrics_at(
+        exact_outcomes(rows), rows, 1.0, answerable_queries=count
+    )
     if gptcache_baseline.available():
-        report.baselines["GPTCache (default threshold)"] = _gptcache(rows, model, progress)
+        name = "GPTCache (default threshold)"
+        gpt_pairs, gpt_swaps = _gptcache(rows, swaps, model, progress)
+        report.baselines[name] = metrics_at(gpt_pairs, rows, 1.0, answerable_queries=count)
+        report.swaps[name] = _swap_figures(swaps, gpt_swaps, 1.0, "score")
     else:
         report.baselines["GPTCache (default threshold)"] = None
         report.notes.append("GPTCache baseline skipped: pip install 'semcache[gptcache]'")
     return report
 
 
-def _run_pairs(cache: SemanticCache, rows: Sequence[PairRow], progress: bool) -> list[Outcome]:
+def _run_pairs(
+    cache: SemanticCache, rows: Sequence[PairRow], progress: bool, *, floor: float
+) -> list[Outcome]:
     answers = len(set(row.a for row in rows))
     with tqdm(total=answers + len(rows), disable=not progress, desc="pairs", unit="q") as bar:
-        return run_pairs(cache, rows, floor=THRESHOLDS[0], on_progress=bar.update)
+        return run_pairs(cache, rows, floor=floor, on_progress=bar.update)
 
 
-def _gptcache(rows: Sequence[PairRow], model: str | None, progress: bool) -> Metrics:
+def _run_swaps(
+    cache: SemanticCache, swaps: Sequence[Swap], progress: bool, *, floor: float
+) -> list[Outcome]:
+    """Look up every variant in the cache that holds the originals."""
+    with tqdm(total=len(swaps), disable=not progress, desc="swaps", unit="q") as bar:
+        hits = lookups(cache, [s.variant for s in swaps], floor=floor, on_progress=bar.update)
+    return [
+        _swap_outcome(swap, None if hit is None else hit.response, hit)
+        for swap, hit in zip(swaps, hits, strict=True)
+    ]
+
+
+def _swap_outcome(swap: Swap, answer: str | None, hit: Hit | None = None) -> Outcome:
+    if answer is None:
+        return Outcome(score=None, right=False)
+    return Outcome(
+        score=1.0 if hit is None else hit.score,
+        right=normalize_prompt(answer) == normalize_prompt(swap.variant),
+        confidence=None if hit is None else hit.confidence,
+    )
+
+
+def _swap_figures(
+    swaps: Sequence[Swap], outcomes: Sequence[Outcome], threshold: float, by: str
+) -> dict[str, Metrics]:
+    figures = {}
+    for kind in ("all", *KINDS):
+        chosen = [i for i, s in enumerate(swaps) if kind in ("all", s.kind)]
+        if not chosen:
+            continue
+        rows = [
+            PairRow(a=swaps[i].original, b=swaps[i].variant, duplicate=False, id=i) for i in chosen
+        ]
+        figures[kind] = metrics_at(
+            [outcomes[i] for i in chosen], rows, threshold, by=by, answerable_queries=0
+        )
+    return figures
+
+
+def _gptcache(
+    rows: Sequence[PairRow], swaps: Sequence[Swap], model: str | None, progress: bool
+) -> tuple[list[Outcome], list[Outcome]]:
+    labels = Labels(rows)
     baseline = gptcache_baseline.GPTCacheBaseline(model)
     try:
         answers = list(dict.fromkeys(row.a for row in rows))
@@ -98,8 +195,17 @@ def _gptcache(rows: Sequence[PairRow], model: str | None, progress: bool) -> Met
         outcomes = []
         for row in tqdm(rows, disable=not progress, desc="GPTCache", unit="q"):
             answer = baseline.get(row.b)
-            right = answer is not None and row.duplicate and answer == row.a
-            outcomes.append(Outcome(None if answer is None else 1.0, right))
+            outcomes.append(
+                Outcome(score=None, right=False)
+                if answer is None
+                else Outcome(
+                    score=1.0, right=labels.same(row.b, answer), judged=labels.known(row.b, answer)
+                )
+            )
+        swap_outcomes = [
+            _swap_outcome(swap, baseline.get(swap.variant))
+            for swap in tqdm(swaps, disable=not progress, desc="GPTCache swaps", unit="q")
+        ]
     finally:
         baseline.close()
-    return metrics_at(outcomes, rows, 1.0)
+    return outcomes, swap_outcomes

@@ -75,46 +75,77 @@ def pair_figures(report: PairReport) -> dict[str, Any]:
     at_target = next((m for m in report.sweep if m.threshold == report.target_threshold), None)
     return {
         **{k: v for k, v in report.semcache.as_dict().items()},
+        "knob": report.knob,
+        "floor": report.floor,
+        "verifier": report.verifier,
         "target_precision": report.target_precision,
         "threshold_at_target": report.target_threshold,
         "recall_at_target": None if at_target is None else at_target.recall,
         "baselines": {k: None if m is None else m.as_dict() for k, m in report.baselines.items()},
+        "swaps": {
+            cache: {kind: m.as_dict() for kind, m in kinds.items()}
+            for cache, kinds in report.swaps.items()
+        },
         "sweep": [m.as_dict() for m in report.sweep],
         "notes": report.notes,
     }
 
 
 def print_pair_table(report: PairReport) -> str:
+    name_width = 44
     header = (
-        f"{'cache':<34} | {'hits':>6} | {'right':>6} | {'wrong':>6} | {'hit rate':>8} | "
-        f"{'precision':>9} | {'recall':>6} | {'false hits':>10} | {'F1':>5}"
+        f"{'cache':<{name_width}} | {'hits':>6} | {'right':>6} | {'wrong':>6} | "
+        f"{'unjudged':>8} | {'hit rate':>8} | {'precision':>9} | {'judged':>6} | "
+        f"{'recall':>6} | {'false hits':>10}"
     )
     lines = [header, "-" * len(header)]
+    if report.verifier is None:
+        semcache = f"semcache (min_similarity {report.threshold})"
+    else:
+        semcache = f"semcache (floor {report.floor}, min_confidence {report.threshold})"
     rows: list[tuple[str, Metrics | None]] = [
-        (f"semcache (min_similarity {report.threshold})", report.semcache),
+        (semcache, report.semcache),
         *report.baselines.items(),
     ]
     for name, m in rows:
         if m is None:
-            lines.append(f"{name:<34} | not installed")
+            lines.append(f"{name:<{name_width}} | not installed")
             continue
         lines.append(
-            f"{name:<34} | {m.hits:>6} | {m.right:>6} | {m.wrong:>6} | {m.hit_rate:>8.3f} | "
-            f"{m.precision:>9.3f} | {m.recall:>6.3f} | {m.false_hit_rate:>10.3f} | {m.f1:>5.3f}"
+            f"{name:<{name_width}} | {m.hits:>6} | {m.right:>6} | {m.wrong:>6} | "
+            f"{m.unjudged:>8} | {m.hit_rate:>8.3f} | {m.precision:>9.3f} | "
+            f"{m.precision_judged:>6.3f} | {m.recall:>6.3f} | {m.false_hit_rate:>10.3f}"
         )
+    lines.append(
+        f"precision counts unjudged hits (pairs no row labels) as wrong; 'judged' leaves them "
+        f"out. Recall is over the {report.semcache.answerable} queries with a right answer stored."
+    )
     lines.append("")
-    lines.append("threshold sweep (semcache):")
-    lines.append(f"{'threshold':>9} | {'precision':>9} | {'recall':>6} | {'hit rate':>8}")
-    for m in report.sweep[::5]:
+    kinds = list(next(iter(report.swaps.values()), {}))
+    if kinds:
+        variants = next(iter(report.swaps.values()))["all"].queries
+        lines.append(f"adversarial swaps ({variants} variants of stored questions): false hits")
+        lines.append(f"{'cache':<{name_width}} | " + " | ".join(f"{k:>10}" for k in kinds))
+        for name, figures in report.swaps.items():
+            cells = " | ".join(f"{figures[k].false_hit_rate:>10.4f}" for k in kinds)
+            lines.append(f"{(semcache if name == 'semcache' else name):<{name_width}} | {cells}")
+        lines.append("")
+    lines.append(f"{report.knob} sweep (semcache):")
+    lines.append(
+        f"{report.knob:>14} | {'precision':>9} | {'judged':>6} | {'recall':>6} | {'hit rate':>8}"
+    )
+    step = 5 if report.knob == "min_similarity" else 2
+    for m in [*report.sweep[::step], report.sweep[-1]]:
         lines.append(
-            f"{m.threshold:>9.2f} | {m.precision:>9.3f} | {m.recall:>6.3f} | {m.hit_rate:>8.3f}"
+            f"{m.threshold:>14.2f} | {m.precision:>9.3f} | {m.precision_judged:>6.3f} | "
+            f"{m.recall:>6.3f} | {m.hit_rate:>8.3f}"
         )
     if report.target_threshold is None:
-        lines.append(f"no threshold reaches precision {report.target_precision}")
+        lines.append(f"no {report.knob} reaches precision {report.target_precision}")
     else:
         at = next(m for m in report.sweep if m.threshold == report.target_threshold)
         lines.append(
-            f"precision {report.target_precision} is first reached at threshold "
+            f"precision {report.target_precision} is first reached at {report.knob} "
             f"{report.target_threshold}, with recall {at.recall:.3f}"
         )
     return "\n".join(lines)
@@ -141,17 +172,27 @@ def plot_pairs(out: Path, report: PairReport) -> list[Path]:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     thresholds = [m.threshold for m in report.sweep]
     axes.plot(thresholds, [m.precision for m in report.sweep], label="precision of hits")
+    axes.plot(
+        thresholds,
+        [m.precision_judged for m in report.sweep],
+        label="precision of judged hits",
+        linestyle="--",
+    )
     axes.plot(thresholds, [m.recall for m in report.sweep], label="recall")
     axes.plot(thresholds, [m.hit_rate for m in report.sweep], label="hit rate", linestyle=":")
     axes.axvline(
         report.threshold, color="grey", linestyle="--", label=f"default {report.threshold}"
     )
-    axes.set_xlabel("min_similarity (cosine)")
+    axes.set_xlabel(
+        "min_similarity (cosine)"
+        if report.knob == "min_similarity"
+        else f"min_confidence (verifier {report.verifier}, floor {report.floor})"
+    )
     axes.set_ylim(0, 1)
     axes.set_title(f"Pairs: {report.rows} rows, {report.duplicates} duplicates")
     axes.legend()
     axes.grid(alpha=0.3)
-    path = out / "precision_recall_vs_threshold.png"
+    path = out / f"precision_recall_vs_{report.knob}.png"
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

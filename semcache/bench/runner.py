@@ -42,9 +42,11 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             selected,
             embedder=embedder,
             min_similarity=options.min_similarity,
+            min_confidence=options.min_confidence,
             target_precision=options.target_precision,
             model=options.model,
             progress=options.progress,
+            seed=options.seed,
         )
         figures.update(split=options.split, rows=result.rows, duplicates=result.duplicates)
         figures.update(report.pair_figures(result))
@@ -63,6 +65,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             limit=options.limit,
             embedder=embedder,
             min_similarity=options.min_similarity,
+            min_confidence=options.min_confidence,
             model=options.model,
             progress=options.progress,
         )

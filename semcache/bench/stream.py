@@ -32,6 +32,7 @@ from tqdm import tqdm
 from semcache.bench import gptcache_baseline
 from semcache.bench.datasets import StreamItem
 from semcache.cache import SemanticCache
+from semcache.config import CacheConfig
 from semcache.embedding import Embedder
 from semcache.keys import fingerprint, normalize_prompt
 from semcache.pricing import Price
@@ -301,19 +302,20 @@ def run(
     min_similarity: float | None,
     model: str | None = None,
     progress: bool = True,
+    min_confidence: float | None = None,
 ) -> tuple[list[StreamResult], list[bool], float, list[str]]:
     """The results of semcache, exact match, no cache (and GPTCache), which requests could
     have hit, what the stream costs with no cache, and notes."""
     order = shuffled(items, simulation.seed, limit)
     upstream = SimulatedUpstream(simulation, len(items))
     notes: list[str] = []
-    options: dict[str, Any] = {} if min_similarity is None else {"min_similarity": min_similarity}
+    config = CacheConfig(model=model, min_similarity=min_similarity, min_confidence=min_confidence)
 
     async def replay() -> StreamResult:
         await upstream.start()
         try:
             with tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory:
-                cache = SemanticCache(directory, embedder=embedder, model=model, **options)
+                cache = SemanticCache(directory, embedder=embedder, config=config)
                 try:
                     return await _replay_sidecar(order, items, upstream, cache, progress)
                 finally:
