@@ -8,9 +8,13 @@
      ├── CacheLockedError                  another process has the cache directory open
      ├── StoreError                        the on-disk store cannot be used
      │    └── CorruptEntryError            one stored record cannot be decoded
-     └── UpstreamError                     the LLM API could not be reached or did not answer
-          ├── UpstreamUnavailableError     connection refused, reset, DNS failure (HTTP 502)
-          └── UpstreamTimeoutError         no answer within the timeout (HTTP 504)
+     ├── UpstreamError                     the LLM API could not be reached or did not answer
+     │    ├── UpstreamUnavailableError     connection refused, reset, DNS failure (HTTP 502)
+     │    └── UpstreamTimeoutError         no answer within the timeout (HTTP 504)
+     └── CapacityError                     semcache itself declines to send now (HTTP 429)
+          ├── QueueFullError               every key is at its limit and the queue is full
+          ├── QueueTimeoutError            the request waited its maximum in the queue
+          └── BudgetExceededError          a daily or monthly spend cap is reached
 
 Errors from the libraries underneath (diskcache, FAISS, sentence-transformers) are translated
 where they are raised, with the original kept as ``__cause__``.
@@ -69,3 +73,32 @@ class UpstreamUnavailableError(UpstreamError):
 
 class UpstreamTimeoutError(UpstreamError):
     """The upstream did not answer, or stopped streaming, within the timeout."""
+
+
+class CapacityError(SemcacheError):
+    """Semcache will not send the request now; ``retry_after_s`` says when trying again may
+    succeed (``None``: not before the situation changes)."""
+
+    code = "capacity"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(CapacityError):
+    """Every key is at its limit and the queue holds its maximum of waiting requests."""
+
+    code = "queue_full"
+
+
+class QueueTimeoutError(CapacityError):
+    """The request waited the maximum time in the queue without a key coming free."""
+
+    code = "queue_timeout"
+
+
+class BudgetExceededError(CapacityError):
+    """A spend cap is reached and the budget says to refuse."""
+
+    code = "budget_exceeded"

@@ -27,14 +27,74 @@ class Metrics:
         )
         self.upstream_requests = Counter(
             "semcache_upstream_requests",
-            "Calls to the upstream by HTTP status ('error' when none came)",
-            ["status"],
+            "Calls to the upstreams by upstream, key and HTTP status ('error' when none came)",
+            ["upstream", "key", "status"],
             registry=self.registry,
         )
         self.upstream_latency = Histogram(
             "semcache_upstream_duration_seconds",
-            "Time until the upstream's response headers",
+            "Time until an upstream's response headers",
+            ["upstream"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "semcache_upstream_retries",
+            "Attempts retried, by what went wrong (status or error type)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream_tokens = Counter(
+            "semcache_upstream_tokens",
+            "Tokens the upstreams' usage reported, by upstream, key and kind",
+            ["upstream", "key", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_cost = Counter(
+            "semcache_upstream_cost_usd",
+            "Spend on the upstreams by the price table, by upstream and model",
+            ["upstream", "model"],
+            registry=self.registry,
+        )
+        self.breaker_open = Gauge(
+            "semcache_upstream_breaker_open",
+            "1 while an upstream's circuit breaker is open or half-open",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.queue_length = Gauge(
+            "semcache_queue_length",
+            "Requests waiting for an upstream key",
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "semcache_queue_wait_seconds",
+            "Time requests waited for an upstream key",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_rejections = Counter(
+            "semcache_queue_rejections",
+            "Requests refused with 429 because the queue was full or the wait too long",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.budget_spend = Gauge(
+            "semcache_budget_spend_usd",
+            "Spend of the current day and month against the global caps",
+            ["period"],
+            registry=self.registry,
+        )
+        self.budget_warnings = Counter(
+            "semcache_budget_warnings",
+            "Budget thresholds crossed (0.5, 0.8, 0.9, 1.0 of a cap), by scope and period",
+            ["scope", "period", "threshold"],
+            registry=self.registry,
+        )
+        self.budget_actions = Counter(
+            "semcache_budget_actions",
+            "Requests refused or downgraded because a spend cap was reached",
+            ["action"],
             registry=self.registry,
         )
         self.tokens_saved = Counter(
@@ -63,6 +123,17 @@ class Metrics:
             "semcache_lookup_batch_size",
             "Lookups per embedding batch",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.shadow_checks = Counter(
+            "semcache_shadow_checks",
+            "Hits also answered upstream and compared, by verdict (agree, disagree, failed)",
+            ["verdict"],
+            registry=self.registry,
+        )
+        self.shadow_false_hit_rate = Gauge(
+            "semcache_shadow_false_hit_rate",
+            "Share of the last shadow checks whose answers disagreed (estimated false-hit rate)",
             registry=self.registry,
         )
         self.entries = Gauge(

@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
+from semcache.budgets import BudgetConfig, parse_budgets
+from semcache.config import (
+    DEFAULT_MIN_SIMILARITY,
+    CacheConfig,
+    check_confidence,
+    check_similarity,
+)
 from semcache.errors import ConfigError
+from semcache.pricing import PriceTable
+from semcache.upstream.config import UpstreamSpec, parse_upstreams
 
 ENV_PREFIX = "SEMCACHE_"
 
@@ -35,8 +43,22 @@ class ServerConfig:
     port: int = setting(8080, "port to listen on")
     upstream: str = setting("https://api.openai.com/v1", "base URL of the OpenAI-compatible API")
     cache_dir: Path = setting(Path("semcache-data"), "directory of the embedded cache")
-    min_similarity: float = setting(
-        DEFAULT_MIN_SIMILARITY, "cosine similarity a cached answer needs, in (0, 1]"
+    min_similarity: float | None = setting(
+        None,
+        "cosine similarity a cached answer needs, in (0, 1] (none: the verifier's floor, or "
+        f"{DEFAULT_MIN_SIMILARITY} without a verifier)",
+    )
+    verifier: str | None = setting(
+        "auto", "hit verifier: auto, a name under models/verifier/, a path, or none"
+    )
+    min_confidence: float | None = setting(
+        None, "probability the verifier must give a cached answer, in [0, 1] (none: its default)"
+    )
+    shadow_fraction: float = setting(
+        0.0, "share of hits also sent upstream to measure the false-hit rate, in [0, 1]"
+    )
+    shadow_agreement: float = setting(
+        0.75, "similarity of the two answers above which a shadowed hit counts as right"
     )
     ttl_s: float | None = setting(None, "lifetime of a cached answer in seconds (none: no limit)")
     max_entries: int | None = setting(None, "bound on cached answers, least recently used evicted")
@@ -54,19 +76,51 @@ class ServerConfig:
     checkpoint_interval_s: float = setting(
         300.0, "how often the index snapshot is saved when the cache changed (0: only at exit)"
     )
+    max_retries: int = setting(3, "retries of a request after a 429, a 5xx or a network error")
+    retry_backoff_s: float = setting(
+        0.5, "first backoff before a retry, doubled each time, with jitter"
+    )
+    retry_backoff_max_s: float = setting(20.0, "longest backoff before a retry")
+    breaker_failures: int = setting(5, "failures in a row that open an upstream's breaker")
+    breaker_reset_s: float = setting(30.0, "how long an open breaker waits before a probe")
+    queue_max_wait_s: float = setting(
+        30.0, "longest wait for a free upstream key before a 429 with Retry-After"
+    )
+    queue_max_length: int = setting(1000, "requests waiting for a key at most, then 429")
+    degraded_min_similarity: float | None = setting(
+        None,
+        "under backlog, serve cached answers down to this similarity, saying so in "
+        "X-Semcache-Degraded (none: off)",
+    )
+    degraded_min_confidence: float | None = setting(
+        None, "under backlog, the verifier probability that suffices (none: the usual one)"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
     log_level: str = setting("info", "debug, info, warning or error")
+    # Sections of the config file, not settings: [[upstreams]], [budgets], [prices].
+    upstreams: tuple[UpstreamSpec, ...] = field(default=(), metadata={"section": True})
+    budgets: BudgetConfig | None = field(default=None, metadata={"section": True})
+    prices: PriceTable = field(default_factory=PriceTable, metadata={"section": True})
 
     def __post_init__(self) -> None:
-        positive = ("port", "max_body_bytes", "batch_max_size")
+        positive = ("port", "max_body_bytes", "batch_max_size", "breaker_failures")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.port > 65535:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
-        for name in ("upstream_timeout_s", "upstream_connect_timeout_s"):
+        if self.max_retries < 0 or self.queue_max_length < 0:
+            raise ConfigError("max_retries and queue_max_length must not be negative")
+        for name in (
+            "upstream_timeout_s",
+            "upstream_connect_timeout_s",
+            "retry_backoff_s",
+            "retry_backoff_max_s",
+            "breaker_reset_s",
+            "queue_max_wait_s",
+        ):
             value = getattr(self, name)
             if not (0 < value < math.inf):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -85,11 +139,20 @@ class ServerConfig:
             raise ConfigError(
                 f"log_level must be debug, info, warning or error, got {self.log_level!r}"
             )
+        if self.degraded_min_similarity is not None:
+            check_similarity(self.degraded_min_similarity, "degraded_min_similarity")
+        if self.degraded_min_confidence is not None:
+            check_confidence(self.degraded_min_confidence, "degraded_min_confidence")
+        for name in ("shadow_fraction", "shadow_agreement"):
+            if not (0 <= getattr(self, name) <= 1):
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
         self.cache_config()  # the cache's own checks, reported now rather than at first use
 
     def cache_config(self) -> CacheConfig:
         return CacheConfig(
             min_similarity=self.min_similarity,
+            verifier=self.verifier,
+            min_confidence=self.min_confidence,
             ttl_s=self.ttl_s,
             max_entries=self.max_entries,
             max_bytes=self.max_bytes,
@@ -118,6 +181,8 @@ def settings() -> list[SettingInfo]:
     hints = typing.get_type_hints(ServerConfig)
     infos = []
     for f in dataclasses.fields(ServerConfig):
+        if f.metadata.get("section"):
+            continue
         hint = hints[f.name]
         args = typing.get_args(hint)
         optional = isinstance(hint, types.UnionType) and type(None) in args
@@ -161,6 +226,9 @@ def _convert(info: SettingInfo, value: Any, source: str) -> Any:
         raise ConfigError(f"{info.name} (from {source}) must be a {kind}, got {value!r}") from None
 
 
+_SECTIONS = ("upstreams", "budgets", "prices")
+
+
 def load_config(
     cli: Mapping[str, Any] | None = None,
     *,
@@ -183,9 +251,18 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read the config file {config_file}: {exc}") from exc
         table = data.get("semcache", data)
+        sections = {**data, **table}
+        if "upstreams" in sections:
+            values["upstreams"] = parse_upstreams(sections["upstreams"], environ)
+        if "budgets" in sections:
+            values["budgets"] = parse_budgets(sections["budgets"])
+        if "prices" in sections:
+            if not isinstance(sections["prices"], dict):
+                raise ConfigError('prices must be a table of models ([prices."gpt-4o"])')
+            values["prices"] = PriceTable.from_config(sections["prices"])
         for key, value in table.items():
-            if isinstance(value, dict):
-                continue  # sections belong to other parts (for example [[upstreams]])
+            if key in _SECTIONS or (table is data and key == "semcache"):
+                continue
             if key not in infos:
                 raise ConfigError(
                     f"unknown setting {key!r} in {config_file}; known settings: {', '.join(infos)}"

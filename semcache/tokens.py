@@ -45,3 +45,29 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
                 if isinstance(part, Mapping) and isinstance(part.get("text"), str):
                     total += count_text(part["text"])
     return total
+
+
+# Completion tokens assumed when a request sets no max_tokens: a typical chat answer.
+DEFAULT_COMPLETION_ESTIMATE = 256
+
+
+def estimate_request_tokens(body: Mapping[str, Any], kind: str) -> int:
+    """Tokens a request may use, for rate limits before it is sent: its prompt by the
+    tokenizer plus the completion it allows (``max_completion_tokens``/``max_tokens``, else a
+    typical length), times ``n``. Settled from the answer's ``usage`` afterwards."""
+    if kind == "chat":
+        messages = body.get("messages")
+        prompt = count_messages(messages) if isinstance(messages, list) else 0
+    else:
+        raw = body.get("prompt")
+        texts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        prompt = sum(count_text(t) for t in texts if isinstance(t, str))
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    completion = (
+        limit
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+        else DEFAULT_COMPLETION_ESTIMATE
+    )
+    n = body.get("n", 1)
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    return prompt + completion * choices

@@ -3,6 +3,12 @@
 It answers chat and legacy completions as JSON or as SSE streams in OpenAI's chunk format,
 records every request it receives, and can be told to misbehave for the next requests:
 fail with a status (429 with Retry-After, 500 …), be slow, or cut a stream in the middle.
+
+With ``rpm_per_key`` it enforces a request limit per API key the way OpenAI does (a bucket of
+``rpm`` requests refilled continuously) and answers 429 with ``Retry-After`` and
+``x-ratelimit-*`` headers past it. Azure OpenAI's paths
+(``/openai/deployments/{name}/chat/completions?api-version=…``, key in ``api-key``) are served
+too.
 """
 
 from __future__ import annotations
@@ -32,6 +38,36 @@ class Received:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # time.monotonic() on arrival
+    status: int = 200  # what it was answered (429 when the key's limit refused it)
+
+    @property
+    def key(self) -> str:
+        auth = self.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ") if auth else self.headers.get("api-key", "")
+
+
+class KeyBuckets:
+    """OpenAI-style request limits: per key, ``rpm`` requests refilled at ``rpm/60`` a second."""
+
+    def __init__(self, rpm: float) -> None:
+        self.rpm = rpm
+        self._level: dict[str, float] = {}
+        self._updated: dict[str, float] = {}
+
+    def take(self, key: str, now: float) -> float:
+        """0 when the request may go (and is counted), else seconds until it could."""
+        level = self._level.get(key, self.rpm)
+        level = min(self.rpm, level + (now - self._updated.get(key, now)) * self.rpm / 60)
+        self._updated[key] = now
+        if level >= 1:
+            self._level[key] = level - 1
+            return 0.0
+        self._level[key] = level
+        return (1 - level) * 60 / self.rpm
+
+    def remaining(self, key: str) -> int:
+        return int(self._level.get(key, self.rpm))
 
 
 @dataclass
@@ -40,11 +76,19 @@ class FakeOpenAI:
     script: list[Behaviour] = field(default_factory=list)  # consumed one per request
     default: Behaviour = field(default_factory=Behaviour)
     url: str = ""
+    rpm_per_key: float | None = None
+    _buckets: KeyBuckets | None = None
     _runner: web.AppRunner | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def calls(self, path: str = "/v1/chat/completions") -> list[Received]:
-        return [r for r in self.received if r.path == path]
+        """Requests to ``path`` that were let through (not refused by a key's limit)."""
+        return [r for r in self.received if r.path == path and r.status != 429]
+
+    @property
+    def refused(self) -> list[Received]:
+        """Requests refused with 429 by a key's limit."""
+        return [r for r in self.received if r.status == 429]
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -52,7 +96,13 @@ class FakeOpenAI:
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
         return app
+
+    async def _azure(self, request: web.Request) -> web.StreamResponse:
+        if not request.query.get("api-version") or not request.headers.get("api-key"):
+            return web.json_response({"error": {"message": "api-version and api-key"}}, status=400)
+        return await self._chat(request)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app())
@@ -71,7 +121,34 @@ class FakeOpenAI:
 
     async def _record(self, request: web.Request) -> Any:
         body = orjson.loads(await request.read())
-        self.received.append(Received(request.path, dict(request.headers), body))
+        received = Received(request.path, dict(request.headers), body, at=time.monotonic())
+        self.received.append(received)
+        if self.rpm_per_key is not None:
+            if self._buckets is None:
+                self._buckets = KeyBuckets(self.rpm_per_key)
+            wait = self._buckets.take(received.key, received.at)
+            if wait > 0:
+                received.status = 429
+                raise web.HTTPTooManyRequests(
+                    text=orjson.dumps(
+                        {
+                            "error": {
+                                "message": "Rate limit reached for requests",
+                                "type": "requests",
+                                "param": None,
+                                "code": "rate_limit_exceeded",
+                            }
+                        }
+                    ).decode(),
+                    content_type="application/json",
+                    headers={
+                        "retry-after": str(max(1, round(wait))),
+                        "retry-after-ms": str(round(wait * 1000)),
+                        "x-ratelimit-limit-requests": str(int(self.rpm_per_key)),
+                        "x-ratelimit-remaining-requests": "0",
+                        "x-ratelimit-reset-requests": f"{wait:.3f}s",
+                    },
+                )
         return body
 
     async def _models(self, request: web.Request) -> web.Response:

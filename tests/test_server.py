@@ -252,18 +252,36 @@ async def test_an_abandoned_stream_is_not_stored(sidecar: Sidecar) -> None:
     assert len(sidecar.cache) == 0
 
 
-async def test_upstream_errors_reach_the_client_unchanged(sidecar: Sidecar) -> None:
-    sidecar.upstream.script.append(Behaviour(status=429, retry_after_s=7))
-    status, body, headers = await sidecar.post(
-        "/v1/chat/completions", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
-    )
-    assert status == 429
-    assert body["error"]["code"] == "fake_failure"
-    assert headers["Retry-After"] == "7"
-    sidecar.upstream.script.append(Behaviour(status=500))
-    with pytest.raises(openai.InternalServerError):
-        await sidecar.client().chat.completions.create(**ask("hi there"))
-    assert len(sidecar.cache) == 0
+async def test_upstream_errors_reach_the_client_unchanged_when_retries_are_spent(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI
+) -> None:
+    async with start_sidecar(tmp_path, embedder, upstream, max_retries=0) as sidecar:
+        upstream.script.append(Behaviour(status=429, retry_after_s=7))
+        status, body, headers = await sidecar.post(
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+        )
+        assert status == 429
+        assert body["error"]["code"] == "fake_failure"
+        assert headers["Retry-After"] == "7"  # the caller's own key: its limits are the caller's
+        upstream.script.append(Behaviour(status=500))
+        with pytest.raises(openai.InternalServerError):
+            await sidecar.client().chat.completions.create(**ask("hi there"))
+        assert len(sidecar.cache) == 0
+
+
+async def test_a_failed_attempt_is_retried_before_the_client_sees_it(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI
+) -> None:
+    settings = {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05}
+    async with start_sidecar(tmp_path, embedder, upstream, **settings) as sidecar:
+        upstream.script += [Behaviour(status=503), Behaviour(status=429, retry_after_s=0)]
+        completion = await sidecar.client().chat.completions.with_raw_response.create(
+            **ask("What is the tallest mountain on Earth?")
+        )
+        assert completion.parse().choices[0].message.content
+        assert completion.headers["X-Semcache-Retries"] == "2"
+        assert len(upstream.calls()) == 3
 
 
 @pytest.mark.parametrize(
@@ -334,17 +352,19 @@ async def test_the_sdk_sees_a_bad_request_error(sidecar: Sidecar) -> None:
 async def test_an_unreachable_upstream_is_502_and_a_slow_one_504(
     tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI
 ) -> None:
+    quick = {"max_retries": 1, "retry_backoff_s": 0.01}
     async with start_sidecar(
-        tmp_path / "slow", embedder, upstream, upstream_timeout_s=0.3
+        tmp_path / "slow", embedder, upstream, upstream_timeout_s=0.3, **quick
     ) as sidecar:
-        upstream.script.append(Behaviour(delay_s=2))
+        upstream.script += [Behaviour(delay_s=2), Behaviour(delay_s=2)]
         status, body, _ = await sidecar.post(
             "/v1/chat/completions",
             b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
         )
         assert status == 504 and body["error"]["code"] == "upstream_timeout"
+        assert len(upstream.calls()) == 2  # tried twice
     dead = FakeOpenAI(url="http://127.0.0.1:9/v1")  # the discard port: nothing listens
-    async with start_sidecar(tmp_path / "dead", embedder, dead) as sidecar:
+    async with start_sidecar(tmp_path / "dead", embedder, dead, **quick) as sidecar:
         status, body, _ = await sidecar.post(
             "/v1/chat/completions",
             b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
@@ -511,5 +531,49 @@ async def test_metrics_stats_and_health(sidecar: Sidecar) -> None:
     assert 'semcache_requests_total{endpoint="/v1/chat/completions",outcome="miss"} 1.0' in text
     assert 'semcache_tokens_saved_total{kind="prompt"} 12.0' in text
     assert "semcache_cost_saved_usd_total" in text
-    assert 'semcache_upstream_requests_total{status="200"} 1.0' in text
+    assert (
+        'semcache_upstream_requests_total{key="default",status="200",upstream="default"} 1.0'
+        in text
+    )
     assert stats["cache"]["entries"] == 1 and stats["cache"]["hits"] == 1
+
+
+async def test_shadow_checks_estimate_the_false_hit_rate(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI
+) -> None:
+    async with start_sidecar(tmp_path, embedder, upstream, shadow_fraction=1.0) as sidecar:
+        client = sidecar.client()
+        upstream.script = [
+            Behaviour(answer="Paris is the capital of France."),
+            Behaviour(answer="The capital of France is Paris."),  # the shadow check: agrees
+            Behaviour(answer="Bananas are a yellow fruit rich in potassium."),  # disagrees
+        ]
+        await client.chat.completions.create(**ask("What is the capital of France?"))
+        state = sidecar.app[STATE]
+        for paraphrase in ("What's the capital city of France?", "What is France's capital city?"):
+            hit = await client.chat.completions.with_raw_response.create(
+                **ask(paraphrase), stream=True
+            )
+            assert hit.headers["X-Semcache"] == "hit"
+            async for _ in hit.parse():
+                pass
+            await state.shadow.drain()
+        checks = upstream.calls()[1:]
+        assert len(checks) == 2
+        assert all(not c.body.get("stream") and "stream_options" not in c.body for c in checks)
+        assert all(c.headers["Authorization"] == "Bearer sk-tenant-one" for c in checks)
+        async with aiohttp.ClientSession() as session:
+            text = await (await session.get(sidecar.url + "/metrics")).text()
+            stats = await (await session.get(sidecar.url + "/stats")).json()
+        assert 'semcache_shadow_checks_total{verdict="agree"} 1.0' in text
+        assert 'semcache_shadow_checks_total{verdict="disagree"} 1.0' in text
+        assert "semcache_shadow_false_hit_rate 0.5" in text
+        assert stats["shadow"] == {"fraction": 1.0, "checks": 2, "false_hit_rate": 0.5}
+
+
+async def test_shadow_checks_are_off_by_default(sidecar: Sidecar) -> None:
+    client = sidecar.client()
+    await client.chat.completions.create(**ask("What is the capital of France?"))
+    await client.chat.completions.create(**ask("What's the capital city of France?"))
+    await sidecar.app[STATE].shadow.drain()
+    assert len(sidecar.upstream.calls()) == 1

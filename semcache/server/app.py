@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from semcache.batching import LookupBatcher
+from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
-from semcache.pricing import PriceTable
-from semcache.server import admin, proxy
+from semcache.server import accounting, admin, proxy
 from semcache.server.errors import error_middleware
+from semcache.server.shadow import ShadowChecks
 from semcache.server.state import STATE, State
 from semcache.settings import ServerConfig
-from semcache.upstream import Upstream
+from semcache.upstream.breaker import CircuitBreaker
+from semcache.upstream.config import describe, passthrough
+from semcache.upstream.router import Router, RoutingPolicy
 
 logger = logging.getLogger("semcache.server")
 
@@ -27,16 +32,15 @@ def create_app(
     config: ServerConfig,
     *,
     cache: SemanticCache | None = None,
-    upstream: Upstream | None = None,
-    prices: PriceTable | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The sidecar as an aiohttp application.
 
-    ``cache`` and ``upstream`` default to ones built from ``config`` and closed with the app;
-    ones passed in belong to the caller, who closes them.
+    ``cache`` defaults to one built from ``config`` and closed with the app; one passed in
+    belongs to the caller, who closes it. ``clock`` drives the rate limits (tests).
     """
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
-    app.cleanup_ctx.append(_resources(config, cache, upstream, prices or PriceTable()))
+    app.cleanup_ctx.append(_resources(config, cache, clock))
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/v1/completions", proxy.completions)
     app.router.add_get("/healthz", healthz)
@@ -50,8 +54,7 @@ def create_app(
 def _resources(
     config: ServerConfig,
     cache: SemanticCache | None,
-    upstream: Upstream | None,
-    prices: PriceTable,
+    clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # "is None", not "or": an empty cache is falsy (it has a length).
@@ -61,17 +64,30 @@ def _resources(
             if cache is None
             else cache
         )
-        own_upstream = upstream is None
-        the_upstream = (
-            Upstream(
-                config.upstream,
-                timeout_s=config.upstream_timeout_s,
-                connect_timeout_s=config.upstream_connect_timeout_s,
-            )
-            if upstream is None
-            else upstream
-        )
         metrics_ = Metrics()
+        router = Router(
+            config.upstreams or passthrough(config.upstream),
+            policy=RoutingPolicy(
+                max_retries=config.max_retries,
+                backoff_base_s=config.retry_backoff_s,
+                backoff_max_s=config.retry_backoff_max_s,
+                breaker_failures=config.breaker_failures,
+                breaker_reset_s=config.breaker_reset_s,
+                queue_max_wait_s=config.queue_max_wait_s,
+                queue_max_length=config.queue_max_length,
+            ),
+            timeout_s=config.upstream_timeout_s,
+            connect_timeout_s=config.upstream_connect_timeout_s,
+            metrics=metrics_,
+            clock=clock,
+        )
+        for name, breaker in router.breakers.items():
+            metrics_.breaker_open.labels(name).set_function(_open(breaker))
+        ledger = None
+        if config.budgets is not None and config.budgets.active:
+            ledger = await asyncio.to_thread(
+                SpendLedger, Path(config.cache_dir) / "budgets", config.budgets, clock=time.time
+            )
         metrics_.track_entries(lambda: len(the_cache))
         batcher = LookupBatcher(
             the_cache.alookup_many,
@@ -79,19 +95,29 @@ def _resources(
             max_size=config.batch_max_size,
         )
         batcher.on_batch = metrics_.batch_size.observe
+        shadow = ShadowChecks(
+            fraction=config.shadow_fraction,
+            agreement=config.shadow_agreement,
+            cache=the_cache,
+            router=router,
+            metrics=metrics_,
+            account=lambda *args: accounting.account(app[STATE], *args),
+        )
         app[STATE] = State(
             config=config,
             cache=the_cache,
-            upstream=the_upstream,
+            router=router,
+            ledger=ledger,
             batcher=batcher,
             coalescer=Coalescer(),
             metrics=metrics_,
-            prices=prices,
+            prices=config.prices,
+            shadow=shadow,
         )
         checkpoints = None
         try:
             await the_cache.awarm_up()  # the first request should not pay for loading the model
-            await the_upstream.start()
+            await router.start()
             if config.checkpoint_interval_s > 0:
                 checkpoints = asyncio.get_running_loop().create_task(
                     _checkpoint_every(the_cache, config.checkpoint_interval_s)
@@ -103,12 +129,18 @@ def _resources(
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
             await batcher.close()
-            if own_upstream:
-                await the_upstream.close()
+            await shadow.close()
+            await router.close()
+            if ledger is not None:
+                ledger.close()
             if own_cache:
                 await asyncio.to_thread(the_cache.close)
 
     return resources
+
+
+def _open(breaker: CircuitBreaker) -> Callable[[], float]:
+    return lambda: float(breaker.state != breaker.CLOSED)
 
 
 async def _checkpoint_every(cache: SemanticCache, interval_s: float) -> None:
@@ -142,6 +174,14 @@ async def stats(request: web.Request) -> web.Response:
                 "recent_mean_batch": sum(sizes) / len(sizes) if sizes else 0.0,
             },
             "coalescing_in_flight": len(state.coalescer),
-            "upstream": state.upstream.base_url,
+            "shadow": {
+                "fraction": state.shadow.sampler.fraction,
+                "checks": state.shadow.sampler.checks,
+                "false_hit_rate": state.shadow.sampler.false_hit_rate(),
+            },
+            "upstreams": describe(state.router.upstreams),
+            "keys": state.router.describe(),
+            "queue_length": state.router.queue_length,
+            "budgets": None if state.ledger is None else state.ledger.describe(),
         }
     )

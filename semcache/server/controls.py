@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from semcache.config import check_similarity, check_ttl
+from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 from semcache.keys import check_namespace
 
@@ -16,6 +16,7 @@ class Controls:
     no_cache: bool = False  # skip the lookup, still store the answer
     no_store: bool = False  # do not store the answer
     min_similarity: float | None = None
+    min_confidence: float | None = None
     ttl_s: float | None = None
     namespace: str | None = None
 
@@ -29,6 +30,7 @@ class Controls:
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
             min_similarity=_number(headers, "X-Semcache-Min-Similarity", check_similarity),
+            min_confidence=_number(headers, "X-Semcache-Min-Confidence", check_confidence),
             ttl_s=_number(headers, "X-Semcache-TTL", check_ttl),
             namespace=_namespace(headers),
         )

@@ -9,11 +9,14 @@ understands the sidecar's too.
 from __future__ import annotations
 
 import logging
+import math
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from semcache.errors import (
+    BudgetExceededError,
+    CapacityError,
     InvalidRequestError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -42,11 +45,12 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> web.Response:
     body = {
         "error": {
             "message": message,
-            "type": _TYPES.get(status, "server_error"),
+            "type": kind or _TYPES.get(status, "server_error"),
             "param": param,
             "code": code,
         }
@@ -71,6 +75,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.text or exc.reason, headers=dict(exc.headers))
     except InvalidRequestError as exc:
         return error_response(400, str(exc), param=exc.field, code="invalid_request")
+    except CapacityError as exc:
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        response = error_response(429, str(exc), code=exc.code, headers=headers)
+        if isinstance(exc, BudgetExceededError):
+            response = error_response(
+                429, str(exc), code=exc.code, headers=headers, kind="insufficient_quota"
+            )
+        return response
     except UpstreamTimeoutError as exc:
         return error_response(504, str(exc), code="upstream_timeout")
     except UpstreamError as exc:

@@ -16,8 +16,12 @@ concurrent requests share one embedding batch (:mod:`semcache.batching`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +41,12 @@ from semcache.openai_api import (
     stream_hit,
     usage_tokens,
 )
+from semcache.policy import Reason
+from semcache.server import accounting
 from semcache.server.controls import Controls, tenant_namespace
 from semcache.server.state import STATE, State
-from semcache.upstream import forwardable_headers
+from semcache.tokens import estimate_request_tokens
+from semcache.upstream.router import Attempt, parse_priority
 
 logger = logging.getLogger("semcache.server")
 
@@ -81,13 +88,22 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     controls = Controls.from_headers(request.headers)
     namespace = tenant_namespace(request.headers, controls.namespace)
-    parse = parse_chat if kind == "chat" else parse_completion
-    parsed = parse(
-        body, namespace=namespace, min_similarity=controls.min_similarity, ttl_s=controls.ttl_s
+    tenant = tenant_namespace(request.headers, None)
+    priority = parse_priority(request.headers.get("X-Semcache-Priority"))
+    parse = functools.partial(
+        parse_chat if kind == "chat" else parse_completion,
+        namespace=namespace,
+        min_similarity=controls.min_similarity,
+        ttl_s=controls.ttl_s,
+        min_confidence=controls.min_confidence,
     )
+    parsed = parse(body)
+    send = functools.partial(_forward, request, state, priority=priority, tenant=tenant)
     if parsed.request is None:
         headers = {"X-Semcache": "bypass", "X-Semcache-Reason": parsed.bypass or "not cacheable"}
-        response, _ = await _forward(request, state, parsed, body, headers, store=False)
+        response, _ = await send(
+            *_budgeted(state, tenant, parse, parsed, body, headers), store=False
+        )
         return response, "bypass"
 
     decision: Decision | None = None
@@ -98,7 +114,9 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
             logger.exception("cache lookup failed; forwarding upstream")
             state.metrics.cache_errors.labels("lookup").inc()
             headers = {"X-Semcache": "bypass", "X-Semcache-Reason": "cache error"}
-            response, _ = await _forward(request, state, parsed, body, headers, store=False)
+            response, _ = await send(
+                *_budgeted(state, tenant, parse, parsed, body, headers), store=False
+            )
             return response, "bypass"
 
     if decision is not None and decision.hit is not None:
@@ -109,20 +127,40 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
                 "X-Semcache-Score": f"{decision.hit.score:.4f}",
                 "X-Semcache-Entry": str(decision.hit.entry_id),
                 "X-Semcache-Reason": decision.reason.value,
+                **_confidence_header(decision),
             }
             _count_savings(state, parsed, stored)
+            state.shadow.maybe_check(
+                request.path, request.headers, body, stored, decision.hit.entry_id, tenant
+            )
             return await _serve_stored(request, parsed, stored, headers), "hit"
         logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)
         state.metrics.cache_errors.labels("lookup").inc()
+
+    degraded = await _degraded_hit(state, parsed, decision)
+    if degraded is not None and degraded.hit is not None:
+        headers = {
+            "X-Semcache": "hit",
+            "X-Semcache-Degraded": "true",
+            "X-Semcache-Score": f"{degraded.hit.score:.4f}",
+            "X-Semcache-Entry": str(degraded.hit.entry_id),
+            "X-Semcache-Reason": "degraded",
+            **_confidence_header(degraded),
+        }
+        _count_savings(state, parsed, degraded.hit.response)
+        return await _serve_stored(request, parsed, degraded.hit.response, headers), "hit"
 
     headers = {"X-Semcache": "miss"}
     if decision is not None:
         headers["X-Semcache-Reason"] = decision.reason.value
         if decision.score is not None:
             headers["X-Semcache-Score"] = f"{decision.score:.4f}"
+        headers.update(_confidence_header(decision))
     elif controls.no_cache:
         headers["X-Semcache-Reason"] = "no-cache"
 
+    parsed, body, headers = _budgeted(state, tenant, parse, parsed, body, headers)
+    assert parsed.request is not None
     key = parsed.request.exact_key
     store = not controls.no_store
     leading = None if controls.no_cache else state.coalescer.join(key)
@@ -133,15 +171,70 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
             _count_savings(state, parsed, shared)
             headers["X-Semcache-Coalesced"] = "true"
             return await _serve_stored(request, parsed, shared, headers), "miss"
-        response, _ = await _forward(request, state, parsed, body, headers, store=store)
+        response, _ = await send(parsed, body, headers, store=store)
         return response, "miss"
     result = None
     try:
-        response, result = await _forward(request, state, parsed, body, headers, store=store)
+        response, result = await send(parsed, body, headers, store=store)
     finally:
         if not controls.no_cache:
             state.coalescer.finish(key, result)
     return response, "miss"
+
+
+def _budgeted(
+    state: State,
+    tenant: str,
+    parse: Callable[[dict[str, Any]], Parsed],
+    parsed: Parsed,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> tuple[Parsed, dict[str, Any], dict[str, str]]:
+    """The request as the budgets allow it: unchanged, or sent to the cheaper model (and then
+    keyed, stored and billed as that model's).
+
+    Raises:
+        BudgetExceededError: a cap is reached and the budget refuses.
+    """
+    model = accounting.admit(state, tenant, parsed.model)
+    if model is None:
+        return parsed, body, headers
+    body = {**body, "model": model}
+    return parse(body), body, {**headers, "X-Semcache-Budget": f"downgraded to {model}"}
+
+
+async def _degraded_hit(state: State, parsed: Parsed, decision: Decision | None) -> Decision | None:
+    """Under backlog, a second look at a lower similarity (and confidence), when configured."""
+    config = state.config
+    if (
+        config.degraded_min_similarity is None
+        or decision is None
+        or parsed.request is None
+        or decision.reason not in _DEGRADABLE
+        or not state.router.backlogged(parsed.model)
+    ):
+        return None
+    relaxed = dataclasses.replace(
+        parsed.request,
+        min_similarity=config.degraded_min_similarity,
+        min_confidence=config.degraded_min_confidence,
+    )
+    try:
+        return await state.cache.alookup(relaxed)
+    except Exception:
+        logger.exception("degraded lookup failed; forwarding upstream")
+        state.metrics.cache_errors.labels("lookup").inc()
+        return None
+
+
+# Misses a lower threshold could turn into hits (not guards, which stay in force).
+_DEGRADABLE = frozenset({Reason.BELOW_THRESHOLD, Reason.UNVERIFIED})
+
+
+def _confidence_header(decision: Decision) -> dict[str, str]:
+    if decision.confidence is None:
+        return {}
+    return {"X-Semcache-Confidence": f"{decision.confidence:.4f}"}
 
 
 def _is_answer(stored: object) -> bool:
@@ -184,36 +277,42 @@ async def _forward(
     headers: dict[str, str],
     *,
     store: bool,
+    priority: int,
+    tenant: str,
 ) -> tuple[web.StreamResponse, dict[str, Any] | None]:
-    """Send the request upstream and relay the answer; returns the response and the complete
-    answer when it finished normally (stored if ``store``), else None."""
+    """Send the request upstream through the router and relay the answer; returns the
+    response and the complete answer when it finished normally (stored if ``store``), else
+    None."""
     hide_usage = False
-    if parsed.stream and parsed.request is not None and not parsed.include_usage:
-        # Ask for the usage chunk so the answer is stored with its token counts; the client did
-        # not ask for it, so it is not relayed.
+    if parsed.stream and not parsed.include_usage:
+        # Ask for the usage chunk so the answer is stored and billed with its token counts;
+        # the client did not ask for it, so it is not relayed.
         body = {
             **body,
             "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
         }
         hide_usage = True
     payload = orjson.dumps(body)
-    started = time.perf_counter()
-    try:
-        async with state.upstream.request(
-            "POST",
-            request.path,
-            headers=forwardable_headers(request.headers),
-            body=payload,
-            query=request.query_string,
-        ) as upstream:
-            state.metrics.upstream_latency.observe(time.perf_counter() - started)
-            state.metrics.upstream_requests.labels(str(upstream.status)).inc()
-            passed = {**_passed_headers(upstream), **headers}
-            is_stream = upstream.content_type == "text/event-stream"
+    async with state.router.send(
+        "POST",
+        request.path,
+        headers=request.headers,
+        body=payload,
+        model=parsed.model,
+        tokens=estimate_request_tokens(body, parsed.kind),
+        priority=priority,
+        query=request.query_string,
+    ) as attempt:
+        upstream = attempt.response
+        passed = {**_passed_headers(attempt), **headers}
+        is_stream = upstream.content_type == "text/event-stream"
+        answer: dict[str, Any] | None = None
+        try:
             if upstream.status == 200 and is_stream:
-                return await _relay_stream(
+                response, answer = await _relay_stream(
                     request, state, parsed, upstream, passed, hide_usage, store
                 )
+                return response, answer
             data = await upstream.read()
             response = web.Response(
                 body=data,
@@ -221,13 +320,12 @@ async def _forward(
                 content_type=upstream.content_type,
                 headers=passed,
             )
-            answer = _complete_answer(upstream.status, data) if parsed.request else None
-            if answer is not None and store:
+            answer = _complete_answer(upstream.status, data)
+            if answer is not None and store and parsed.request is not None:
                 await _store(state, parsed, answer)
-            return response, answer
-    except Exception:
-        state.metrics.upstream_requests.labels("error").inc()
-        raise
+            return response, answer if parsed.request is not None else None
+        finally:
+            accounting.account(state, attempt, parsed.model, answer, tenant)
 
 
 def _complete_answer(status: int, data: bytes) -> dict[str, Any] | None:
@@ -240,12 +338,20 @@ def _complete_answer(status: int, data: bytes) -> dict[str, Any] | None:
     return answer if finished_normally(answer) else None
 
 
-def _passed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {
+def _passed_headers(attempt: Attempt) -> dict[str, str]:
+    """Upstream headers worth passing on; rate-limit headers only when they describe the
+    caller's own key, not one of the pool's."""
+    own_key = attempt.target.key is None
+    passed = {
         name: value
-        for name, value in upstream.headers.items()
+        for name, value in attempt.response.headers.items()
         if name.lower().startswith(_PASSED_PREFIXES)
+        and (own_key or not name.lower().startswith(("x-ratelimit-", "retry-after")))
     }
+    passed["X-Semcache-Upstream"] = attempt.target.upstream.name
+    if attempt.retries:
+        passed["X-Semcache-Retries"] = str(attempt.retries)
+    return passed
 
 
 async def _relay_stream(
@@ -331,17 +437,26 @@ async def _store(state: State, parsed: Parsed, answer: dict[str, Any]) -> None:
 
 
 async def forward_verbatim(request: web.Request) -> web.StreamResponse:
-    """Any other ``/v1/*`` path: relayed as it is, streaming in both directions."""
+    """Any other ``/v1/*`` path: relayed as it is through the router, streaming in both
+    directions."""
     state = request.app[STATE]
     body = await request.read()
-    async with state.upstream.request(
+    model = None
+    if body:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(body)
+            if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
+                model = parsed["model"]
+    async with state.router.send(
         request.method,
         request.path,
-        headers=forwardable_headers(request.headers),
+        headers=request.headers,
         body=body or None,
+        model=model,
+        priority=parse_priority(request.headers.get("X-Semcache-Priority")),
         query=request.query_string,
-    ) as upstream:
-        state.metrics.upstream_requests.labels(str(upstream.status)).inc()
+    ) as attempt:
+        upstream = attempt.response
         headers = {
             name: value
             for name, value in upstream.headers.items()
@@ -355,4 +470,5 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
             await response.write(data)
         await response.write_eof()
         state.metrics.requests.labels("other", "bypass").inc()
+        attempt.settle(None)
         return response

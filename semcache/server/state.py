@@ -7,23 +7,27 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from semcache.batching import LookupBatcher
+from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
 from semcache.pricing import PriceTable
+from semcache.server.shadow import ShadowChecks
 from semcache.settings import ServerConfig
-from semcache.upstream import Upstream
+from semcache.upstream.router import Router
 
 
 @dataclass
 class State:
     config: ServerConfig
     cache: SemanticCache
-    upstream: Upstream
+    router: Router
+    ledger: SpendLedger | None
     batcher: LookupBatcher
     coalescer: Coalescer
     metrics: Metrics
     prices: PriceTable
+    shadow: ShadowChecks
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

@@ -83,8 +83,10 @@ class Upstream:
         headers: Mapping[str, str],
         body: bytes | None,
         query: str = "",
+        url: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request; the response's body is read inside the ``async with``.
+        """Send a request to ``path`` under the base URL (or to ``url``); the response's body
+        is read inside the ``async with``.
 
         Raises:
             UpstreamUnavailableError: the connection failed or broke before the headers.
@@ -94,7 +96,11 @@ class Upstream:
         assert self._session is not None
         try:
             response = await self._session.request(
-                method, self.url(path, query), headers=headers, data=body, allow_redirects=False
+                method,
+                url or self.url(path, query),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(f"the upstream did not answer in time: {exc}") from exc

@@ -1,0 +1,341 @@
+"""Upstream management end to end: key pools under limits, the queue, retries, failover, the
+breaker and budgets, against fake upstreams that enforce limits and fail on cue (real HTTP on
+127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from semcache.budgets import parse_budgets
+from semcache.errors import ConfigError
+from semcache.pricing import Price, PriceTable
+from semcache.upstream.config import parse_upstreams
+from tests.conftest import WordHashEmbedder
+from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.test_server import Sidecar, start_sidecar
+
+FAST = {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05}
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[list[FakeOpenAI]]:
+    started = [FakeOpenAI(), FakeOpenAI()]
+    for fake in started:
+        await fake.start()
+    yield started
+    for fake in started:
+        await fake.stop()
+
+
+def pool(fake: FakeOpenAI, name: str = "main", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "base_url": fake.url, "api_keys": ["sk-pool-0"], **extra}
+
+
+async def chat(
+    sidecar: Sidecar, text: str, headers: dict[str, str] | None = None, **extra: Any
+) -> tuple[int, Any, dict[str, str]]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}
+    return await sidecar.post("/v1/chat/completions", orjson.dumps(body), headers)
+
+
+def sidecar_with(
+    tmp_path: Path, upstream: FakeOpenAI, tables: list[dict[str, Any]], **settings: Any
+) -> Any:
+    specs = parse_upstreams(tables, {"POOL_KEY": "sk-from-env"})
+    return start_sidecar(
+        tmp_path, WordHashEmbedder(), upstream, upstreams=specs, **{**FAST, **settings}
+    )
+
+
+async def test_pool_keys_replace_the_callers_and_spread_by_headroom(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    table = pool(fake, api_keys=["sk-pool-0", "env:POOL_KEY"], rpm=600, tpm=1_000_000)
+    async with sidecar_with(tmp_path, fake, [table]) as sidecar:
+        results = await asyncio.gather(*(chat(sidecar, f"question number {i}") for i in range(12)))
+    assert [status for status, _, _ in results] == [200] * 12
+    keys = [r.key for r in fake.calls()]
+    assert set(keys) == {"sk-pool-0", "sk-from-env"}
+    assert abs(keys.count("sk-pool-0") - keys.count("sk-from-env")) <= 2
+    assert all("sk-raw" not in str(r.headers) for r in fake.calls())
+    assert results[0][2]["X-Semcache-Upstream"] == "main"
+
+
+async def test_no_request_is_lost_when_the_upstream_refuses_past_its_limit(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    """The pool believes its keys allow 600 RPM; the upstream allows 30 per key. The 429s teach
+    the router (Retry-After), requests move to the other key or wait, and every one succeeds."""
+    fake = fakes[0]
+    fake.rpm_per_key = 30
+    table = pool(fake, api_keys=["sk-a", "sk-b"], rpm=600)
+    async with sidecar_with(tmp_path, fake, [table], max_retries=8) as sidecar:
+        # 30 + 30 go at once; the next ten wait for a refill (one per two seconds per key).
+        results = await asyncio.gather(*(chat(sidecar, f"burst item {i}") for i in range(70)))
+    assert [status for status, _, _ in results] == [200] * 70
+    assert len(fake.calls()) == 70
+    assert fake.refused, "the upstream's limit was reached"
+
+
+async def test_priority_orders_the_queue(tmp_path: Path, fakes: list[FakeOpenAI]) -> None:
+    fake = fakes[0]
+    table = pool(fake, rpm=60)  # one request per second, paced at 1.5 per second
+    async with sidecar_with(tmp_path, fake, [table]) as sidecar:
+        first = asyncio.create_task(chat(sidecar, "the first, which takes the free slot"))
+        await asyncio.sleep(0.05)
+        waiting = []
+        for i, priority in enumerate(("low", "normal", "high", "low", "high")):
+            headers = {"X-Semcache-Priority": priority}
+            waiting.append(asyncio.create_task(chat(sidecar, f"{priority} job {i}", headers)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(first, *waiting)
+    order = [r.body["messages"][0]["content"] for r in fake.calls()][1:]
+    assert order == ["high job 2", "high job 4", "normal job 1", "low job 0", "low job 3"]
+
+
+async def test_a_full_queue_or_a_long_wait_is_a_429_with_retry_after(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    table = pool(fake, rpm=6)  # paced: one request per 6.7 s
+    settings = {"queue_max_wait_s": 0.3, "queue_max_length": 1}
+    async with sidecar_with(tmp_path, fake, [table], **settings) as sidecar:
+        assert (await chat(sidecar, "goes at once"))[0] == 200
+        waits, full = await asyncio.gather(
+            chat(sidecar, "waits too long"), chat(sidecar, "finds the queue full")
+        )
+        statuses = sorted([waits[0], full[0]])
+        assert statuses == [429, 429]
+        codes = {waits[1]["error"]["code"], full[1]["error"]["code"]}
+        assert codes == {"queue_timeout", "queue_full"}
+        assert all(int(r[2]["Retry-After"]) >= 1 for r in (waits, full))
+        async with aiohttp.ClientSession() as session:
+            text = await (await session.get(sidecar.url + "/metrics")).text()
+    assert 'semcache_queue_rejections_total{reason="timeout"} 1.0' in text
+    assert 'semcache_queue_rejections_total{reason="full"} 1.0' in text
+    assert len(fake.calls()) == 1
+
+
+async def test_failover_by_priority_and_the_breaker(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    primary, backup = fakes
+    primary.default = Behaviour(status=500)
+    tables = [pool(primary, "primary", priority=0), pool(backup, "backup", priority=1)]
+    settings = {"breaker_failures": 2, "breaker_reset_s": 0.5}
+    async with sidecar_with(tmp_path, primary, tables, **settings) as sidecar:
+        for i in range(4):
+            status, _, headers = await chat(sidecar, f"failover question {i}")
+            assert status == 200 and headers["X-Semcache-Upstream"] == "backup"
+        # Two failures opened the primary's breaker: the last requests went straight to backup.
+        assert len(primary.calls()) == 2
+        assert len(backup.calls()) == 4
+        await asyncio.sleep(0.6)  # half-open: one probe goes to the primary, now healthy
+        primary.default = Behaviour()
+        status, _, headers = await chat(sidecar, "after the reset")
+        assert status == 200 and headers["X-Semcache-Upstream"] == "primary"
+        status, _, headers = await chat(sidecar, "breaker closed again")
+        assert headers["X-Semcache-Upstream"] == "primary"
+
+
+async def test_a_streamed_answer_is_never_retried_once_it_started(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    primary, backup = fakes
+    primary.script.append(Behaviour(cut_after_chunks=3))
+    tables = [pool(primary, "primary"), pool(backup, "backup", priority=1)]
+    async with (
+        sidecar_with(tmp_path, primary, tables) as sidecar,
+        aiohttp.ClientSession() as session,
+        session.post(
+            sidecar.url + "/v1/chat/completions",
+            data=orjson.dumps(
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "tell me a long story"}],
+                    "stream": True,
+                }
+            ),
+            headers={"Authorization": "Bearer sk-raw"},
+        ) as response,
+    ):
+        assert response.status == 200
+        text = (await response.read()).decode()
+    assert "stream_interrupted" in text
+    assert len(primary.calls()) == 1 and backup.calls() == []
+
+
+async def test_azure_deployments_and_api_version(tmp_path: Path, fakes: list[FakeOpenAI]) -> None:
+    fake = fakes[0]
+    table = {
+        "name": "azure-east",
+        "kind": "azure",
+        "base_url": fake.url.removesuffix("/v1"),
+        "api_keys": ["azure-secret"],
+        "api_version": "2024-10-21",
+        "deployments": {"gpt-4o-mini": "mini-prod"},
+    }
+    async with sidecar_with(tmp_path, fake, [table]) as sidecar:
+        status, body, _ = await chat(sidecar, "hello azure")
+        assert status == 200, body
+        status, body, _ = await chat(sidecar, "hello again", model="gpt-4o")
+        assert status == 400 and body["error"]["param"] == "model"
+    received = fake.received[0]
+    assert received.path == "/openai/deployments/mini-prod/chat/completions"
+    assert received.headers["api-key"] == "azure-secret"
+    assert "Authorization" not in received.headers
+
+
+def budget_settings(**budgets: Any) -> dict[str, Any]:
+    return {
+        "budgets": parse_budgets(budgets),
+        "prices": PriceTable({"gpt-4o-mini": Price(1.0, 1.0), "cheap": Price(0.001, 0.001)}),
+    }
+
+
+async def test_a_spent_budget_refuses_and_survives_a_restart(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    # The fake's answers use 12 prompt tokens + a few: about $0.02 at $1 per 1K tokens.
+    settings = budget_settings(daily_usd=0.015, warn_at=[0.5])
+    async with start_sidecar(tmp_path, WordHashEmbedder(), fake, **settings) as sidecar:
+        assert (await chat(sidecar, "first question"))[0] == 200
+        status, body, headers = await chat(sidecar, "second question")
+        assert status == 429 and body["error"]["type"] == "insufficient_quota"
+        assert body["error"]["code"] == "budget_exceeded"
+        assert "daily budget" in body["error"]["message"]
+        assert int(headers["Retry-After"]) > 0
+        async with aiohttp.ClientSession() as session:
+            text = await (await session.get(sidecar.url + "/metrics")).text()
+        warning = 'semcache_budget_warnings_total{period="day",scope="global",threshold="0.5"}'
+        assert f"{warning} 1.0" in text
+        assert 'threshold="1.0"} 1.0' in text
+    async with start_sidecar(tmp_path, WordHashEmbedder(), fake, **settings) as sidecar:
+        status, body, _ = await chat(sidecar, "third question, after a restart")
+        assert status == 429 and body["error"]["code"] == "budget_exceeded"
+        # Hits cost nothing and are still served.
+        status, _, headers = await chat(sidecar, "first question")
+        assert status == 200 and headers["X-Semcache"] == "hit"
+    assert len(fake.calls()) == 1
+
+
+async def test_a_spent_tenant_budget_downgrades_to_the_cheaper_model(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    settings = budget_settings(
+        tenant_daily_usd=0.015, on_exceeded="downgrade", downgrade_model="cheap"
+    )
+    async with start_sidecar(tmp_path, WordHashEmbedder(), fake, **settings) as sidecar:
+        assert (await chat(sidecar, "first question"))[0] == 200
+        status, _, headers = await chat(sidecar, "second question")
+        assert status == 200 and headers["X-Semcache-Budget"] == "downgraded to cheap"
+        other = await chat(sidecar, "another tenant", {"Authorization": "Bearer sk-other"})
+        assert other[0] == 200 and "X-Semcache-Budget" not in other[2]
+    assert [r.body["model"] for r in fake.calls()] == ["gpt-4o-mini", "cheap", "gpt-4o-mini"]
+
+
+async def test_degraded_mode_serves_a_looser_match_under_backlog(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    table = pool(fake, rpm=6)
+    settings = {"degraded_min_similarity": 0.5, "min_similarity": 0.99}
+    async with sidecar_with(tmp_path, fake, [table], **settings) as sidecar:
+        assert (await chat(sidecar, "how do i reset my router password"))[0] == 200
+        status, _, headers = await chat(sidecar, "how do i reset the router password quickly")
+        assert status == 200
+        assert headers["X-Semcache"] == "hit" and headers["X-Semcache-Degraded"] == "true"
+    assert len(fake.calls()) == 1
+
+
+def test_upstream_tables_are_checked() -> None:
+    good = {"name": "a", "base_url": "https://api.example.com/v1", "api_keys": ["k"]}
+    assert parse_upstreams([good], {})[0].keys[0].id == "a#0"
+    for bad, message in [
+        ({**good, "kind": "bedrock"}, "kind must be one of"),
+        ({**good, "api_keys": ["env:MISSING"]}, "MISSING is not set"),
+        ({**good, "rpm": -1}, "rpm must be a positive"),
+        ({"name": "a", "base_url": "https://x", "rpm": 10}, "needs api_keys"),
+        ({**good, "kind": "azure"}, "needs api_version"),
+        ({**good, "deployments": {"m": "d"}}, "for kind = 'azure' only"),
+        ({**good, "colour": "blue"}, "unknown field"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_upstreams([bad], {})
+    with pytest.raises(ConfigError, match="unique"):
+        parse_upstreams([good, good], {})
+
+
+def test_the_config_file_holds_upstreams_budgets_and_prices(tmp_path: Path) -> None:
+    from semcache.settings import load_config
+
+    path = tmp_path / "semcache.toml"
+    path.write_text(
+        """
+port = 9000
+
+[[upstreams]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+api_keys = ["env:K1", "literal-key"]
+rpm = 500
+tpm = 30000
+
+[budgets]
+daily_usd = 5
+on_exceeded = "reject"
+
+[prices."my-model"]
+input_per_1k = 0.5
+output_per_1k = 1.5
+"""
+    )
+    config = load_config(environ={"K1": "sk-one"}, config_file=path)
+    assert config.port == 9000
+    assert [k.secret for k in config.upstreams[0].keys] == ["sk-one", "literal-key"]
+    assert config.budgets is not None and config.budgets.overall.daily_usd == 5
+    assert config.prices.price("my-model") == Price(0.5, 1.5)
+    assert "sk-one" not in repr(config.upstreams)
+
+
+def test_limits_pace_bursts_and_learn_from_the_upstream() -> None:
+    from semcache.upstream.limits import KeyLimiter, parse_duration
+
+    now = [1000.0]
+    limiter = KeyLimiter("k#0", rpm=60, tpm=1000, clock=lambda: now[0])
+    assert limiter.wait_time(10) == 0
+    limiter.reserve(10)
+    # Paced at 1.5x the steady rate: the next request waits 1 / 1.5 s, not a full second,
+    # and 10 tokens at 1.5 x 1000/60 per second take 0.4 s of that.
+    assert limiter.wait_time(10) == pytest.approx(1 / 1.5)
+    now[0] += 1
+    # More than a minute's tokens: sent once the bucket is full; the upstream has the last word.
+    assert limiter.wait_time(2000) == 0
+    limiter.learn({"x-ratelimit-remaining-tokens": "0"}, 200)
+    assert limiter.wait_time(100) == pytest.approx(6.0)  # 100 tokens at 1000/60 per second
+    limiter.learn({"Retry-After": "20"}, 429)
+    assert limiter.wait_time(1) == pytest.approx(20.0)
+    assert parse_duration("6m0s") == 360 and parse_duration("20ms") == 0.02
+    assert parse_duration("soon") is None
+
+
+def test_a_reservation_is_settled_from_usage() -> None:
+    from semcache.upstream.limits import KeyLimiter
+
+    now = [0.0]
+    limiter = KeyLimiter("k#0", rpm=None, tpm=600, clock=lambda: now[0])
+    reservation = limiter.reserve(500)
+    limiter.settle(reservation, 50)  # the answer was short: 450 tokens come back
+    assert limiter.tokens is not None and limiter.tokens.level == pytest.approx(550)
+    # ... and so does the time their pacing took: 50 tokens at 15/s.
+    assert limiter.wait_time(1) == pytest.approx(50 / 15)
