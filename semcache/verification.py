@@ -20,6 +20,8 @@ embedding model (see :func:`resolve_verifier`).
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -34,6 +36,8 @@ from numpy.typing import NDArray
 
 from semcache.errors import ConfigError, ModelNotFoundError
 from semcache.policy import content_words, swapped_order, tokens_of
+
+logger = logging.getLogger("semcache")
 
 FEATURE_VERSION = 1
 DEFAULT_VERIFIER = "qqp-minilm-ce-v2"
@@ -256,8 +260,8 @@ class CrossEncoderVerifier:
     """A fine-tuned cross-encoder in a directory (transformers format, stored in float16) with
     its ``verifier.json``: the Platt map, the embedding model and the operating point.
 
-    The network is loaded on first use; calls are serialised (torch already uses every core
-    for one batch)."""
+    The network is loaded on first use, once per process; calls are serialised (torch already
+    uses every core for one batch)."""
 
     def __init__(self, directory: Path, card: Mapping[str, Any] | None = None) -> None:
         """``card`` replaces ``verifier.json`` (training, before there is one)."""
@@ -277,33 +281,12 @@ class CrossEncoderVerifier:
         except (OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise ConfigError(f"{card_path} is not a verifier card: {exc}") from exc
         self.directory = directory
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._tokenizer: Any = None
-
-    def _load(self) -> tuple[Any, Any]:
-        if self._model is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(
-                    str(self.directory), local_files_only=True
-                )
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    str(self.directory), local_files_only=True
-                )
-            except OSError as exc:
-                raise ModelNotFoundError(
-                    f"cannot load the verifier in {self.directory}: {exc}"
-                ) from exc
-            self._tokenizer, self._model = tokenizer, model.float().eval()
-        return self._model, self._tokenizer
 
     def logits(self, queries: Sequence[str], candidates: Sequence[str]) -> NDArray[np.float64]:
         import torch
 
-        with self._lock:
-            model, tokenizer = self._load()
+        model, tokenizer, lock = _load_cross_encoder(self.directory)
+        with lock:
             encoded = tokenizer(
                 list(queries),
                 list(candidates),
@@ -327,6 +310,22 @@ class CrossEncoderVerifier:
             return np.empty(0)
         a, b = self.platt
         return _sigmoid(a * self.logits(queries, candidates) + b)
+
+
+@functools.cache
+def _load_cross_encoder(directory: Path) -> tuple[Any, Any, threading.Lock]:
+    """The network and tokenizer in ``directory``, loaded once per process and shared by every
+    cache that uses them, with the lock that serialises their use."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(directory), local_files_only=True
+        )
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load the verifier in {directory}: {exc}") from exc
+    return model.float().eval(), tokenizer, threading.Lock()
 
 
 def load_verifier(location: Path) -> Verifier:
@@ -363,6 +362,11 @@ def resolve_verifier(spec: str | None, embedder: str, models_dir: Path) -> Verif
     if not path.exists():
         path = models_dir / "verifier" / name
     if auto and not (path.is_dir() or path.with_suffix(".npz").is_file()):
+        logger.warning(
+            "no hit verifier at %s: hits are decided by similarity alone (see "
+            "models/verifier/README.md to build it, or set SEMCACHE_MODELS_DIR)",
+            path,
+        )
         return None
     verifier = load_verifier(path)
     if verifier.embedder != embedder:

@@ -339,3 +339,29 @@ def test_a_reservation_is_settled_from_usage() -> None:
     assert limiter.tokens is not None and limiter.tokens.level == pytest.approx(550)
     # ... and so does the time their pacing took: 50 tokens at 15/s.
     assert limiter.wait_time(1) == pytest.approx(50 / 15)
+
+
+def test_the_ledger_rolls_over_by_utc_day_and_warns_once(tmp_path: Path) -> None:
+    from semcache.budgets import SpendLedger
+
+    now = [1_767_225_000.0]  # 2025-12-31 23:50 UTC
+    config = parse_budgets({"daily_usd": 1.0, "monthly_usd": 10.0, "tenant_daily_usd": 0.5})
+    ledger = SpendLedger(tmp_path, config, clock=lambda: now[0])
+    warnings = ledger.record("key-a", 0.6)
+    assert {(w.scope, w.period, w.fraction) for w in warnings} == {
+        ("global", "day", 0.5),
+        ("key-a", "day", 0.5),
+        ("key-a", "day", 0.8),
+        ("key-a", "day", 0.9),
+        ("key-a", "day", 1.0),
+    }
+    assert ledger.admit("key-a", "gpt-4o").refused
+    assert not ledger.admit("key-b", "gpt-4o").refused  # another tenant
+    ledger.close()
+    ledger = SpendLedger(tmp_path, config, clock=lambda: now[0])
+    assert ledger.record("key-a", 0.001) == []  # no second warning, also after reopening
+    assert ledger.spent("global", "day") == pytest.approx(0.601)
+    now[0] += 15 * 60  # 2026-01-01 00:05 UTC: a new day and a new month
+    assert ledger.spent("global", "day") == 0 and ledger.spent("global", "month") == 0
+    assert not ledger.admit("key-a", "gpt-4o").refused
+    ledger.close()
