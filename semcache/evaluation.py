@@ -1,11 +1,12 @@
 """Measuring a cache on labelled paraphrase pairs: hit rate, precision of hits, recall.
 
 The procedure (also the benchmark's "pair mode"): store every distinct ``a`` with itself as the
-answer, look up every ``b``. Whether a hit is right is read from the labels of the rows
-evaluated (:class:`Labels`): the answer served is right when the labels join the two questions,
-directly (the row's own ``a`` on a duplicate row) or through a chain of rows labelled duplicate,
-and no row labels that very pair a non-duplicate. QQP repeats popular questions across rows, so
-the answer stored for another ``a`` is often the right one. A hit on a pair no row labels is
+answer, look up every ``b``. Whether a hit is right is read from the labels (:class:`Labels`;
+the bench judges with every row of the file, train and test): the answer served is right when
+the labels join the two questions, directly (the row's own ``a`` on a duplicate row) or through
+a chain of rows labelled duplicate, and no row labels that very pair a non-duplicate. QQP
+repeats popular questions across rows, so the answer stored for another ``a`` is often the
+right one. A hit on a pair no row labels is
 *unjudged* and counted wrong, so ``precision`` is a lower bound; ``precision_judged`` leaves the
 unjudged out. Recall is over the queries whose question has some stored answer.
 
@@ -158,11 +159,13 @@ def run_pairs(
     namespace: str = "pairs",
     on_progress: Callable[[int], None] | None = None,
     chunk: int = 256,
+    labels: Labels | None = None,
 ) -> list[Outcome]:
     """Store every distinct ``a`` in ``cache`` (expected empty), look up every ``b`` at
     threshold ``floor`` (and ``min_confidence`` 0 when the cache has a verifier), ``chunk`` at a
-    time; ``on_progress`` hears how many were done."""
-    labels = Labels(rows)
+    time; ``on_progress`` hears how many were done. ``labels`` judge the hits (default: those
+    of ``rows``)."""
+    labels = labels or Labels(rows)
     answers = list(dict.fromkeys(row.a for row in rows))
     for start in range(0, len(answers), chunk):
         part = answers[start : start + chunk]
@@ -212,10 +215,10 @@ def lookups(
     return hits
 
 
-def exact_outcomes(rows: Sequence[PairRow]) -> list[Outcome]:
+def exact_outcomes(rows: Sequence[PairRow], labels: Labels | None = None) -> list[Outcome]:
     """An exact-match cache on the same rows: a hit only for a ``b`` equal to a stored ``a``
     after normalisation (case, spacing, trailing punctuation)."""
-    labels = Labels(rows)
+    labels = labels or Labels(rows)
     stored: dict[str, str] = {}
     for row in rows:
         stored[normalize_prompt(row.a)] = row.a

@@ -40,7 +40,7 @@ from semcache.policy import content_words, swapped_order, tokens_of
 logger = logging.getLogger("semcache")
 
 FEATURE_VERSION = 1
-DEFAULT_VERIFIER = "qqp-minilm-ce-v2"
+DEFAULT_VERIFIER = "qqp-mlp-v1"
 CARD_FILE = "verifier.json"
 
 

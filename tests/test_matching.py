@@ -113,13 +113,22 @@ def test_guard_skips_to_a_candidate_that_passes(cache: SemanticCache) -> None:
     assert hit is not None and hit.response == "No, 9 = 3 × 3."
 
 
-def test_lower_threshold_per_lookup(cache: SemanticCache) -> None:
+def test_lower_thresholds_per_lookup(cache: SemanticCache) -> None:
     cache.put("How do I reset my password?", "Use the 'forgot password' link.")
     query = "I forgot my login credentials, what should I do?"
     decision = cache.lookup(CacheRequest(prompt=query))
     assert decision.hit is None and decision.score is not None
-    looser = cache.lookup(CacheRequest(prompt=query, min_similarity=decision.score - 0.01))
-    assert looser.hit is not None
+    looser = CacheRequest(prompt=query, min_similarity=decision.score - 0.01)
+    verified = cache.lookup(looser)
+    # Past the floor the candidate meets the verifier, which doubts it ...
+    assert verified.hit is None and verified.reason is Reason.UNVERIFIED
+    assert verified.confidence is not None and verified.confidence < cache.min_confidence
+    # ... unless the caller accepts that doubt too.
+    trusting = CacheRequest(
+        prompt=query, min_similarity=decision.score - 0.01, min_confidence=verified.confidence
+    )
+    hit = cache.lookup(trusting).hit
+    assert hit is not None and hit.confidence == pytest.approx(verified.confidence)
 
 
 def test_prompt_longer_than_the_model_window_is_exact_only(cache: SemanticCache) -> None:
@@ -153,7 +162,7 @@ def test_same_prompt_replaces_the_entry(cache: SemanticCache) -> None:
     second = cache.put("what is the capital of france", "new answer")
     assert first != second and len(cache) == 1
     assert cache.entry(first) is None
-    hit = cache.get("What's the capital city of France?")
+    hit = cache.get("What is the capital of France?")
     assert hit is not None and hit.response == "new answer"
 
 
@@ -167,18 +176,21 @@ def test_responses_are_any_json_value(cache: SemanticCache) -> None:
 def test_precision_on_held_out_qqp_sample(tmp_path: Path, embedder: CountingEmbedder) -> None:
     """A regression guard on real labelled pairs the default was not tuned on.
 
-    Measured at the time of writing: 83 hits, 68 right (precision 0.82), recall 0.53. The
-    bounds leave room for a different BLAS, not for a broken guard or threshold.
+    Measured at the time of writing, with the default verifier: 61 hits, 52 right (precision
+    0.85, 0.90 of judged hits), recall 0.40; by similarity alone at 0.85 it was 83 hits, 68
+    right (0.82), recall 0.53. The bounds leave room for a different BLAS, not for a broken
+    guard, verifier or threshold.
     """
     rows = [
         PairRow(a=r["a"], b=r["b"], duplicate=r["duplicate"], id=r["id"])
         for r in map(orjson.loads, (DATA / "qqp_test_sample.jsonl").read_bytes().splitlines())
     ]
     with SemanticCache(tmp_path / "qqp", embedder=embedder) as cache:
+        assert cache.verifier is not None and cache.verifier.name == "qqp-mlp-v1"
         outcomes = run_pairs(cache, rows, floor=cache.min_similarity)
         metrics = metrics_at_defaults(cache, outcomes, rows)
-    assert metrics.precision >= 0.72
-    assert metrics.recall >= 0.45
+    assert metrics.precision >= 0.8
+    assert metrics.recall >= 0.35
 
 
 def test_a_miss_is_stored_without_embedding_its_prompt_again(

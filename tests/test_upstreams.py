@@ -325,6 +325,8 @@ def test_limits_pace_bursts_and_learn_from_the_upstream() -> None:
     assert limiter.wait_time(100) == pytest.approx(6.0)  # 100 tokens at 1000/60 per second
     limiter.learn({"Retry-After": "20"}, 429)
     assert limiter.wait_time(1) == pytest.approx(20.0)
+    limiter.learn({"x-ratelimit-limit-requests": "30"}, 200)  # the key's real limit
+    assert limiter.requests is not None and limiter.requests.capacity == 30
     assert parse_duration("6m0s") == 360 and parse_duration("20ms") == 0.02
     assert parse_duration("soon") is None
 

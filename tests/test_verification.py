@@ -200,3 +200,36 @@ def test_a_damaged_artefact_is_a_config_error(tmp_path: Path) -> None:
 def test_order_guard(query: str, candidate: str, swapped: bool) -> None:
     assert swapped_order(query, candidate) is swapped
     assert (guard_mismatch(query, candidate) is Reason.ORDER_MISMATCH) is swapped
+
+
+def test_a_cross_encoder_verifier_loads_offline_and_gives_probabilities(tmp_path: Path) -> None:
+    """A tiny randomly initialised cross-encoder in the artefact layout train.py writes."""
+    import orjson
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from semcache.embedding import resolve_model
+    from semcache.verification import CrossEncoderVerifier
+
+    _, base = resolve_model(None)
+    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, num_labels=1,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    card = {
+        "name": "tiny-ce", "embedder": "word-hash-64", "platt": [1.0, 0.0],
+        "min_similarity": 0.5, "min_confidence": 0.5, "max_pair_tokens": 32,
+    }  # fmt: skip
+    (tmp_path / "verifier.json").write_bytes(orjson.dumps(card))
+    verifier = load_verifier(tmp_path)
+    assert isinstance(verifier, CrossEncoderVerifier) and verifier.min_similarity == 0.5
+    embed = WordHashEmbedder().embed
+    queries, candidates = ["is it raining in paris", "x"], ["is it raining in rome", "y"]
+    probabilities = verifier.probabilities(queries, candidates, embed(queries), embed(candidates))
+    assert probabilities.shape == (2,) and np.all((probabilities > 0) & (probabilities < 1))
+    with SemanticCache(tmp_path / "cache", embedder=WordHashEmbedder(), verifier=verifier) as c:
+        c.put("is it raining in paris", "yes")
+        decision = c.lookup(CacheRequest(prompt="is it raining in paris today", min_confidence=0))
+        assert decision.hit is not None and decision.confidence is not None

@@ -22,13 +22,11 @@ from semcache.evaluation import (
     Outcome,
     PairRow,
     PrecomputedEmbedder,
-    answerable,
     exact_outcomes,
     in_split,
     lookups,
     metrics_at,
     run_pairs,
-    sweep,
 )
 from semcache.keys import normalize_prompt
 
@@ -71,9 +69,15 @@ def run(
     progress: bool = True,
     min_confidence: float | None = None,
     seed: int = 0,
+    labels: Labels | None = None,
 ) -> PairReport:
     """Semcache at its defaults (the knob swept), semcache without its verifier, and the
-    baselines, on the pairs and on adversarial swaps of the stored questions."""
+    baselines, on the pairs and on adversarial swaps of the stored questions.
+
+    ``labels`` judge the hits: by default those of ``rows``; the bench passes every row of the
+    file, so that a hit on a question asked again in another row is judged by that row's
+    label (labels judge, they never train anything here)."""
+    labels = labels or Labels(rows)
     # Both semcache runs embed the same texts: compute each vector once.
     embedder = PrecomputedEmbedder(embedder or SentenceTransformerEmbedder(model))
     swaps = swap_variants(list(dict.fromkeys(row.a for row in rows)), seed=seed)
@@ -85,9 +89,8 @@ def run(
             knob = "min_similarity" if verifier is None else "min_confidence"
             floor = cache.min_similarity
             threshold = cache.min_confidence if cache.min_confidence is not None else floor
-            outcomes = _run_pairs(
-                cache, rows, progress, floor=THRESHOLDS[0] if verifier is None else floor
-            )
+            pass_floor = THRESHOLDS[0] if verifier is None else floor
+            outcomes = _run_pairs(cache, rows, progress, floor=pass_floor, labels=labels)
             swap_outcomes = _run_swaps(cache, swaps, progress, floor=floor)
         plain: tuple[list[Outcome], list[Outcome]] | None = None
         if verifier is not None:
@@ -96,12 +99,13 @@ def run(
             ) as cache:
                 plain_floor = cache.min_similarity
                 plain = (
-                    _run_pairs(cache, rows, progress, floor=plain_floor),
+                    _run_pairs(cache, rows, progress, floor=plain_floor, labels=labels),
                     _run_swaps(cache, swaps, progress, floor=plain_floor),
                 )
     by = "score" if verifier is None else "confidence"
-    count = answerable(rows)
-    curve = sweep(outcomes, rows, THRESHOLDS if verifier is None else CONFIDENCES, by=by)
+    count = labels.answerable((r.b for r in rows), (r.a for r in rows))
+    thresholds = THRESHOLDS if verifier is None else CONFIDENCES
+    curve = [metrics_at(outcomes, rows, t, by=by, answerable_queries=count) for t in thresholds]
     reaching = [m for m in curve if m.hits and m.precision >= target_precision]
     report = PairReport(
         rows=len(rows),
@@ -124,11 +128,11 @@ def run(
         [Outcome(None, False)] * len(rows), rows, 1.0, answerable_queries=count
     )
     report.baselines["exact match"] = metrics_at(
-        exact_outcomes(rows), rows, 1.0, answerable_queries=count
+        exact_outcomes(rows, labels), rows, 1.0, answerable_queries=count
     )
     if gptcache_baseline.available():
         name = "GPTCache (default threshold)"
-        gpt_pairs, gpt_swaps = _gptcache(rows, swaps, model, progress)
+        gpt_pairs, gpt_swaps = _gptcache(rows, swaps, model, progress, labels)
         report.baselines[name] = metrics_at(gpt_pairs, rows, 1.0, answerable_queries=count)
         report.swaps[name] = _swap_figures(swaps, gpt_swaps, 1.0, "score")
     else:
@@ -138,11 +142,16 @@ def run(
 
 
 def _run_pairs(
-    cache: SemanticCache, rows: Sequence[PairRow], progress: bool, *, floor: float
+    cache: SemanticCache,
+    rows: Sequence[PairRow],
+    progress: bool,
+    *,
+    floor: float,
+    labels: Labels,
 ) -> list[Outcome]:
     answers = len(set(row.a for row in rows))
     with tqdm(total=answers + len(rows), disable=not progress, desc="pairs", unit="q") as bar:
-        return run_pairs(cache, rows, floor=floor, on_progress=bar.update)
+        return run_pairs(cache, rows, floor=floor, on_progress=bar.update, labels=labels)
 
 
 def _run_swaps(
@@ -185,9 +194,12 @@ def _swap_figures(
 
 
 def _gptcache(
-    rows: Sequence[PairRow], swaps: Sequence[Swap], model: str | None, progress: bool
+    rows: Sequence[PairRow],
+    swaps: Sequence[Swap],
+    model: str | None,
+    progress: bool,
+    labels: Labels,
 ) -> tuple[list[Outcome], list[Outcome]]:
-    labels = Labels(rows)
     baseline = gptcache_baseline.GPTCacheBaseline(model)
     try:
         answers = list(dict.fromkeys(row.a for row in rows))

@@ -10,6 +10,7 @@ from semcache.bench.datasets import detect_format, read_rows, stream_items
 from semcache.bench.options import BenchOptions
 from semcache.embedding import Embedder
 from semcache.errors import InvalidRequestError
+from semcache.evaluation import Labels
 from semcache.pricing import Price
 
 
@@ -40,6 +41,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             raise InvalidRequestError(f"no rows in split {options.split!r}", field="split")
         result = pairs.run(
             selected,
+            labels=Labels(pairs.pair_rows(rows, "all")),
             embedder=embedder,
             min_similarity=options.min_similarity,
             min_confidence=options.min_confidence,

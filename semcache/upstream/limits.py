@@ -9,8 +9,9 @@ minute, a full minute's worth available at once. Each key here mirrors them:
   credit, so a burst of traffic spreads over seconds instead of landing in one instant;
 - tokens are reserved before sending from an estimate (prompt tokens by tiktoken plus the
   completion's ``max_tokens`` or a typical length) and settled from the answer's ``usage``;
-- the upstream's own view corrects ours: ``x-ratelimit-remaining-*`` lowers a bucket to what
-  the upstream says is left, and a 429's ``Retry-After`` pauses the key until then.
+- the upstream's own view corrects ours: ``x-ratelimit-limit-*`` replaces a configured limit
+  that is wrong, ``x-ratelimit-remaining-*`` lowers a bucket to what the upstream says is
+  left, and a 429's ``Retry-After`` pauses the key until then.
 
 No I/O here: the router asks :meth:`KeyLimiter.wait_time` and calls :meth:`reserve`.
 """
@@ -62,6 +63,12 @@ class Bucket:
         """Return units reserved but not used, and the pacing time they took."""
         self.level = min(self.capacity, self.level + amount)
         self._next_send = max(now, self._next_send - amount / (self.burst * self.rate))
+
+    def resize(self, capacity: float, now: float) -> None:
+        """Adopt another per-minute limit (the upstream's ``x-ratelimit-limit-*``)."""
+        self._refill(now)
+        self.capacity, self.rate = capacity, capacity / 60
+        self.level = min(self.level, capacity)
 
     def lower_to(self, remaining: float, now: float) -> None:
         """The upstream says only ``remaining`` is left: believe it when it is less."""
@@ -158,8 +165,13 @@ class KeyLimiter:
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             for name, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+                if bucket is None:
+                    continue
+                limit = _number(lowered.get(f"x-ratelimit-limit-{name}"))
+                if limit and limit != bucket.capacity:
+                    bucket.resize(limit, now)  # the key's real limit, per minute
                 remaining = _number(lowered.get(f"x-ratelimit-remaining-{name}"))
-                if bucket is not None and remaining is not None:
+                if remaining is not None:
                     bucket.lower_to(remaining, now)
             if status == 429:
                 pause = retry_after(lowered)
