@@ -135,7 +135,10 @@ def print_pair_table(report: PairReport) -> str:
         f"{report.knob:>14} | {'precision':>9} | {'judged':>6} | {'recall':>6} | {'hit rate':>8}"
     )
     step = 5 if report.knob == "min_similarity" else 2
-    for m in [*report.sweep[::step], report.sweep[-1]]:
+    shown = report.sweep[::step]
+    if shown[-1] is not report.sweep[-1]:
+        shown.append(report.sweep[-1])
+    for m in shown:
         lines.append(
             f"{m.threshold:>14.2f} | {m.precision:>9.3f} | {m.precision_judged:>6.3f} | "
             f"{m.recall:>6.3f} | {m.hit_rate:>8.3f}"
