@@ -291,8 +291,10 @@ def sweep(
     thresholds: Iterable[float],
     *,
     by: str = "score",
+    answerable_queries: int | None = None,
 ) -> list[Metrics]:
-    count = answerable(rows)
+    """:func:`metrics_at` for each threshold, the answerable queries counted once."""
+    count = answerable(rows) if answerable_queries is None else answerable_queries
     return [metrics_at(outcomes, rows, t, by=by, answerable_queries=count) for t in thresholds]
 
 

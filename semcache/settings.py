@@ -29,6 +29,7 @@ from semcache.config import (
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
 from semcache.upstream.config import UpstreamSpec, parse_upstreams
+from semcache.upstream.router import RoutingPolicy
 
 ENV_PREFIX = "SEMCACHE_"
 
@@ -147,6 +148,17 @@ class ServerConfig:
             if not (0 <= getattr(self, name) <= 1):
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
         self.cache_config()  # the cache's own checks, reported now rather than at first use
+
+    def routing_policy(self) -> RoutingPolicy:
+        return RoutingPolicy(
+            max_retries=self.max_retries,
+            backoff_base_s=self.retry_backoff_s,
+            backoff_max_s=self.retry_backoff_max_s,
+            breaker_failures=self.breaker_failures,
+            breaker_reset_s=self.breaker_reset_s,
+            queue_max_wait_s=self.queue_max_wait_s,
+            queue_max_length=self.queue_max_length,
+        )
 
     def cache_config(self) -> CacheConfig:
         return CacheConfig(

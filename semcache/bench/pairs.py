@@ -27,6 +27,7 @@ from semcache.evaluation import (
     lookups,
     metrics_at,
     run_pairs,
+    sweep,
 )
 from semcache.keys import normalize_prompt
 
@@ -105,7 +106,7 @@ def run(
     by = "score" if verifier is None else "confidence"
     count = labels.answerable((r.b for r in rows), (r.a for r in rows))
     thresholds = THRESHOLDS if verifier is None else CONFIDENCES
-    curve = [metrics_at(outcomes, rows, t, by=by, answerable_queries=count) for t in thresholds]
+    curve = sweep(outcomes, rows, thresholds, by=by, answerable_queries=count)
     reaching = [m for m in curve if m.hits and m.precision >= target_precision]
     report = PairReport(
         rows=len(rows),

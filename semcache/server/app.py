@@ -23,7 +23,7 @@ from semcache.server.state import STATE, State
 from semcache.settings import ServerConfig
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.config import describe, passthrough
-from semcache.upstream.router import Router, RoutingPolicy
+from semcache.upstream.router import Router
 
 logger = logging.getLogger("semcache.server")
 
@@ -67,15 +67,7 @@ def _resources(
         metrics_ = Metrics()
         router = Router(
             config.upstreams or passthrough(config.upstream),
-            policy=RoutingPolicy(
-                max_retries=config.max_retries,
-                backoff_base_s=config.retry_backoff_s,
-                backoff_max_s=config.retry_backoff_max_s,
-                breaker_failures=config.breaker_failures,
-                breaker_reset_s=config.breaker_reset_s,
-                queue_max_wait_s=config.queue_max_wait_s,
-                queue_max_length=config.queue_max_length,
-            ),
+            policy=config.routing_policy(),
             timeout_s=config.upstream_timeout_s,
             connect_timeout_s=config.upstream_connect_timeout_s,
             metrics=metrics_,
