@@ -8,10 +8,12 @@ reaches ``min_confidence``.
 
 Two kinds, both trained by ``models/verifier/train.py`` on labelled paraphrase pairs:
 
-- :class:`CrossEncoderVerifier`, the default: a MiniLM cross-encoder that reads both texts
-  together, so it sees word order, roles and what one side adds. A few milliseconds per pair.
-- :class:`PairVerifier`: a small network over features of both embeddings (their element-wise
-  product and difference) and of both texts. Tens of microseconds per pair, weaker.
+- :class:`PairVerifier`, the default (``qqp-mlp-v1``): a small network over features of both
+  embeddings (their element-wise product and difference) and of both texts. Tens of
+  microseconds per pair.
+- :class:`CrossEncoderVerifier`: a cross-encoder that reads both texts together, for a model
+  trained with ``--kind cross``. A few milliseconds per pair; the one trained here was no
+  better than the pair network (models/verifier/README.md), so none is shipped.
 
 Each artefact names the embedding model whose candidates it was trained on, the similarity
 floor it was calibrated behind and its default ``min_confidence``; it is used only with that

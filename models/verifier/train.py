@@ -1,6 +1,7 @@
 """Train the hit verifier (semcache.verification.PairVerifier) on 2 CPU cores.
 
     python models/verifier/train.py            # writes models/verifier/qqp-mlp-v1.npz + .json
+    python models/verifier/train.py --kind cross --floor 0.7   # the cross-encoder (44 min)
 
 Data: pairs_qqp_gptcache.jsonl rows with id % 10 != 0 only. The test split (id % 10 == 0) is
 never read, not even for its labels.
@@ -311,7 +312,7 @@ def operating_point(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", choices=("cross", "mlp"), default="cross")
+    parser.add_argument("--kind", choices=("cross", "mlp"), default="mlp")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, help="default: models/verifier/<name of the kind>")
     parser.add_argument(
@@ -319,7 +320,7 @@ def main() -> None:
         type=Path,
         default=ROOT / "benchmarks" / ".cache" / "qqp-embeddings.npz",
     )
-    parser.add_argument("--floor", type=float, default=0.7, help="first-stage similarity floor")
+    parser.add_argument("--floor", type=float, default=0.8, help="first-stage similarity floor")
     parser.add_argument("--verify-top", type=int, default=3)
     parser.add_argument("--generated", type=int, default=20_000)
     parser.add_argument(
