@@ -202,6 +202,26 @@ def answer_text(response: object) -> str:
     return text if isinstance(text, str) else ""
 
 
+def generated_texts(response: object) -> list[str]:
+    """Everything the model wrote in an answer, whole or cut: per choice its content, refusal
+    and tool calls (name and arguments), or its completion text."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    texts: list[str] = []
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            texts.append(choice.get("text") or "")
+            continue
+        texts += [message.get("content") or "", message.get("refusal") or ""]
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                texts += [function.get("name") or "", function.get("arguments") or ""]
+    return [t for t in texts if isinstance(t, str) and t]
+
+
 def usage_tokens(response: object) -> tuple[int, int]:
     """``(prompt_tokens, completion_tokens)`` of a stored answer, zeros when absent."""
     usage = response.get("usage") if isinstance(response, dict) else None
@@ -299,6 +319,11 @@ class StreamAssembler:
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.done = False
+
+    @property
+    def started(self) -> bool:
+        """Whether any chunk with an answer's content or usage arrived."""
+        return bool(self.choices) or self.usage is not None
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         for key in ("id", "created", "model", "system_fingerprint", "service_tier"):

@@ -51,17 +51,21 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
 DEFAULT_COMPLETION_ESTIMATE = 256
 
 
+def prompt_tokens(body: Mapping[str, Any], kind: str) -> int:
+    """The prompt of a chat (``kind`` "chat") or completions request, by the tokenizer."""
+    if kind == "chat":
+        messages = body.get("messages")
+        return count_messages(messages) if isinstance(messages, list) else 0
+    raw = body.get("prompt")
+    texts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    return sum(count_text(t) for t in texts if isinstance(t, str))
+
+
 def estimate_request_tokens(body: Mapping[str, Any], kind: str) -> int:
     """Tokens a request may use, for rate limits before it is sent: its prompt by the
     tokenizer plus the completion it allows (``max_completion_tokens``/``max_tokens``, else a
     typical length), times ``n``. Settled from the answer's ``usage`` afterwards."""
-    if kind == "chat":
-        messages = body.get("messages")
-        prompt = count_messages(messages) if isinstance(messages, list) else 0
-    else:
-        raw = body.get("prompt")
-        texts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
-        prompt = sum(count_text(t) for t in texts if isinstance(t, str))
+    prompt = prompt_tokens(body, kind)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     completion = (
         limit

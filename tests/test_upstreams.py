@@ -16,6 +16,7 @@ import pytest
 from semcache.budgets import parse_budgets
 from semcache.errors import ConfigError
 from semcache.pricing import Price, PriceTable
+from semcache.tokens import count_messages, count_text
 from semcache.upstream.config import parse_upstreams
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -242,6 +243,46 @@ async def test_a_spent_tenant_budget_downgrades_to_the_cheaper_model(
         other = await chat(sidecar, "another tenant", {"Authorization": "Bearer sk-other"})
         assert other[0] == 200 and "X-Semcache-Budget" not in other[2]
     assert [r.body["model"] for r in fake.calls()] == ["gpt-4o-mini", "cheap", "gpt-4o-mini"]
+
+
+async def budget_spend(sidecar: Sidecar) -> float:
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(sidecar.url + "/metrics")).text()
+    line = next(
+        x for x in text.splitlines() if x.startswith('semcache_budget_spend_usd{period="day"}')
+    )
+    return float(line.split()[-1])
+
+
+async def test_every_answer_the_upstream_charges_for_is_billed(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    """A tool call is paid for though never stored; a stream cut short before its usage chunk
+    is billed by the tokenizer's count of the prompt and of what came."""
+    fake = fakes[0]
+    fake.script += [Behaviour(finish_reason="tool_calls"), Behaviour(cut_after_chunks=4)]
+    settings = budget_settings(daily_usd=100.0)  # $1 per 1K tokens
+    async with start_sidecar(tmp_path, WordHashEmbedder(), fake, **settings) as sidecar:
+        status, body, _ = await chat(sidecar, "call a tool please")
+        assert status == 200 and body["choices"][0]["finish_reason"] == "tool_calls"
+        tool_call = await budget_spend(sidecar)
+        assert tool_call == pytest.approx(sum(body["usage"].values()) / 2 / 1000)
+        messages = [{"role": "user", "content": "tell me a long story"}]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                sidecar.url + "/v1/chat/completions",
+                data=orjson.dumps({"model": "gpt-4o-mini", "messages": messages, "stream": True}),
+                headers={"Authorization": "Bearer sk-raw"},
+            ) as response,
+        ):
+            assert "stream_interrupted" in (await response.read()).decode()
+        came = "Answer #2 to: "  # the role chunk and three words, then the connection drops
+        estimate = count_messages(messages) + count_text(came)
+        assert await budget_spend(sidecar) - tool_call == pytest.approx(estimate / 1000)
+        status, _, headers = await chat(sidecar, "call a tool please")
+        assert status == 200 and headers["X-Semcache"] == "miss"  # the tool call was not stored
+    assert len(fake.calls()) == 3
 
 
 async def test_degraded_mode_serves_a_looser_match_under_backlog(

@@ -12,20 +12,31 @@ from semcache.upstream.router import Attempt
 
 
 def account(
-    state: State, attempt: Attempt, model: str, answer: dict[str, Any] | None, tenant: str
+    state: State,
+    attempt: Attempt,
+    model: str,
+    answer: dict[str, Any] | None,
+    tenant: str,
+    *,
+    estimate: tuple[int, int] | None = None,
 ) -> None:
-    """Settle the key's token reservation and add the answer's cost to metrics and budgets.
+    """Settle the key's token reservation and add what the upstream charges for the answer
+    to metrics and budgets.
 
-    ``answer`` is the complete response, or ``None`` when there is none (error, cut stream):
-    the reservation then stands as estimated."""
-    if answer is None:
-        attempt.settle(None)
-        return
+    ``answer`` is whatever the upstream answered with status 200, whatever its finish reason
+    (a tool call or a filtered answer is paid for like any other), or ``None`` (an error).
+    Its ``usage`` is the bill; without one (a stream cut before its usage chunk), ``estimate``
+    (prompt and completion tokens counted by the tokenizer) is billed instead and the key's
+    reservation stands as it was made."""
     prompt, completion = usage_tokens(answer)
-    if prompt + completion == 0:
+    if prompt + completion > 0:
+        attempt.settle(prompt + completion)
+    else:
         attempt.settle(None)
-        return
-    attempt.settle(prompt + completion)
+        if estimate is None or sum(estimate) == 0:
+            return
+        prompt, completion = estimate
+    answer = answer or {}
     upstream, key = attempt.target.upstream.name, attempt.target.id
     metrics = state.metrics
     metrics.upstream_tokens.labels(upstream, key, "prompt").inc(prompt)

@@ -35,6 +35,7 @@ from semcache.openai_api import (
     Parsed,
     StreamAssembler,
     finished_normally,
+    generated_texts,
     parse_chat,
     parse_completion,
     render_hit,
@@ -45,7 +46,7 @@ from semcache.policy import Reason
 from semcache.server import accounting
 from semcache.server.controls import Controls, tenant_namespace
 from semcache.server.state import STATE, State
-from semcache.tokens import estimate_request_tokens
+from semcache.tokens import count_text, estimate_request_tokens, prompt_tokens
 from semcache.upstream.router import Attempt, parse_priority
 
 logger = logging.getLogger("semcache.server")
@@ -306,36 +307,53 @@ async def _forward(
         upstream = attempt.response
         passed = {**_passed_headers(attempt), **headers}
         is_stream = upstream.content_type == "text/event-stream"
-        answer: dict[str, Any] | None = None
+        received: dict[str, Any] | None = None  # what the upstream answered, complete or not
+        assembler = StreamAssembler(parsed.kind)
         try:
             if upstream.status == 200 and is_stream:
-                response, answer = await _relay_stream(
-                    request, state, parsed, upstream, passed, hide_usage, store
+                response = await _relay_stream(request, upstream, passed, assembler, hide_usage)
+                received = assembler.result() if assembler.started else None
+                answer = received if assembler.done and finished_normally(received) else None
+            else:
+                data = await upstream.read()
+                response = web.Response(
+                    body=data,
+                    status=upstream.status,
+                    content_type=upstream.content_type,
+                    headers=passed,
                 )
-                return response, answer
-            data = await upstream.read()
-            response = web.Response(
-                body=data,
-                status=upstream.status,
-                content_type=upstream.content_type,
-                headers=passed,
-            )
-            answer = _complete_answer(upstream.status, data)
-            if answer is not None and store and parsed.request is not None:
+                received = _json_answer(upstream.status, data)
+                answer = received if finished_normally(received) else None
+            if parsed.request is None:
+                return response, None
+            if answer is not None and store:
                 await _store(state, parsed, answer)
-            return response, answer if parsed.request is not None else None
+            return response, answer
         finally:
-            accounting.account(state, attempt, parsed.model, answer, tenant)
+            accounting.account(
+                state, attempt, parsed.model, received, tenant,
+                estimate=_estimate(body, parsed.kind, received),
+            )  # fmt: skip
 
 
-def _complete_answer(status: int, data: bytes) -> dict[str, Any] | None:
+def _json_answer(status: int, data: bytes) -> dict[str, Any] | None:
     if status != 200:
         return None
     try:
         answer = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    return answer if finished_normally(answer) else None
+    return answer if isinstance(answer, dict) else None
+
+
+def _estimate(
+    body: dict[str, Any], kind: str, received: dict[str, Any] | None
+) -> tuple[int, int] | None:
+    """What an answer without usage (a stream cut short, by either side) cost: the prompt and
+    the text that came, by the tokenizer."""
+    if received is None or received.get("usage"):
+        return None
+    return prompt_tokens(body, kind), sum(count_text(t) for t in generated_texts(received))
 
 
 def _passed_headers(attempt: Attempt) -> dict[str, str]:
@@ -356,16 +374,15 @@ def _passed_headers(attempt: Attempt) -> dict[str, str]:
 
 async def _relay_stream(
     request: web.Request,
-    state: State,
-    parsed: Parsed,
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
+    assembler: StreamAssembler,
     hide_usage: bool,
-    store: bool,
-) -> tuple[web.StreamResponse, dict[str, Any] | None]:
+) -> web.StreamResponse:
+    """Pass the upstream's events on as they come, feeding ``assembler``; a stream that ends
+    without ``[DONE]`` gets an error event."""
     response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
     await response.prepare(request)
-    assembler = StreamAssembler(parsed.kind)
     buffer = b""
     try:
         async for data in upstream.content.iter_any():
@@ -376,20 +393,17 @@ async def _relay_stream(
                     await response.write(event + b"\n\n")
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
-        return response, None
+        assembler.done = False
+        return response
     except (TimeoutError, aiohttp.ClientError) as exc:
         logger.warning("upstream stream broke off: %s", exc)
     if not assembler.done:
         # The status line and part of the answer are already with the client: what is left is
         # to say so in the stream, as an error event that OpenAI's SDKs raise as an APIError.
         await _write_stream_error(response)
-        return response, None
-    answer = assembler.result()
-    complete = finished_normally(answer)
-    if complete and store:
-        await _store(state, parsed, answer)
+        return response
     await response.write_eof()
-    return response, answer if complete else None
+    return response
 
 
 async def _write_stream_error(response: web.StreamResponse) -> None:
