@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from semcache.budgets import BudgetConfig, parse_budgets
+from semcache.clients import ClientSpec, parse_clients
 from semcache.config import (
     DEFAULT_MIN_SIMILARITY,
     CacheConfig,
@@ -100,8 +101,9 @@ class ServerConfig:
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
     log_level: str = setting("info", "debug, info, warning or error")
-    # Sections of the config file, not settings: [[upstreams]], [budgets], [prices].
+    # Sections of the config file, not settings: [[upstreams]], [[clients]], [budgets], [prices].
     upstreams: tuple[UpstreamSpec, ...] = field(default=(), metadata={"section": True})
+    clients: tuple[ClientSpec, ...] = field(default=(), metadata={"section": True})
     budgets: BudgetConfig | None = field(default=None, metadata={"section": True})
     prices: PriceTable = field(default_factory=PriceTable, metadata={"section": True})
 
@@ -147,6 +149,11 @@ class ServerConfig:
         for name in ("shadow_fraction", "shadow_agreement"):
             if not (0 <= getattr(self, name) <= 1):
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.clients and (not self.upstreams or not all(u.keys for u in self.upstreams)):
+            raise ConfigError(
+                "[[clients]] keys are semcache's own and are never sent upstream, so every "
+                "upstream needs its api_keys ([[upstreams]])"
+            )
         self.cache_config()  # the cache's own checks, reported now rather than at first use
 
     def routing_policy(self) -> RoutingPolicy:
@@ -238,7 +245,7 @@ def _convert(info: SettingInfo, value: Any, source: str) -> Any:
         raise ConfigError(f"{info.name} (from {source}) must be a {kind}, got {value!r}") from None
 
 
-_SECTIONS = ("upstreams", "budgets", "prices")
+_SECTIONS = ("upstreams", "clients", "budgets", "prices")
 
 
 def load_config(
@@ -266,6 +273,8 @@ def load_config(
         sections = {**data, **table}
         if "upstreams" in sections:
             values["upstreams"] = parse_upstreams(sections["upstreams"], environ)
+        if "clients" in sections:
+            values["clients"] = parse_clients(sections["clients"], environ)
         if "budgets" in sections:
             values["budgets"] = parse_budgets(sections["budgets"])
         if "prices" in sections:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from semcache import SemanticCache
 from semcache.server import create_app
-from semcache.server.controls import tenant_namespace
+from semcache.server.controls import tenant_of
 from semcache.server.state import STATE
 from semcache.settings import ServerConfig
 from tests.conftest import CountingEmbedder
@@ -470,7 +470,7 @@ async def test_admin_api(sidecar: Sidecar) -> None:
             **ask("what is the tallest mountain")
         )
         assert again.headers["X-Semcache"] == "miss"
-        namespace = tenant_namespace({"Authorization": "Bearer sk-tenant-one"}, None)
+        namespace = tenant_of({"Authorization": "Bearer sk-tenant-one"}, None)
         flushed = await session.delete(f"{sidecar.url}/admin/namespaces/{namespace}", headers=auth)
         assert (await flushed.json())["removed"] == 2
         assert len(sidecar.cache) == 0

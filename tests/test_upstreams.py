@@ -14,8 +14,10 @@ import orjson
 import pytest
 
 from semcache.budgets import parse_budgets
+from semcache.clients import parse_clients
 from semcache.errors import ConfigError
 from semcache.pricing import Price, PriceTable
+from semcache.settings import ServerConfig
 from semcache.tokens import count_messages, count_text
 from semcache.upstream.config import parse_upstreams
 from tests.conftest import WordHashEmbedder
@@ -285,6 +287,64 @@ async def test_every_answer_the_upstream_charges_for_is_billed(
     assert len(fake.calls()) == 3
 
 
+async def test_only_configured_clients_are_served_each_in_its_own_tenant(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    tables = [
+        {"name": "checkout", "api_keys": ["sk-checkout"]},
+        {"name": "search", "api_keys": ["env:SEARCH_KEY"]},
+    ]
+    settings = {
+        "clients": parse_clients(tables, {"SEARCH_KEY": "sk-search"}),
+        **budget_settings(tenants={"search": {"daily_usd": 0.001}}),
+    }
+    checkout = {"Authorization": "Bearer sk-checkout"}
+    search = {"Authorization": "", "api-key": "sk-search"}  # Azure's header works too
+    async with sidecar_with(tmp_path, fake, [pool(fake)], **settings) as sidecar:
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer sk-stranger"}):
+            status, body, _ = await chat(sidecar, "hello", headers)
+            assert status == 401 and body["error"]["code"] == "invalid_api_key"
+            assert body["error"]["type"] == "authentication_error"
+        async with aiohttp.ClientSession() as session:
+            models = await session.get(sidecar.url + "/v1/models")
+            assert models.status == 401
+            assert (await session.get(sidecar.url + "/healthz")).status == 200
+        assert fake.received == []
+        status, _, headers = await chat(sidecar, "What is the capital of France?", checkout)
+        assert status == 200 and headers["X-Semcache"] == "miss"
+        status, _, headers = await chat(sidecar, "What is the capital of France?", checkout)
+        assert status == 200 and headers["X-Semcache"] == "hit"
+        status, _, headers = await chat(sidecar, "What is the capital of France?", search)
+        assert status == 200 and headers["X-Semcache"] == "miss"  # never checkout's answer
+        status, body, _ = await chat(sidecar, "and of Spain?", search)  # search's own cap
+        assert status == 429 and body["error"]["code"] == "budget_exceeded"
+        status, _, _ = await chat(sidecar, "and of Spain?", checkout)
+        assert status == 200
+    assert {r.headers["Authorization"] for r in fake.received} == {"Bearer sk-pool-0"}
+
+
+def test_clients_need_pool_keys_and_unique_names_and_keys() -> None:
+    upstream = parse_upstreams([{"name": "main", "base_url": "http://127.0.0.1:9/v1"}], {})
+    clients = parse_clients([{"name": "app", "api_keys": ["sk-app"]}], {})
+    with pytest.raises(ConfigError, match="every upstream needs its api_keys"):
+        ServerConfig(upstreams=upstream, clients=clients)
+    with pytest.raises(ConfigError, match="every upstream needs its api_keys"):
+        ServerConfig(clients=clients)  # the caller's key would be passed through
+    bad = [
+        ([{"name": "key-abc", "api_keys": ["k"]}], "name must be"),
+        ([{"name": "a b", "api_keys": ["k"]}], "name must be"),
+        ([{"name": "app", "api_keys": []}], "non-empty list"),
+        ([{"name": "app", "api_keys": ["env:MISSING"]}], "MISSING is not set"),
+        ([{"name": "app", "api_keys": ["k"], "budget": 1}], "unknown field"),
+        ([{"name": "a", "api_keys": ["k"]}, {"name": "a", "api_keys": ["j"]}], "unique"),
+        ([{"name": "a", "api_keys": ["k"]}, {"name": "b", "api_keys": ["k"]}], "one client"),
+    ]
+    for tables, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            parse_clients(tables, {})
+
+
 async def test_degraded_mode_serves_a_looser_match_under_backlog(
     tmp_path: Path, fakes: list[FakeOpenAI]
 ) -> None:
@@ -317,7 +377,7 @@ def test_upstream_tables_are_checked() -> None:
         parse_upstreams([good, good], {})
 
 
-def test_the_config_file_holds_upstreams_budgets_and_prices(tmp_path: Path) -> None:
+def test_the_config_file_holds_upstreams_clients_budgets_and_prices(tmp_path: Path) -> None:
     from semcache.settings import load_config
 
     path = tmp_path / "semcache.toml"
@@ -332,6 +392,10 @@ api_keys = ["env:K1", "literal-key"]
 rpm = 500
 tpm = 30000
 
+[[clients]]
+name = "checkout"
+api_keys = ["env:CHECKOUT_KEY"]
+
 [budgets]
 daily_usd = 5
 on_exceeded = "reject"
@@ -341,12 +405,14 @@ input_per_1k = 0.5
 output_per_1k = 1.5
 """
     )
-    config = load_config(environ={"K1": "sk-one"}, config_file=path)
+    config = load_config(environ={"K1": "sk-one", "CHECKOUT_KEY": "sk-co"}, config_file=path)
     assert config.port == 9000
     assert [k.secret for k in config.upstreams[0].keys] == ["sk-one", "literal-key"]
     assert config.budgets is not None and config.budgets.overall.daily_usd == 5
     assert config.prices.price("my-model") == Price(0.5, 1.5)
     assert "sk-one" not in repr(config.upstreams)
+    assert [c.name for c in config.clients] == ["checkout"] and config.clients[0].keys == ("sk-co",)
+    assert "sk-co" not in repr(config.clients)
 
 
 def test_limits_pace_bursts_and_learn_from_the_upstream() -> None:

@@ -10,16 +10,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from semcache.batching import LookupBatcher
 from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
+from semcache.clients import Clients
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
-from semcache.server.errors import error_middleware
+from semcache.server.controls import caller_key
+from semcache.server.errors import error_middleware, error_response
 from semcache.server.shadow import ShadowChecks
-from semcache.server.state import STATE, State
+from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.config import describe, passthrough
@@ -39,7 +42,10 @@ def create_app(
     ``cache`` defaults to one built from ``config`` and closed with the app; one passed in
     belongs to the caller, who closes it. ``clock`` drives the rate limits (tests).
     """
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    middlewares: list[Middleware] = [error_middleware]
+    if config.clients:
+        middlewares.append(client_middleware(Clients(config.clients)))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app.cleanup_ctx.append(_resources(config, cache, clock))
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/v1/completions", proxy.completions)
@@ -49,6 +55,26 @@ def create_app(
     admin.add_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.forward_verbatim)
     return app
+
+
+def client_middleware(clients: Clients) -> Middleware:
+    """Serve ``/v1/*`` to the configured clients only, and note which one asked."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            name = clients.identify(caller_key(request.headers))
+            if name is None:
+                return error_response(
+                    401,
+                    "Incorrect API key provided: this sidecar serves its configured clients "
+                    "only (Authorization: Bearer <client key>)",
+                    code="invalid_api_key",
+                )
+            request[CLIENT] = name
+        return await handler(request)
+
+    return middleware
 
 
 def _resources(

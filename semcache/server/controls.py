@@ -65,12 +65,17 @@ def caller_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("api-key") or None  # Azure OpenAI's header
 
 
-def tenant_namespace(headers: Mapping[str, str], requested: str | None) -> str:
-    """The namespace of a request: its API key's tenant, subdivided by X-Semcache-Namespace.
-
-    The tenant is a hash of the caller's API key, so callers with different keys can never
-    share an entry, and the header can only narrow a tenant's namespace, never reach another's.
-    """
+def tenant_of(headers: Mapping[str, str], client: str | None) -> str:
+    """The tenant a request belongs to: its client's name when the sidecar has ``[[clients]]``
+    (see :mod:`semcache.clients`), else a hash of the caller's API key, so callers with
+    different keys never share an entry or a budget."""
+    if client is not None:
+        return client
     key = caller_key(headers)
-    tenant = "key-" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+
+
+def tenant_namespace(tenant: str, requested: str | None) -> str:
+    """The namespace of a request: its tenant, subdivided by X-Semcache-Namespace, which can
+    only narrow a tenant's namespace, never reach another's."""
     return tenant if requested is None else f"{tenant}/{requested}"

@@ -44,8 +44,8 @@ from semcache.openai_api import (
 )
 from semcache.policy import Reason
 from semcache.server import accounting
-from semcache.server.controls import Controls, tenant_namespace
-from semcache.server.state import STATE, State
+from semcache.server.controls import Controls, tenant_namespace, tenant_of
+from semcache.server.state import CLIENT, STATE, State
 from semcache.tokens import count_text, estimate_request_tokens, prompt_tokens
 from semcache.upstream.router import Attempt, parse_priority
 
@@ -88,8 +88,8 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     controls = Controls.from_headers(request.headers)
-    namespace = tenant_namespace(request.headers, controls.namespace)
-    tenant = tenant_namespace(request.headers, None)
+    tenant = tenant_of(request.headers, request.get(CLIENT))
+    namespace = tenant_namespace(tenant, controls.namespace)
     priority = parse_priority(request.headers.get("X-Semcache-Priority"))
     parse = functools.partial(
         parse_chat if kind == "chat" else parse_completion,

@@ -31,3 +31,5 @@ class State:
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)
+# The name of the client a request came from, when the sidecar has [[clients]].
+CLIENT: web.RequestKey[str] = web.RequestKey("semcache_client", str)

@@ -109,7 +109,7 @@ def _parse_one(table: dict[str, Any], position: int, environ: Mapping[str, str])
     if not isinstance(raw_keys, list) or not all(isinstance(k, str) for k in raw_keys):
         raise ConfigError(f"{where}: api_keys must be a list of strings (literal or env:NAME)")
     keys = tuple(
-        KeySpec(id=f"{name}#{i}", secret=_resolve_key(k, environ, where))
+        KeySpec(id=f"{name}#{i}", secret=resolve_secret(k, environ, where))
         for i, k in enumerate(raw_keys)
     )
     rpm = _limit(table.get("rpm"), f"{where}: rpm")
@@ -153,7 +153,12 @@ def _parse_one(table: dict[str, Any], position: int, environ: Mapping[str, str])
     )
 
 
-def _resolve_key(raw: str, environ: Mapping[str, str], where: str) -> str:
+def resolve_secret(raw: str, environ: Mapping[str, str], where: str) -> str:
+    """A key as written in the config file: literal, or ``env:NAME`` read from ``environ``.
+
+    Raises:
+        ConfigError: the key is empty or its variable unset (``where`` says whose it is).
+    """
     if raw.startswith("env:"):
         variable = raw[4:]
         value = environ.get(variable, "").strip()
