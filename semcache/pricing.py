@@ -36,6 +36,9 @@ DEFAULT_PRICES: dict[str, Price] = {
     "gpt-3.5-turbo": Price(0.0005, 0.0015),
     "o1": Price(0.015, 0.06),
     "o3-mini": Price(0.0011, 0.0044),
+    "text-embedding-3-small": Price(0.00002, 0.0),
+    "text-embedding-3-large": Price(0.00013, 0.0),
+    "text-embedding-ada-002": Price(0.0001, 0.0),
 }
 
 

@@ -287,6 +287,24 @@ async def test_every_answer_the_upstream_charges_for_is_billed(
     assert len(fake.calls()) == 3
 
 
+async def test_embeddings_are_billed_and_refused_once_the_budget_is_spent(
+    tmp_path: Path, fakes: list[FakeOpenAI]
+) -> None:
+    fake = fakes[0]
+    settings = {
+        "budgets": parse_budgets({"daily_usd": 0.003}),
+        "prices": PriceTable({"text-embedding-3-small": Price(1.0, 0.0)}),  # 2 tokens: $0.002
+    }
+    body = orjson.dumps({"model": "text-embedding-3-small", "input": "hello"})
+    async with start_sidecar(tmp_path, WordHashEmbedder(), fake, **settings) as sidecar:
+        assert (await sidecar.post("/v1/embeddings", body))[0] == 200
+        assert await budget_spend(sidecar) == pytest.approx(0.002)
+        assert (await sidecar.post("/v1/embeddings", body))[0] == 200
+        status, answer, _ = await sidecar.post("/v1/embeddings", body)
+        assert status == 429 and answer["error"]["code"] == "budget_exceeded"
+    assert len(fake.received) == 2
+
+
 async def test_only_configured_clients_are_served_each_in_its_own_tenant(
     tmp_path: Path, fakes: list[FakeOpenAI]
 ) -> None:

@@ -53,8 +53,11 @@ def account(
         metrics.budget_spend.labels(period).set(state.ledger.spent("global", period))
 
 
-def admit(state: State, tenant: str, model: str) -> str | None:
+def admit(state: State, tenant: str, model: str, *, can_downgrade: bool = True) -> str | None:
     """The model to send the request to under the budgets: ``None`` to keep ``model``.
+
+    A request that cannot change model (``can_downgrade`` false: an embedding, a file) is
+    sent as it is when the budget says to downgrade, and refused when it says to refuse.
 
     Raises:
         BudgetExceededError: a cap is reached and the budget says to refuse.
@@ -62,7 +65,7 @@ def admit(state: State, tenant: str, model: str) -> str | None:
     if state.ledger is None:
         return None
     admission = state.ledger.admit(tenant, model)
-    if admission.exceeded is None:
+    if admission.exceeded is None or (not can_downgrade and not admission.refused):
         return None
     if admission.refused:
         state.metrics.budget_actions.labels("rejected").inc()

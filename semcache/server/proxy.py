@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -461,6 +462,9 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
             parsed = orjson.loads(body)
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
+    tenant = tenant_of(request.headers, request.get(CLIENT))
+    if model is not None:
+        accounting.admit(state, tenant, model, can_downgrade=False)
     async with state.router.send(
         request.method,
         request.path,
@@ -480,9 +484,31 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
         headers["X-Semcache"] = "bypass"
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
+        # The end of a JSON answer (an embedding's usage comes last) is kept for the bill.
+        billable = upstream.status == 200 and upstream.content_type == "application/json"
+        tail = b""
         async for data in upstream.content.iter_any():
             await response.write(data)
+            if billable:
+                tail = (tail + data)[-_TAIL_BYTES:]
         await response.write_eof()
         state.metrics.requests.labels("other", "bypass").inc()
-        attempt.settle(None)
+        accounting.account(state, attempt, model or "", _usage_in(tail), tenant)
         return response
+
+
+_TAIL_BYTES = 4096
+_USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+
+
+def _usage_in(tail: bytes) -> dict[str, Any] | None:
+    """The last flat ``"usage": {...}`` object in the end of a JSON body, as an answer."""
+    matches = list(_USAGE.finditer(tail))
+    if not matches:
+        return None
+    found = matches[-1]
+    try:
+        usage = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return {"usage": usage} if isinstance(usage, dict) else None
