@@ -6,7 +6,7 @@ Stores the distinct questions ``a`` of the QQP test split (id % 10 == 0) and loo
 first ``--queries`` questions ``b`` one at a time (as single requests arrive), in one cache
 with the default verifier and in one without (``verifier=None``, the same floor). Embeddings
 are computed by the real model in both, so the difference is the verifier's: its forward pass
-over up to ``verify_top`` candidate pairs. Also timed: one batch of 32 lookups.
+over the ``verify_top`` (1) nearest candidate pairs. Also timed: one batch of 32 lookups.
 """
 
 from __future__ import annotations

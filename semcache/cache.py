@@ -7,8 +7,9 @@ A lookup goes through three tiers, cheapest first, and stops at the first that d
 3. semantic: embed the prompt, search the scope's index, keep the candidates whose cosine
    similarity reaches ``min_similarity`` and that pass the guards of :mod:`semcache.policy`;
 4. verification: the verifier (:mod:`semcache.verification`) gives each of the first
-   ``verify_top`` of them a calibrated probability of being right, and the most probable is
-   served when it reaches ``min_confidence``. Without a verifier the first candidate is served.
+   ``verify_top`` of them (by default only the nearest) a calibrated probability of being
+   right, and the most probable is served when it reaches ``min_confidence``. Without a
+   verifier the first candidate is served.
 
 Every method is synchronous and thread-safe; each has an awaitable twin (``aget``, ``aput``, …)
 that runs it on the cache's worker threads, so an event loop never blocks on the model, FAISS or

@@ -44,7 +44,9 @@ class CacheConfig:
         min_confidence: probability in [0, 1] the verifier must give a candidate for it to be
             served; ``None``: the verifier's default. Overridable per lookup.
         verify_top: candidates above the floor and past the guards sent to the verifier per
-            lookup; the most probable is served.
+            lookup, most similar first; the most probable is served. The default, 1, makes
+            the verifier a gate on the nearest candidate: letting it pick a farther one
+            served more wrong hits on data unlike its training (models/verifier/README.md).
         ttl_s: default lifetime of an entry in seconds; ``None`` keeps entries until evicted.
         max_entries: bound on the number of entries; the least recently used go first.
         max_bytes: bound on the encoded size of all entries in bytes, evicted the same way.
@@ -63,7 +65,7 @@ class CacheConfig:
     min_similarity: float | None = None
     verifier: str | None = "auto"
     min_confidence: float | None = None
-    verify_top: int = 3
+    verify_top: int = 1
     ttl_s: float | None = None
     max_entries: int | None = None
     max_bytes: int | None = None

@@ -10,6 +10,7 @@ import pytest
 from numpy.typing import NDArray
 
 from semcache import CacheRequest, Reason, SemanticCache
+from semcache.config import CacheConfig
 from semcache.errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from semcache.policy import guard_mismatch, swapped_order
 from semcache.verification import (
@@ -55,15 +56,33 @@ def verified(tmp_path: Path) -> tuple[SemanticCache, TableVerifier]:
             ("how do i reset my router password", "reset my router password how"): 0.9,
         }
     )
-    cache = SemanticCache(tmp_path, embedder=WordHashEmbedder(), verifier=verifier)
+    return stocked_cache(tmp_path, verifier, CacheConfig(verify_top=2)), verifier
+
+
+def stocked_cache(path: Path, verifier: TableVerifier, config: CacheConfig) -> SemanticCache:
+    cache = SemanticCache(path, embedder=WordHashEmbedder(), verifier=verifier, config=config)
     cache.put_many(
         ["how do i reset my router", "reset my router password how", "bake bread"],
         ["A", "B", "C"],
     )
-    return cache, verifier
+    return cache
 
 
-def test_the_most_probable_candidate_is_served_not_the_most_similar(
+def test_by_default_the_verifier_gates_the_nearest_candidate(tmp_path: Path) -> None:
+    verifier = TableVerifier(
+        {("how do i reset my router password", "how do i reset my router"): 0.4}
+    )
+    cache = stocked_cache(tmp_path, verifier, CacheConfig())
+    decision = cache.lookup(CacheRequest(prompt="how do i reset my router password"))
+    assert decision.hit is None and decision.reason is Reason.UNVERIFIED
+    assert decision.confidence == 0.4  # the nearest, "A"; the farther "B" is never asked about
+    assert verifier.calls == [1]
+    lowered = CacheRequest(prompt="how do i reset my router password", min_confidence=0.3)
+    assert (hit := cache.lookup(lowered).hit) is not None and hit.response == "A"
+    cache.close()
+
+
+def test_with_verify_top_the_most_probable_candidate_is_served_not_the_most_similar(
     verified: tuple[SemanticCache, TableVerifier],
 ) -> None:
     cache, verifier = verified

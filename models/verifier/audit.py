@@ -5,8 +5,9 @@
     python models/verifier/audit.py score models/verifier/audit-class9.tsv
 
 The sample is drawn from class 9 (rows with id % 10 == 9: the calibration class, never the
-test split), replayed as the cache sees it (train.py): the hit the verifier would serve for
-each query at its default min_confidence, drawn uniformly at random with a fixed seed.
+test split), replayed as the cache sees it (train.py): the hit the cache would serve for each
+query with the default verifier, ``verify_top`` and min_confidence, drawn uniformly at random
+with a fixed seed.
 
 Reading rule, from the side of the user who asked ``query`` and would get the answer stored
 for ``candidate``: *same* when that answer answers the query as asked (the candidate may ask
@@ -117,7 +118,7 @@ def main() -> None:
     draw.add_argument("--embedding-cache", type=Path, default=cache)
     draw.add_argument("--verifier", type=Path, default=HERE / f"{DEFAULT_VERIFIER}.npz")
     draw.add_argument("--cls", type=int, default=9, choices=range(1, 10), help="id % 10")
-    draw.add_argument("--verify-top", type=int, default=3)
+    draw.add_argument("--verify-top", type=int, default=1, help="as the cache's setting")
     draw.add_argument("--size", type=int, default=150)
     draw.add_argument("--seed", type=int, default=2026)
     draw.set_defaults(run=sample)

@@ -276,13 +276,13 @@ def featurize(examples: Sequence[Example], embedder: PrecomputedEmbedder) -> np.
 
 
 def serve(valid: Sequence[Example], probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the most probable candidate (what the cache serves): its probability and
-    whether it is right."""
-    best: dict[str, tuple[float, float]] = {}
+    """Per query, the nearest candidate (what the cache verifies and serves at its default
+    ``verify_top`` of 1): its probability and whether it is right. ``mine`` lists each
+    query's candidates nearest first."""
+    nearest: dict[str, tuple[float, float]] = {}
     for (query, _, label, _), p in zip(valid, probabilities.tolist(), strict=True):
-        if query not in best or p > best[query][0]:
-            best[query] = (p, label)
-    served = np.array(list(best.values()))
+        nearest.setdefault(query, (p, label))
+    served = np.array(list(nearest.values()))
     return served[:, 0], served[:, 1]
 
 
