@@ -328,6 +328,8 @@ async def test_only_configured_clients_are_served_each_in_its_own_tenant(
             models = await session.get(sidecar.url + "/v1/models")
             assert models.status == 401
             assert (await session.get(sidecar.url + "/healthz")).status == 200
+            stats = await (await session.get(sidecar.url + "/stats")).json()
+            assert stats["clients"] == ["checkout", "search"]
         assert fake.received == []
         status, _, headers = await chat(sidecar, "What is the capital of France?", checkout)
         assert status == 200 and headers["X-Semcache"] == "miss"

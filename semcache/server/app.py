@@ -201,5 +201,6 @@ async def stats(request: web.Request) -> web.Response:
             "keys": state.router.describe(),
             "queue_length": state.router.queue_length,
             "budgets": None if state.ledger is None else state.ledger.describe(),
+            "clients": [client.name for client in state.config.clients],
         }
     )
