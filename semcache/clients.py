@@ -85,9 +85,6 @@ class Clients:
     def __init__(self, specs: Sequence[ClientSpec]) -> None:
         self._digests = [(_digest(key), spec.name) for spec in specs for key in spec.keys]
 
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
     def identify(self, key: str | None) -> str | None:
         """The name of the client whose key this is, or None."""
         if key is None:

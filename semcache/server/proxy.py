@@ -312,9 +312,11 @@ async def _forward(
         assembler = StreamAssembler(parsed.kind)
         try:
             if upstream.status == 200 and is_stream:
-                response = await _relay_stream(request, upstream, passed, assembler, hide_usage)
+                response, delivered = await _relay_stream(
+                    request, upstream, passed, assembler, hide_usage
+                )
                 received = assembler.result() if assembler.started else None
-                answer = received if assembler.done and finished_normally(received) else None
+                answer = received if delivered and finished_normally(received) else None
             else:
                 data = await upstream.read()
                 response = web.Response(
@@ -379,9 +381,10 @@ async def _relay_stream(
     headers: dict[str, str],
     assembler: StreamAssembler,
     hide_usage: bool,
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, bool]:
     """Pass the upstream's events on as they come, feeding ``assembler``; a stream that ends
-    without ``[DONE]`` gets an error event."""
+    without ``[DONE]`` gets an error event. Also returns whether the whole stream, to
+    ``[DONE]``, reached the client."""
     response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
     await response.prepare(request)
     buffer = b""
@@ -394,17 +397,16 @@ async def _relay_stream(
                     await response.write(event + b"\n\n")
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
-        assembler.done = False
-        return response
+        return response, False
     except (TimeoutError, aiohttp.ClientError) as exc:
         logger.warning("upstream stream broke off: %s", exc)
     if not assembler.done:
         # The status line and part of the answer are already with the client: what is left is
         # to say so in the stream, as an error event that OpenAI's SDKs raise as an APIError.
         await _write_stream_error(response)
-        return response
+        return response, False
     await response.write_eof()
-    return response
+    return response, True
 
 
 async def _write_stream_error(response: web.StreamResponse) -> None:
