@@ -165,7 +165,7 @@ def memory_probe(size: int, vectors_path: Path, data: Path) -> None:
     texts = load_texts(data, size)
     # The lookup table and the tokenizer's model are in memory before the baseline.
     precomputed.embed(texts[:1])
-    precomputed.token_counts(texts[:1])
+    precomputed.read(texts[:1])
     gc.collect()
     with tempfile.TemporaryDirectory() as tmp:
         before = rss_bytes()

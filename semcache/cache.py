@@ -37,7 +37,12 @@ from numpy.typing import NDArray
 
 from semcache.catalog import Catalog, Item
 from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig, default_models_dir
-from semcache.embedding import Embedder, SentenceTransformerEmbedder, WindowedEmbedder
+from semcache.embedding import (
+    Embedder,
+    Reading,
+    ReadingEmbedder,
+    SentenceTransformerEmbedder,
+)
 from semcache.errors import (
     CacheLockedError,
     ConfigError,
@@ -48,7 +53,13 @@ from semcache.errors import (
 )
 from semcache.index import ScopedIndex
 from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
-from semcache.policy import Reason, guard_mismatch
+from semcache.policy import (
+    Reason,
+    generic_reading,
+    guard_mismatch,
+    illegible,
+    with_unbroken_runs,
+)
 from semcache.shadow import Verdict, compare_answers
 from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
 from semcache.store import DiskStore, Entry, encode_entry
@@ -181,6 +192,7 @@ class SemanticCache:
         self._snapshot_lock = threading.Lock()  # one snapshot writer at a time
         self._snapshot_version = -1
         self._memo: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
@@ -305,10 +317,13 @@ class SemanticCache:
                 decisions[i] = Decision(hit=None, reason=Reason.EMPTY_SCOPE)
             else:
                 semantic.append(i)
-        fits = self._fits_window([requests[i].prompt for i in semantic])
-        for i, ok in zip(list(semantic), fits, strict=True):
-            if not ok:
-                decisions[i] = Decision(hit=None, reason=Reason.PROMPT_TOO_LONG)
+        readings = dict(
+            zip(semantic, self._readings([requests[i].prompt for i in semantic]), strict=True)
+        )
+        for i in list(semantic):
+            reason = self._unembeddable(readings[i])
+            if reason is not None:
+                decisions[i] = Decision(hit=None, reason=reason)
                 semantic.remove(i)
         if semantic:
             vectors = self._embed([requests[i].prompt for i in semantic])
@@ -320,7 +335,7 @@ class SemanticCache:
                 scores, ids = self._index.search(scope, vectors[rows], self.config.top_k)
                 for row, row_scores, row_ids in zip(rows, scores, ids, strict=True):
                     i = semantic[row]
-                    screened[i] = self._screen(requests[i], row_scores, row_ids, now)
+                    screened[i] = self._screen(requests[i], readings[i], row_scores, row_ids, now)
             if self.verifier is None:
                 for i, screen in screened.items():
                     decisions[i] = (
@@ -362,8 +377,8 @@ class SemanticCache:
                 ) from exc
         if not requests:
             return []
-        fits = self._fits_window([r.prompt for r in requests])
-        embedded = [i for i, ok in enumerate(fits) if ok]
+        readings = self._readings([r.prompt for r in requests])
+        embedded = [i for i, reading in enumerate(readings) if self._unembeddable(reading) is None]
         vectors = self._embed([requests[i].prompt for i in embedded]) if embedded else None
         vector_of = (
             {i: vectors[row] for row, i in enumerate(embedded)} if vectors is not None else {}
@@ -578,7 +593,12 @@ class SemanticCache:
         return self._serve(entry, 1.0, Reason.EXACT, now)
 
     def _screen(
-        self, request: CacheRequest, scores: NDArray[np.float32], ids: NDArray[np.int64], now: float
+        self,
+        request: CacheRequest,
+        reading: Reading,
+        scores: NDArray[np.float32],
+        ids: NDArray[np.int64],
+        now: float,
     ) -> _Screened:
         threshold = request.min_similarity or self.min_similarity
         wanted = 1 if self.verifier is None else self.config.verify_top
@@ -596,12 +616,17 @@ class SemanticCache:
             entry = self._fetch(entry_id, now)
             if entry is None or entry.scope != request.scope.key:
                 continue
-            if self.config.guards:
+            # Text the model cannot see must be the same in both, guards on or off: nothing
+            # else tells "is this key valid: <key A>" from "... <key B>".
+            mismatch = (
+                Reason.OPAQUE_MISMATCH if reading.opaque != self._opaque(entry.prompt) else None
+            )
+            if mismatch is None and self.config.guards:
                 mismatch = guard_mismatch(request.prompt, entry.prompt)
-                if mismatch is not None:
-                    if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
-                        reason, best_score, best_id = mismatch, score, entry_id
-                    continue
+            if mismatch is not None:
+                if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
+                    reason, best_score, best_id = mismatch, score, entry_id
+                continue
             candidates.append((entry, score))
         miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
         return _Screened(candidates, miss)
@@ -740,11 +765,41 @@ class SemanticCache:
             self._forget(victims)
             self._counters["evicted"] += len(victims)
 
-    def _fits_window(self, prompts: Sequence[str]) -> list[bool]:
-        if not prompts or not isinstance(self._embedder, WindowedEmbedder):
-            return [True] * len(prompts)
-        limit = self._embedder.max_tokens
-        return [n <= limit for n in self._embedder.token_counts(prompts)]
+    def _readings(self, prompts: Sequence[str]) -> list[Reading]:
+        """What the model sees of each prompt (see :class:`semcache.embedding.Reading`)."""
+        if not prompts:
+            return []
+        if isinstance(self._embedder, ReadingEmbedder):
+            readings = self._embedder.read(prompts)
+        else:
+            readings = [generic_reading(p) for p in prompts]
+        return [with_unbroken_runs(r, p) for r, p in zip(readings, prompts, strict=True)]
+
+    def _unembeddable(self, reading: Reading) -> Reason | None:
+        """Why a prompt's vector cannot stand for it (``None`` when it can): longer than the
+        model's window, or illegible to it (:func:`semcache.policy.illegible`). Such prompts
+        are answered and stored by the exact tier only."""
+        if (
+            isinstance(self._embedder, ReadingEmbedder)
+            and reading.tokens > self._embedder.max_tokens
+        ):
+            return Reason.PROMPT_TOO_LONG
+        return Reason.PROMPT_ILLEGIBLE if illegible(reading) else None
+
+    def _opaque(self, prompt: str) -> tuple[str, ...]:
+        """The spans of a stored prompt its vector does not reflect (memoised: candidates
+        recur)."""
+        with self._memo_lock:
+            found = self._opaque_memo.get(prompt)
+            if found is not None:
+                self._opaque_memo.move_to_end(prompt)
+                return found
+        opaque = self._readings([prompt])[0].opaque
+        with self._memo_lock:
+            self._opaque_memo[prompt] = opaque
+            while len(self._opaque_memo) > _MEMO_SIZE:
+                self._opaque_memo.popitem(last=False)
+        return opaque
 
     def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Unit vectors for ``texts``, computing only those not embedded recently.

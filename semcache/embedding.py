@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -38,18 +39,44 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
 
-@runtime_checkable
-class WindowedEmbedder(Protocol):
-    """An embedder that reads only the first ``max_tokens`` tokens of a text.
+@dataclass(frozen=True)
+class Reading:
+    """What a model's tokenizer makes of one text: how much of it the model can see.
 
-    Two prompts that differ only past that window get the same vector, so the cache answers
-    prompts that do not fit from the exact tier alone.
+    Attributes:
+        tokens: tokens with the model's special tokens, what its window counts.
+        unknown: tokens the vocabulary has no piece for (``[UNK]``): emoji, scripts the model
+            was not trained on, and any unbroken run longer than the tokenizer splits. Two texts
+            that differ only there get the same vector.
+        known_words: tokens with a letter or digit that the model knows.
+        opaque: the spans of the text the vector does not reflect, in order: what became
+            ``[UNK]``, and words that fall into more than ``MAX_WORD_PIECES`` pieces (a hash, a
+            key or base64 falls apart into meaningless pieces that the model cannot tell from
+            another such string).
+    """
+
+    tokens: int
+    unknown: int = 0
+    known_words: int = 0
+    opaque: tuple[str, ...] = ()
+
+
+MAX_WORD_PIECES = 10  # pieces one word may fall into and still be read as a word
+
+
+@runtime_checkable
+class ReadingEmbedder(Protocol):
+    """An embedder that can say what its model sees of a text (see :class:`Reading`).
+
+    It reads only the first ``max_tokens`` tokens: two prompts that differ only past that
+    window get the same vector, so the cache answers prompts that do not fit, or that the model
+    cannot read, from the exact tier alone.
     """
 
     @property
     def max_tokens(self) -> int: ...
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]: ...
+    def read(self, texts: Sequence[str]) -> list[Reading]: ...
 
 
 def resolve_model(model: str | None = None, models_dir: Path | None = None) -> tuple[str, Path]:
@@ -150,9 +177,46 @@ class SentenceTransformerEmbedder:
             return 2**31
         return int(limit)
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        tokenizer = self.model.tokenizer
+        # Hugging Face's fast tokenizers are not safe to call from two threads at once ("Already
+        # borrowed"), and encode() uses the same one: every use takes the encode lock.
+        with self._encode_lock:
+            encoded = tokenizer(
+                list(texts),
+                add_special_tokens=True,
+                truncation=False,
+                return_offsets_mapping=True,
+            )
+        unknown_id = tokenizer.unk_token_id
+        special = set(tokenizer.all_special_ids)
+        readings = []
+        for row, (text, ids) in enumerate(zip(texts, encoded["input_ids"], strict=True)):
+            offsets = encoded["offset_mapping"][row]
+            pieces = encoded.tokens(row)
+            words: dict[int, list[int]] = {}  # word -> positions of its pieces
+            for position, word in enumerate(encoded.word_ids(row)):
+                if word is not None:
+                    words.setdefault(word, []).append(position)
+            spans: list[tuple[int, int]] = [
+                offsets[p] for p, i in enumerate(ids) if i == unknown_id
+            ]
+            for positions in words.values():
+                if len(positions) > MAX_WORD_PIECES:
+                    spans.append((offsets[positions[0]][0], offsets[positions[-1]][1]))
+            readings.append(
+                Reading(
+                    tokens=len(ids),
+                    unknown=sum(1 for i in ids if i == unknown_id),
+                    known_words=sum(
+                        1
+                        for i, piece in zip(ids, pieces, strict=True)
+                        if i != unknown_id and i not in special and any(c.isalnum() for c in piece)
+                    ),
+                    opaque=tuple(text[start:end] for start, end in sorted(set(spans))),
+                )
+            )
+        return readings
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         model = self.model

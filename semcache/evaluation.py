@@ -322,7 +322,7 @@ class PrecomputedEmbedder:
         return self.inner.name
 
     def __getattr__(self, attribute: str) -> Any:
-        # max_tokens and token_counts of a windowed embedder pass through.
+        # max_tokens and read() of a reading embedder pass through.
         return getattr(self.inner, attribute)
 
     @staticmethod

@@ -10,10 +10,14 @@ call, a wrong hit costs a wrong answer.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+
+from semcache.embedding import Reading
 
 
 class Reason(StrEnum):
@@ -31,6 +35,8 @@ class Reason(StrEnum):
     ORDER_MISMATCH = "order_mismatch"
     UNVERIFIED = "below_min_confidence"
     PROMPT_TOO_LONG = "prompt_exceeds_embedder_window"
+    PROMPT_ILLEGIBLE = "prompt_illegible_to_embedder"
+    OPAQUE_MISMATCH = "opaque_text_mismatch"
 
     @property
     def is_hit(self) -> bool:
@@ -232,3 +238,39 @@ def _entities_differ(q: TextFeatures, c: TextFeatures) -> bool:
     shared_q = [e for e in q.entities if e in c.entities]
     shared_c = [e for e in c.entities if e in q.entities]
     return shared_q != shared_c
+
+
+MAX_UNBROKEN_RUN = 100  # characters without a space: hashes, keys, base64, minified code
+MIN_KNOWN_WORDS = 2  # "yes" and "no" are close in embedding space and opposite in meaning
+_UNBROKEN = re.compile(rf"\S{{{MAX_UNBROKEN_RUN + 1},}}")
+
+
+def illegible(reading: Reading) -> bool:
+    """Whether the embedding model sees too little of a prompt for its vector to stand for
+    it, so that only an exact match may answer it: fewer than ``MIN_KNOWN_WORDS`` words it
+    knows (emoji only, one word), or more unknown tokens than known words (a script it was not
+    trained on)."""
+    return reading.known_words < MIN_KNOWN_WORDS or reading.unknown > reading.known_words
+
+
+def generic_reading(prompt: str) -> Reading:
+    """A :class:`Reading` for an embedder without a tokenizer: words are runs of letters or
+    digits; symbols (emoji, pictographs) and unbroken runs over ``MAX_UNBROKEN_RUN``
+    characters are opaque."""
+    opaque = [m.group() for m in _UNBROKEN.finditer(prompt)]
+    opaque += [c for c in prompt if unicodedata.category(c) == "So"]
+    return Reading(
+        tokens=len(prompt.split()),
+        unknown=len(opaque),
+        known_words=len(_TOKEN.findall(prompt.lower())),
+        opaque=tuple(opaque),
+    )
+
+
+def with_unbroken_runs(reading: Reading, prompt: str) -> Reading:
+    """``reading`` with every unbroken run over ``MAX_UNBROKEN_RUN`` characters opaque too: a
+    tokenizer reads them as words, but no sentence model tells two such strings apart."""
+    runs = tuple(m.group() for m in _UNBROKEN.finditer(prompt))
+    if not runs:
+        return reading
+    return dataclasses.replace(reading, opaque=reading.opaque + runs)

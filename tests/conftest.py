@@ -11,6 +11,7 @@ import pytest
 from numpy.typing import NDArray
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
+from semcache.embedding import Reading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,8 +70,8 @@ class CountingEmbedder:
     def max_tokens(self) -> int:
         return self.inner.max_tokens
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.token_counts(texts)
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        return self.inner.read(texts)
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         self.calls.append(len(texts))

@@ -173,7 +173,7 @@ def test_bad_embedder_output_is_an_error_not_a_corrupt_index(tmp_path: Path) -> 
         SemanticCache(tmp_path, embedder=Broken()) as cache,
         pytest.raises(Exception, match="zero or NaN"),
     ):
-        cache.put("a", "b")
+        cache.put("alpha beta", "b")
 
 
 async def test_awaitable_forms_run_off_the_loop(fast_cache: SemanticCache) -> None:

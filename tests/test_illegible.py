@@ -1,0 +1,67 @@
+"""Prompts whose meaning the embedding model cannot see are never answered by another prompt:
+emoji, unbroken keys and hashes, scripts the model was not trained on."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+
+from semcache import SemanticCache
+from semcache.policy import Reason
+
+
+def _letters(seed: int, n: int = 120) -> str:
+    return "".join(random.Random(seed).choices(string.ascii_letters, k=n))
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("😀😀😀😀😀", "🚀🔥🎉💀👻"),
+        ("🍕🍕", "🍣🍣"),
+        (f"Is this token valid: sk{_letters(1)}", f"Is this token valid: sk{_letters(2)}"),
+        (
+            "Why does commit 3f9a1c0b7e2d4a6f8b0c1d2e3f4a5b6c7d8e9f00 break the build?",
+            "Why does commit 9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d break the build?",
+        ),
+        (
+            f"decode this base64 please {_letters(3, 90)}==",
+            f"decode this base64 please {_letters(4, 90)}==",
+        ),
+        ("I love 🍕 more than anything", "I love 🍣 more than anything"),
+        ("ภาษาไทยเป็นภาษาที่ยาก", "ภาษาไทยเป็นภาษาที่ง่าย"),
+    ],
+)
+def test_what_the_model_cannot_read_is_never_served_to_another_prompt(
+    cache: SemanticCache, stored: str, asked: str
+) -> None:
+    cache.put("Which planet is closest to the sun?", "Mercury")  # the scope is not empty
+    cache.put(stored, "the answer to the stored prompt")
+    decision = cache.lookup_many([_request(asked)])[0]
+    assert decision.hit is None
+    assert decision.reason in (Reason.PROMPT_ILLEGIBLE, Reason.OPAQUE_MISMATCH)
+    # The same prompt is still answered, by the exact tier.
+    hit = cache.get(stored)
+    assert hit is not None and hit.reason is Reason.EXACT
+
+
+def test_an_illegible_prompt_is_stored_without_a_vector(cache: SemanticCache) -> None:
+    cache.put("Which planet is closest to the sun?", "Mercury")
+    entry_id = cache.put("😀😀😀😀😀", "smile")
+    entry = cache.entry(entry_id)
+    assert entry is not None and entry.vector is None
+    assert cache.lookup_many([_request("🚀🔥🎉💀👻")])[0].reason is Reason.PROMPT_ILLEGIBLE
+
+
+def test_the_same_opaque_text_in_a_paraphrase_can_still_hit(cache: SemanticCache) -> None:
+    cache.put("What is the capital city of France? 🇫🇷", "Paris")
+    hit = cache.lookup_many([_request("What's the capital of France? 🇫🇷", min_confidence=0.0)])[0]
+    assert hit.hit is not None and hit.reason is Reason.SEMANTIC
+
+
+def _request(prompt: str, **options: float):  # type: ignore[no-untyped-def]
+    from semcache.keys import CacheRequest
+
+    return CacheRequest(prompt=prompt, **options)
