@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -30,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import diskcache
 import filelock
 import numpy as np
 import orjson
@@ -74,6 +76,8 @@ S = TypeVar("S", bound="SemanticCache")
 _SNAPSHOT_FILE = "index.snapshot"
 _MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
 _LOCK_FILE = "semcache.lock"
+# What a write to a full, read-only or failing disk raises through diskcache.
+_WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,14 +192,20 @@ class SemanticCache:
                 f"{self.directory} is open in another process; a cache directory can be used "
                 f"by one process at a time (share a cache between processes with the sidecar)"
             ) from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.directory} as a cache directory: {exc.strerror or exc} "
+                f"(it must be writable; nothing in it was changed)"
+            ) from exc
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()  # one snapshot writer at a time
         self._snapshot_version = -1
-        self._memo: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
         self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
+        self._exact_executor = ThreadPoolExecutor(2, thread_name_prefix="semcache-exact")
         self._closed = False
         try:
             self._store = DiskStore(self.directory / "entries")
@@ -206,6 +216,7 @@ class SemanticCache:
             self._load_derived_state()
         except BaseException:
             self._executor.shutdown(wait=False)
+            self._exact_executor.shutdown(wait=False)
             self._dir_lock.release()
             raise
 
@@ -302,6 +313,22 @@ class SemanticCache:
         """Store ``response`` for ``request``; returns the entry id."""
         return self.store_many([request], [response])[0]
 
+    def lookup_exact(self, request: CacheRequest) -> Decision | None:
+        """The exact tier alone: a hit for the same scope and normalised prompt, or ``None``.
+        Never touches the model, so it need not wait for embedding work in progress."""
+        self._check_open()
+        decision = self._lookup_exact(request, self._clock())
+        if decision is not None:
+            with self._lock:
+                self._counters[f"lookup.{decision.reason.value}"] += 1
+        return decision
+
+    async def alookup_exact(self, request: CacheRequest) -> Decision | None:
+        """Awaitable :meth:`lookup_exact`, on threads of its own: an exact hit never queues
+        behind embedding work on the cache's worker threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._exact_executor, self.lookup_exact, request)
+
     def lookup_many(self, requests: Sequence[CacheRequest]) -> list[Decision]:
         """:meth:`lookup` for many requests, possibly of different scopes, with one batched
         embedding call for those that reach the semantic tier."""
@@ -326,7 +353,7 @@ class SemanticCache:
                 decisions[i] = Decision(hit=None, reason=reason)
                 semantic.remove(i)
         if semantic:
-            vectors = self._embed([requests[i].prompt for i in semantic])
+            vectors = self._embed([(requests[i].namespace, requests[i].prompt) for i in semantic])
             by_scope: dict[str, list[int]] = {}
             for row, i in enumerate(semantic):
                 by_scope.setdefault(requests[i].scope.key, []).append(row)
@@ -379,7 +406,11 @@ class SemanticCache:
             return []
         readings = self._readings([r.prompt for r in requests])
         embedded = [i for i, reading in enumerate(readings) if self._unembeddable(reading) is None]
-        vectors = self._embed([requests[i].prompt for i in embedded]) if embedded else None
+        vectors = (
+            self._embed([(requests[i].namespace, requests[i].prompt) for i in embedded])
+            if embedded
+            else None
+        )
         vector_of = (
             {i: vectors[row] for row, i in enumerate(embedded)} if vectors is not None else {}
         )
@@ -554,6 +585,7 @@ class SemanticCache:
                 self._store.close()
                 self._dir_lock.release()
         self._executor.shutdown(wait=True)
+        self._exact_executor.shutdown(wait=True)
 
     def __enter__(self) -> SemanticCache:
         return self
@@ -699,8 +731,15 @@ class SemanticCache:
             # Under the lock and only while the entry is catalogued, so a hit racing a delete
             # cannot leave statistics behind for an entry that is gone.
             if entry.entry_id in self._catalog:
-                self._store.record_hit(entry, now)
                 self._catalog.touch(entry.entry_id)
+                try:
+                    self._store.record_hit(entry, now)
+                except _WRITE_FAILURES as exc:
+                    # Statistics are best effort: a full or failing disk must not stop the cache
+                    # from answering with what it already holds.
+                    self._counters["hit_stats_failed"] += 1
+                    if self._counters["hit_stats_failed"] == 1:
+                        logger.warning("cannot record hit statistics (serving on): %s", exc)
         hit = Hit(
             entry_id=entry.entry_id,
             prompt=entry.prompt,
@@ -728,8 +767,7 @@ class SemanticCache:
             logger.error("removing corrupt entry %d: %s", entry_id, exc)
             with self._lock:
                 self._counters["corrupt"] += 1
-                self._store.delete_many([entry_id])
-                self._forget([entry_id])
+                self._delete_quietly(entry_id)
             return None
         if entry is None:
             with self._lock:
@@ -737,10 +775,20 @@ class SemanticCache:
             return None
         if entry.expired(now):
             with self._lock:
-                self._counters["expired"] += len(self._store.delete_many([entry_id]))
-                self._forget([entry_id])
+                self._counters["expired"] += 1
+                self._delete_quietly(entry_id)
             return None
         return entry
+
+    def _delete_quietly(self, entry_id: int) -> None:
+        """Delete an entry found unusable during a lookup; when the disk refuses, it is only
+        forgotten here (it stays unusable, and goes at the next rebuild): a lookup never fails
+        for want of a write."""
+        try:
+            self._store.delete_many([entry_id])
+        except _WRITE_FAILURES as exc:
+            logger.warning("cannot delete entry %d now: %s", entry_id, exc)
+        self._forget([entry_id])
 
     def _forget(self, entry_ids: Sequence[int]) -> None:
         """Drop ids from the derived state (the caller has deleted them from the store)."""
@@ -801,20 +849,23 @@ class SemanticCache:
                 self._opaque_memo.popitem(last=False)
         return opaque
 
-    def _embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Unit vectors for ``texts``, computing only those not embedded recently.
+    def _embed(self, texts: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
+        """Unit vectors for ``(namespace, text)`` pairs, computing only those not embedded
+        recently in the same namespace.
 
         The memo is what lets a miss be stored without embedding its prompt a second time:
-        the lookup that missed has just computed the vector.
+        the lookup that missed has just computed the vector. It is kept per namespace, so a
+        tenant's lookup is never faster because another tenant asked the same thing (a timing
+        channel that would tell what others ask).
         """
         with self._memo_lock:
             known = {t: self._memo[t] for t in texts if t in self._memo}
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
-            fresh = self._compute_vectors(missing)
+            fresh = self._compute_vectors([text for _, text in missing])
             with self._memo_lock:
-                for text, vector in zip(missing, fresh, strict=True):
-                    self._memo[text] = known[text] = vector
+                for key, vector in zip(missing, fresh, strict=True):
+                    self._memo[key] = known[key] = vector
                 while len(self._memo) > _MEMO_SIZE:
                     self._memo.popitem(last=False)
         return np.stack([known[t] for t in texts])
@@ -877,7 +928,7 @@ class SemanticCache:
                 len(stale),
                 self._embedder.name,
             )
-            vectors = self._embed([e.prompt for e in stale])
+            vectors = self._embed([(e.namespace, e.prompt) for e in stale])
             updated = {
                 e.entry_id: _replace_vector(e, self._embedder.name, v)
                 for e, v in zip(stale, vectors, strict=True)
@@ -896,7 +947,10 @@ class SemanticCache:
                 scope, ids, np.stack([e.vector for e in members if e.vector is not None])
             )
         self._counters["rebuild"] += 1
-        self._write_snapshot()
+        try:
+            self._write_snapshot()
+        except OSError as exc:
+            logger.warning("could not save the rebuilt index (rebuilt again on next open): %s", exc)
 
     def _snapshot_state(self) -> Snapshot | None:
         """A copy of the derived state (call with ``_lock`` held)."""

@@ -8,12 +8,13 @@ on the first ``embed`` call and once per process per model folder.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -154,6 +155,8 @@ class SentenceTransformerEmbedder:
         self._name, self.path = resolve_model(model, models_dir)
         self.batch_size = batch_size
         self._encode_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._reader: Any = None  # a copy of the model's tokenizer, made on first use
 
     @property
     def name(self) -> str:
@@ -178,10 +181,13 @@ class SentenceTransformerEmbedder:
         return int(limit)
 
     def read(self, texts: Sequence[str]) -> list[Reading]:
-        tokenizer = self.model.tokenizer
         # Hugging Face's fast tokenizers are not safe to call from two threads at once ("Already
-        # borrowed"), and encode() uses the same one: every use takes the encode lock.
-        with self._encode_lock:
+        # borrowed"). encode() uses the model's own under the encode lock; reading uses a copy
+        # under a lock of its own, so it never waits for an embedding in progress.
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = copy.deepcopy(self.model.tokenizer)
+            tokenizer = self._reader
             encoded = tokenizer(
                 list(texts),
                 add_special_tokens=True,

@@ -10,7 +10,9 @@
      │    └── CorruptEntryError            one stored record cannot be decoded
      ├── UpstreamError                     the LLM API could not be reached or did not answer
      │    ├── UpstreamUnavailableError     connection refused, reset, DNS failure (HTTP 502)
-     │    └── UpstreamTimeoutError         no answer within the timeout (HTTP 504)
+     │    ├── UpstreamTimeoutError         no answer within the timeout (HTTP 504)
+     │    ├── InvalidAnswerError           an answer that is not a valid response (HTTP 502)
+     │    └── UpstreamsDownError           every upstream's breaker is open (HTTP 503)
      └── CapacityError                     semcache itself declines to send now (HTTP 429)
           ├── QueueFullError               every key is at its limit and the queue is full
           ├── QueueTimeoutError            the request waited its maximum in the queue
@@ -73,6 +75,20 @@ class UpstreamUnavailableError(UpstreamError):
 
 class UpstreamTimeoutError(UpstreamError):
     """The upstream did not answer, or stopped streaming, within the timeout."""
+
+
+class InvalidAnswerError(UpstreamError):
+    """The upstream answered 200 with something that is not a response of the API it speaks:
+    relayed as an error and never stored."""
+
+
+class UpstreamsDownError(UpstreamError):
+    """Every upstream that could serve the request has its breaker open; ``retry_after_s``
+    says when the first one lets a probe through."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CapacityError(SemcacheError):

@@ -22,7 +22,9 @@ from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 
 DEFAULT_NAMESPACE = "default"
-MAX_NAMESPACE_LENGTH = 256
+MAX_NAMESPACE_LENGTH = 256  # what a caller may name (X-Semcache-Namespace, a client's name)
+# A stored namespace may be a tenant and a caller's namespace under it: "<tenant>/<namespace>".
+MAX_SCOPED_NAMESPACE_LENGTH = 2 * MAX_NAMESPACE_LENGTH + 1
 
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
@@ -68,7 +70,7 @@ class CacheRequest:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
-        check_namespace(self.namespace)
+        check_namespace(self.namespace, limit=MAX_SCOPED_NAMESPACE_LENGTH)
         if not isinstance(self.context, Mapping):
             raise InvalidRequestError(
                 f"context must be a mapping, got {type(self.context).__name__}", field="context"
@@ -98,15 +100,16 @@ def check_prompt(prompt: object, name: str = "prompt") -> str:
     return prompt
 
 
-def check_namespace(namespace: object) -> str:
-    """Raises InvalidRequestError unless ``namespace`` is a short printable string."""
+def check_namespace(namespace: object, *, limit: int = MAX_NAMESPACE_LENGTH) -> str:
+    """Raises InvalidRequestError unless ``namespace`` is a printable string of at most
+    ``limit`` characters."""
     if not isinstance(namespace, str) or not namespace:
         raise InvalidRequestError(
             f"namespace must be a non-empty string, got {namespace!r}", field="namespace"
         )
-    if len(namespace) > MAX_NAMESPACE_LENGTH or not namespace.isprintable():
+    if len(namespace) > limit or not namespace.isprintable():
         raise InvalidRequestError(
-            f"namespace must be at most {MAX_NAMESPACE_LENGTH} printable characters",
+            f"namespace must be at most {limit} printable characters",
             field="namespace",
         )
     return namespace

@@ -139,7 +139,36 @@ def _cache_request(
 def _object(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object", field=None)
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"the request body is nested deeper than {MAX_JSON_DEPTH} levels", field=None
+        )
     return body
+
+
+# Far beyond any real request (a tool's JSON schema runs a dozen levels deep), and well within
+# what the JSON encoder re-encodes (orjson stops at 255).
+MAX_JSON_DEPTH = 128
+
+
+def json_depth(value: object) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar is 0), without
+    recursion."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _model(body: Mapping[str, Any]) -> str:
@@ -174,6 +203,111 @@ def _text_of(content: object) -> str | None:
             texts.append(text)
         return "\n".join(texts)
     return None
+
+
+def valid_answer(response: object, kind: str) -> bool:
+    """Whether ``response`` has the shape of a complete chat (``kind`` "chat") or completions
+    answer, every field a client reads of the right type: only such answers are stored, and
+    only such entries are served."""
+    if not isinstance(response, dict) or not _optional_usage(response.get("usage")):
+        return False
+    if not all(
+        _optional(response.get(key), str)
+        for key in ("id", "model", "object", "system_fingerprint", "service_tier")
+    ):
+        return False
+    if not _optional_int(response.get("created")):
+        return False
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or not _optional(choice.get("finish_reason"), str):
+            return False
+        if not _optional_int(choice.get("index")):
+            return False
+        if kind == "chat":
+            if not _valid_message(choice.get("message")):
+                return False
+        elif not isinstance(choice.get("text"), str):
+            return False
+    return True
+
+
+def valid_chunk(chunk: object, kind: str) -> bool:
+    """Whether one streamed event has the shape of a chat or completions chunk."""
+    if not isinstance(chunk, dict) or not _optional_usage(chunk.get("usage")):
+        return False
+    choices = chunk.get("choices")
+    if choices is None:
+        return True
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or not _optional_int(choice.get("index")):
+            return False
+        if not _optional(choice.get("finish_reason"), str):
+            return False
+        if kind == "chat":
+            delta = choice.get("delta")
+            if delta is not None and not _valid_delta(delta):
+                return False
+        elif not _optional(choice.get("text"), str):
+            return False
+    return True
+
+
+def _optional(value: object, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _optional_int(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _optional_usage(usage: object) -> bool:
+    if usage is None:
+        return True
+    if not isinstance(usage, dict):
+        return False
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return all(_optional_int(usage.get(name)) for name in counts)
+
+
+def _valid_message(message: object) -> bool:
+    if not isinstance(message, dict):
+        return False
+    if not all(_optional(message.get(k), str) for k in ("role", "content", "refusal")):
+        return False
+    return _valid_tool_calls(message.get("tool_calls"), streamed=False)
+
+
+def _valid_delta(delta: object) -> bool:
+    if not isinstance(delta, dict):
+        return False
+    if not all(_optional(delta.get(k), str) for k in ("role", "content", "refusal")):
+        return False
+    return _valid_tool_calls(delta.get("tool_calls"), streamed=True)
+
+
+def _valid_tool_calls(calls: object, *, streamed: bool) -> bool:
+    if calls is None:
+        return True
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        if not isinstance(call, dict) or not _optional(call.get("id"), str):
+            return False
+        if streamed and not _optional_int(call.get("index")):
+            return False
+        function = call.get("function")
+        if function is None and streamed:
+            continue
+        if not isinstance(function, dict):
+            return False
+        if not all(_optional(function.get(k), str) for k in ("name", "arguments")):
+            return False
+    return True
 
 
 def finished_normally(response: object) -> bool:
@@ -319,13 +453,20 @@ class StreamAssembler:
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.malformed = False  # a chunk that is not a chunk arrived: the answer is unusable
 
     @property
     def started(self) -> bool:
         """Whether any chunk with an answer's content or usage arrived."""
         return bool(self.choices) or self.usage is not None
 
-    def feed(self, chunk: Mapping[str, Any]) -> None:
+    def feed(self, chunk: object) -> bool:
+        """Add one streamed event; ``False`` (and ``malformed`` set) when it is not a chunk of
+        this kind, which is then ignored."""
+        if not valid_chunk(chunk, self.kind):
+            self.malformed = True
+            return False
+        assert isinstance(chunk, dict)
         for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
             if key in chunk and chunk[key] is not None:
                 self.meta.setdefault(key, chunk[key])
@@ -340,6 +481,7 @@ class StreamAssembler:
                 self._feed_chat(choice, delta_choice.get("delta") or {})
             else:
                 choice["text"] = choice.get("text", "") + (delta_choice.get("text") or "")
+        return True
 
     def _feed_chat(self, choice: dict[str, Any], delta: Mapping[str, Any]) -> None:
         message = choice.setdefault("message", {"role": "assistant", "content": None})

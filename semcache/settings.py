@@ -97,6 +97,17 @@ class ServerConfig:
     degraded_min_confidence: float | None = setting(
         None, "under backlog, the verifier probability that suffices (none: the usual one)"
     )
+    anonymous_cache: bool = setting(
+        False,
+        "cache requests that carry no credentials, all in one shared tenant (off: they bypass "
+        "the cache)",
+    )
+    body_read_timeout_s: float = setting(
+        30.0, "longest time a client may take to send its request body, then 408"
+    )
+    max_pending_bodies: int = setting(
+        64, "request bodies read at once at most; others wait their turn (bounds memory)"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
@@ -108,7 +119,13 @@ class ServerConfig:
     prices: PriceTable = field(default_factory=PriceTable, metadata={"section": True})
 
     def __post_init__(self) -> None:
-        positive = ("port", "max_body_bytes", "batch_max_size", "breaker_failures")
+        positive = (
+            "port",
+            "max_body_bytes",
+            "batch_max_size",
+            "breaker_failures",
+            "max_pending_bodies",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -123,6 +140,7 @@ class ServerConfig:
             "retry_backoff_max_s",
             "breaker_reset_s",
             "queue_max_wait_s",
+            "body_read_timeout_s",
         ):
             value = getattr(self, name)
             if not (0 < value < math.inf):

@@ -151,7 +151,7 @@ class DiskStore:
                     f"{directory} holds store format {stored_format}; this version of semcache "
                     f"reads format {FORMAT}. Use a new cache directory."
                 )
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open the entry store in {directory}: {exc}") from exc
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from semcache.clients import Clients
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
+from semcache.server.bodies import body_middleware
 from semcache.server.controls import caller_key
 from semcache.server.errors import error_middleware, error_response
 from semcache.server.shadow import ShadowChecks
@@ -45,6 +46,13 @@ def create_app(
     middlewares: list[Middleware] = [error_middleware]
     if config.clients:
         middlewares.append(client_middleware(Clients(config.clients)))
+    middlewares.append(
+        body_middleware(
+            max_bytes=config.max_body_bytes,
+            timeout_s=config.body_read_timeout_s,
+            max_pending=config.max_pending_bodies,
+        )
+    )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app.cleanup_ctx.append(_resources(config, cache, clock))
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)

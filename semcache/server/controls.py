@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 from semcache.keys import check_namespace
@@ -58,21 +60,53 @@ def _namespace(headers: Mapping[str, str]) -> str | None:
         raise InvalidRequestError(str(exc), field="X-Semcache-Namespace") from None
 
 
+# Headers that carry a caller's credentials: OpenAI's and Anthropic's (and anything else sent
+# as Authorization, whatever its scheme), and Azure OpenAI's.
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
+ANONYMOUS = "anonymous"
+
+
 def caller_key(headers: Mapping[str, str]) -> str | None:
-    authorization = headers.get("Authorization", "")
-    if authorization.lower().startswith("bearer ") and authorization[7:].strip():
-        return authorization[7:].strip()
-    return headers.get("api-key") or None  # Azure OpenAI's header
+    """The key a caller presents: a bearer token (any case, any spacing), else ``api-key``
+    (Azure OpenAI), else ``x-api-key`` (Anthropic)."""
+    scheme, *rest = headers.get("Authorization", "").split(None, 1) or [""]
+    if scheme.lower() == "bearer" and rest and rest[0].strip():
+        return rest[0].strip()
+    return headers.get("api-key") or headers.get("x-api-key") or None
 
 
-def tenant_of(headers: Mapping[str, str], client: str | None) -> str:
+def credentials(headers: Mapping[str, str]) -> str | None:
+    """Everything a caller sent as credentials, in one canonical string; ``None`` when it sent
+    none. A plain bearer token or ``api-key`` stands for itself; any other scheme or header is
+    kept whole with its name, so ``Basic`` users, ``Token`` users and ``x-api-key`` users each
+    have credentials of their own."""
+    multi = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
+    present = [
+        (name, value)
+        for name in CREDENTIAL_HEADERS
+        for value in multi.getall(name, [])
+        if value.strip()
+    ]
+    if not present:
+        return None
+    key = caller_key(multi)
+    if len(present) == 1 and key is not None and present[0][0] != "x-api-key":
+        return key  # the tenant of a plain OpenAI or Azure key, unchanged since 0.1
+    return "\n".join(f"{name}:{value}" for name, value in present)
+
+
+def tenant_of(headers: Mapping[str, str], client: str | None) -> str | None:
     """The tenant a request belongs to: its client's name when the sidecar has ``[[clients]]``
-    (see :mod:`semcache.clients`), else a hash of the caller's API key, so callers with
-    different keys never share an entry or a budget."""
+    (see :mod:`semcache.clients`), else a hash of the caller's credentials, so callers with
+    different credentials never share an entry or a budget. ``None`` for a caller that sent
+    no credentials: it shares entries with nobody, unless the operator opts in
+    (``anonymous_cache``)."""
     if client is not None:
         return client
-    key = caller_key(headers)
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+    secret = credentials(headers)
+    if secret is None:
+        return None
+    return "key-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def tenant_namespace(tenant: str, requested: str | None) -> str:

@@ -12,13 +12,16 @@ import logging
 import math
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from semcache.errors import (
     BudgetExceededError,
     CapacityError,
+    InvalidAnswerError,
     InvalidRequestError,
     UpstreamError,
+    UpstreamsDownError,
     UpstreamTimeoutError,
 )
 from semcache.server.state import STATE
@@ -32,8 +35,10 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    408: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
+    503: "upstream_error",
     504: "upstream_timeout",
 }
 
@@ -55,7 +60,15 @@ def error_response(
             "code": code,
         }
     }
-    return web.json_response(body, status=status, headers=headers)
+    # Every answer says what semcache did with the request; an error is neither hit nor miss.
+    return web.json_response(
+        body, status=status, headers={"X-Semcache": "error", **(headers or {})}
+    )
+
+
+# Of an HTTPException's headers, those that mean something in an error answer (its own
+# Content-Type would clash with the JSON body).
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 @web.middleware
@@ -72,7 +85,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.text or exc.reason, headers=dict(exc.headers))
+        kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+        message = (
+            exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
+        )
+        return error_response(exc.status, message, headers=kept)
+    except HttpProcessingError as exc:
+        # A body aiohttp could not read: a bad Content-Encoding, a broken chunked encoding.
+        return error_response(400, f"the request body cannot be read: {exc.message}")
     except InvalidRequestError as exc:
         return error_response(400, str(exc), param=exc.field, code="invalid_request")
     except CapacityError as exc:
@@ -87,6 +107,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except UpstreamTimeoutError as exc:
         return error_response(504, str(exc), code="upstream_timeout")
+    except InvalidAnswerError as exc:
+        return error_response(502, str(exc), code="invalid_upstream_answer")
+    except UpstreamsDownError as exc:
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        return error_response(
+            503, str(exc), code="upstreams_unavailable", headers={"Retry-After": retry}
+        )
     except UpstreamError as exc:
         return error_response(502, str(exc), code="upstream_unavailable")
     except Exception:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import functools
 import logging
 import re
@@ -31,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from semcache.cache import Decision
-from semcache.errors import InvalidRequestError
+from semcache.errors import InvalidAnswerError, InvalidRequestError
 from semcache.openai_api import (
     Parsed,
     StreamAssembler,
@@ -42,10 +43,11 @@ from semcache.openai_api import (
     render_hit,
     stream_hit,
     usage_tokens,
+    valid_answer,
 )
 from semcache.policy import Reason
 from semcache.server import accounting
-from semcache.server.controls import Controls, tenant_namespace, tenant_of
+from semcache.server.controls import ANONYMOUS, Controls, tenant_namespace, tenant_of
 from semcache.server.state import CLIENT, STATE, State
 from semcache.tokens import count_text, estimate_request_tokens, prompt_tokens
 from semcache.upstream.router import Attempt, parse_priority
@@ -90,7 +92,9 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     controls = Controls.from_headers(request.headers)
     tenant = tenant_of(request.headers, request.get(CLIENT))
-    namespace = tenant_namespace(tenant, controls.namespace)
+    if tenant is None and state.config.anonymous_cache:
+        tenant = ANONYMOUS
+    namespace = tenant_namespace(tenant or ANONYMOUS, controls.namespace)
     priority = parse_priority(request.headers.get("X-Semcache-Priority"))
     parse = functools.partial(
         parse_chat if kind == "chat" else parse_completion,
@@ -100,6 +104,13 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         min_confidence=controls.min_confidence,
     )
     parsed = parse(body)
+    if tenant is None and parsed.request is not None:
+        # Callers without credentials cannot be told apart: sharing their entries would give
+        # one caller's answers to another.
+        parsed = dataclasses.replace(
+            parsed, request=None, bypass="no credentials (set anonymous_cache to share a cache)"
+        )
+    tenant = tenant or ANONYMOUS  # budgets still count what anonymous callers spend
     send = functools.partial(_forward, request, state, priority=priority, tenant=tenant)
     if parsed.request is None:
         headers = {"X-Semcache": "bypass", "X-Semcache-Reason": parsed.bypass or "not cacheable"}
@@ -111,7 +122,11 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
     decision: Decision | None = None
     if not controls.no_cache:
         try:
-            decision = await state.batcher.lookup(parsed.request)
+            # The exact tier first, on its own threads: an exact hit never waits for the
+            # embedding batch that a semantic lookup joins.
+            decision = await state.cache.alookup_exact(parsed.request)
+            if decision is None:
+                decision = await state.batcher.lookup(parsed.request)
         except Exception:
             logger.exception("cache lookup failed; forwarding upstream")
             state.metrics.cache_errors.labels("lookup").inc()
@@ -123,7 +138,7 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
 
     if decision is not None and decision.hit is not None:
         stored = decision.hit.response
-        if _is_answer(stored):
+        if valid_answer(stored, parsed.kind):
             headers = {
                 "X-Semcache": "hit",
                 "X-Semcache-Score": f"{decision.hit.score:.4f}",
@@ -239,10 +254,6 @@ def _confidence_header(decision: Decision) -> dict[str, str]:
     return {"X-Semcache-Confidence": f"{decision.confidence:.4f}"}
 
 
-def _is_answer(stored: object) -> bool:
-    return isinstance(stored, dict) and isinstance(stored.get("choices"), list)
-
-
 def _count_savings(state: State, parsed: Parsed, stored: dict[str, Any]) -> None:
     prompt_tokens, completion_tokens = usage_tokens(stored)
     state.metrics.tokens_saved.labels("prompt").inc(prompt_tokens)
@@ -297,13 +308,14 @@ async def _forward(
     payload = orjson.dumps(body)
     async with state.router.send(
         "POST",
-        request.path,
+        request.rel_url.raw_path,
         headers=request.headers,
         body=payload,
         model=parsed.model,
         tokens=estimate_request_tokens(body, parsed.kind),
         priority=priority,
-        query=request.query_string,
+        query=request.rel_url.raw_query_string,
+        buffered=True,
     ) as attempt:
         upstream = attempt.response
         passed = {**_passed_headers(attempt), **headers}
@@ -326,6 +338,12 @@ async def _forward(
                     headers=passed,
                 )
                 received = _json_answer(upstream.status, data)
+                if upstream.status == 200 and not valid_answer(received, parsed.kind):
+                    received = None
+                    raise InvalidAnswerError(
+                        f"the upstream answered {request.path} with a body that is not a "
+                        f"valid response"
+                    )
                 answer = received if finished_normally(received) else None
             if parsed.request is None:
                 return response, None
@@ -393,7 +411,14 @@ async def _relay_stream(
             buffer += data.replace(b"\r\n", b"\n")
             while b"\n\n" in buffer:
                 event, buffer = buffer.split(b"\n\n", 1)
-                if _relay_event(event, assembler, hide_usage):
+                verdict = _relay_event(event, assembler, hide_usage)
+                if verdict is _Event.MALFORMED:
+                    logger.warning(
+                        "the upstream streamed an event that is not a chunk: %.200r", event
+                    )
+                    await _write_stream_error(response, malformed=True)
+                    return response, False
+                if verdict is _Event.PASS:
                     await response.write(event + b"\n\n")
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
@@ -409,13 +434,15 @@ async def _relay_stream(
     return response, True
 
 
-async def _write_stream_error(response: web.StreamResponse) -> None:
+async def _write_stream_error(response: web.StreamResponse, *, malformed: bool = False) -> None:
     error = {
         "error": {
-            "message": "the upstream stream ended before the end of the answer",
+            "message": "the upstream streamed something that is not a valid chunk"
+            if malformed
+            else "the upstream stream ended before the end of the answer",
             "type": "upstream_error",
             "param": None,
-            "code": "stream_interrupted",
+            "code": "invalid_upstream_answer" if malformed else "stream_interrupted",
         }
     }
     try:
@@ -425,23 +452,29 @@ async def _write_stream_error(response: web.StreamResponse) -> None:
         pass
 
 
-def _relay_event(event: bytes, assembler: StreamAssembler, hide_usage: bool) -> bool:
-    """Feed one SSE event to the assembler; whether to pass it on to the client."""
+class _Event(enum.Enum):
+    PASS = "pass"  # relay it
+    HIDE = "hide"  # keep it from the client (the usage chunk it did not ask for)
+    MALFORMED = "malformed"  # not a chunk: end the stream with an error
+
+
+def _relay_event(event: bytes, assembler: StreamAssembler, hide_usage: bool) -> _Event:
+    """Feed one SSE event to the assembler, and say what to do with it."""
     data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
     if not data:
-        return True
+        return _Event.PASS
     if data == b"[DONE]":
         assembler.done = True
-        return True
+        return _Event.PASS
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return True
-    if isinstance(chunk, dict):
-        assembler.feed(chunk)
-        if hide_usage and chunk.get("choices") == [] and chunk.get("usage") is not None:
-            return False
-    return True
+        return _Event.MALFORMED
+    if not assembler.feed(chunk):
+        return _Event.MALFORMED
+    if hide_usage and chunk.get("choices") == [] and chunk.get("usage") is not None:
+        return _Event.HIDE
+    return _Event.PASS
 
 
 async def _store(state: State, parsed: Parsed, answer: dict[str, Any]) -> None:
@@ -464,17 +497,17 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
             parsed = orjson.loads(body)
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
-    tenant = tenant_of(request.headers, request.get(CLIENT))
+    tenant = tenant_of(request.headers, request.get(CLIENT)) or ANONYMOUS
     if model is not None:
         accounting.admit(state, tenant, model, can_downgrade=False)
     async with state.router.send(
         request.method,
-        request.path,
+        request.rel_url.raw_path,
         headers=request.headers,
         body=body or None,
         model=model,
         priority=parse_priority(request.headers.get("X-Semcache-Priority")),
-        query=request.query_string,
+        query=request.rel_url.raw_query_string,
     ) as attempt:
         upstream = attempt.response
         headers = {

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
-from semcache.errors import UpstreamTimeoutError, UpstreamUnavailableError
+from semcache.errors import InvalidRequestError, UpstreamTimeoutError, UpstreamUnavailableError
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those the client library sets itself.
 _NOT_FORWARDED = frozenset(
@@ -25,6 +28,8 @@ _NOT_FORWARDED = frozenset(
         "content-length",
         "accept-encoding",
         "cache-control",
+        # aiohttp has decoded a compressed request body: what goes upstream is the plain one.
+        "content-encoding",
     }
 )
 
@@ -38,6 +43,33 @@ def forwardable_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
             continue
         out.add(name, value)
     return out
+
+
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x1f\x7f\\?#]")
+
+
+def confined_path(raw_path: str) -> str:
+    """``raw_path`` (as the client sent it, percent-encoded) when it names something under
+    ``/v1/`` and nothing else once decoded: no ``.`` or ``..`` segment, no empty segment, no
+    encoded slash, backslash, ``?``, ``#`` or control character. It is forwarded as it came, so
+    the upstream sees what was checked here.
+
+    Raises:
+        InvalidRequestError: anything else, which might reach outside the upstream's base path.
+    """
+    decoded = unquote(raw_path)
+    segments = raw_path.split("/")
+    if (
+        not raw_path.startswith("/v1/")
+        or _UNSAFE_IN_PATH.search(decoded)
+        or any(unquote(segment) in ("", ".", "..") for segment in segments[1:])
+        or any("/" in unquote(segment) for segment in segments)
+    ):
+        raise InvalidRequestError(
+            f"the path {raw_path[:200]!r} is not a plain /v1/ path; it is not forwarded",
+            field="path",
+        )
+    return raw_path
 
 
 class Upstream:
@@ -97,7 +129,7 @@ class Upstream:
         try:
             response = await self._session.request(
                 method,
-                url or self.url(path, query),
+                URL(url or self.url(path, query), encoded=True),
                 headers=headers,
                 data=body,
                 allow_redirects=False,

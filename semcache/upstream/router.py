@@ -39,10 +39,13 @@ from semcache.errors import (
     QueueFullError,
     QueueTimeoutError,
     UpstreamError,
+    UpstreamsDownError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from semcache.metrics import Metrics
 from semcache.upstream.breaker import CircuitBreaker
-from semcache.upstream.client import Upstream, forwardable_headers
+from semcache.upstream.client import Upstream, confined_path, forwardable_headers
 from semcache.upstream.config import KeySpec, UpstreamSpec
 from semcache.upstream.limits import KeyLimiter, Reservation, retry_after
 
@@ -136,6 +139,21 @@ class Target:
         return headers
 
 
+async def _read_whole(response: aiohttp.ClientResponse) -> None:
+    """Read a response body into the response (``read()`` keeps it), translating a failure.
+
+    Raises:
+        UpstreamUnavailableError: the connection broke before the end of the body.
+        UpstreamTimeoutError: the body stalled past the read timeout.
+    """
+    try:
+        await response.read()
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeoutError(f"the upstream's answer stalled: {exc!r}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailableError(f"the upstream's answer broke off: {exc!r}") from exc
+
+
 @dataclass(eq=False)
 class _Waiter:
     priority: int
@@ -197,6 +215,7 @@ class Router:
                 failures=self.policy.breaker_failures,
                 reset_s=self.policy.breaker_reset_s,
                 clock=clock,
+                name=spec.name,
             )
             self.clients[spec.name] = client
             self.breakers[spec.name] = breaker
@@ -250,18 +269,27 @@ class Router:
         tokens: int = 1,
         priority: int = PRIORITIES["normal"],
         query: str = "",
+        buffered: bool = False,
     ) -> AsyncIterator[Attempt]:
         """Send with retries and failover; the response is read inside the ``async with``.
 
+        ``path`` is the raw (percent-encoded) path under ``/v1/``. With ``buffered``, a
+        response that is not an event stream is read whole before it is handed over, so a body
+        cut short or stalled is retried like a failed connection (nothing reached the caller).
+
         Raises:
-            InvalidRequestError: no upstream serves ``model``.
+            InvalidRequestError: ``path`` is not a plain ``/v1/`` path, or no upstream serves
+                ``model``.
+            UpstreamsDownError: every upstream that serves ``model`` has its breaker open.
             QueueFullError, QueueTimeoutError: no key came free in time.
-            UpstreamError: the last attempt failed without an HTTP answer.
+            UpstreamError: the last attempt failed without a complete HTTP answer.
         """
+        path = confined_path(path)
         if not self._eligible(model, set()):
             raise InvalidRequestError(
                 f"no configured upstream serves the model {model!r}", field="model"
             )
+        self._check_some_up(model)
         deadline = self._clock() + self.policy.queue_max_wait_s
         exclude: set[str] = set()
         attempt = 0
@@ -280,13 +308,17 @@ class Router:
                         url=target.url(path, model, query),
                     )
                 )
+                if buffered and response.content_type != "text/event-stream":
+                    await _read_whole(response)
             except UpstreamError as exc:
+                await stack.aclose()
                 target.breaker.on_failure()
                 if reservation is not None and target.limiter is not None:
                     target.limiter.release(reservation)
                 self._count(target, "error", started)
                 if attempt >= self.policy.max_retries:
                     raise
+                self._check_some_up(model)
                 exclude.add(target.id)
                 self._count_retry(type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))
@@ -303,6 +335,8 @@ class Router:
                 else:
                     target.breaker.on_success()  # a rate limit is not ill health
                 await stack.aclose()
+                if status >= 500:
+                    self._check_some_up(model)
                 exclude.add(target.id)
                 self._count_retry(str(status))
                 if status >= 500 or not self._has_alternative(model, exclude):
@@ -321,6 +355,23 @@ class Router:
                 await stack.aclose()
                 self.dispatch()
             return
+
+    def _check_some_up(self, model: str | None) -> None:
+        """Raise at once, rather than queue until the wait runs out, when every upstream that
+        serves ``model`` has its breaker open.
+
+        Raises:
+            UpstreamsDownError: with the time until the first breaker lets a probe through.
+        """
+        breakers = {t.upstream.name: t.breaker for t in self._eligible(model, set())}
+        if any(b.state != b.OPEN for b in breakers.values()):
+            return
+        soonest = min(b.retry_in() for b in breakers.values())
+        raise UpstreamsDownError(
+            f"every upstream that serves {model or 'this request'} is failing "
+            f"({', '.join(sorted(breakers))}); the next probe is in {soonest:.0f} s",
+            retry_after_s=soonest,
+        )
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2.0**attempt)
