@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,15 +90,32 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The port and the cache directory first, each a one-line error: nobody should wait for the
+    # model to load to learn that the port is taken or the disk is read-only.
+    try:
+        sock = _listen(config.host, config.port)
+    except OSError as exc:
+        print(
+            f"semcache: cannot listen on {config.host}:{config.port}: {exc.strerror or exc} "
+            f"(choose another with --port)",
+            file=sys.stderr,
+        )
+        return 1
     from aiohttp import web
 
+    from semcache.cache import SemanticCache
     from semcache.server import create_app
 
     try:
+        cache = SemanticCache(config.cache_dir, config=config.cache_config())
+    except SemcacheError as exc:
+        sock.close()
+        print(f"semcache: {exc}", file=sys.stderr)
+        return 1
+    try:
         web.run_app(
-            create_app(config),
-            host=config.host,
-            port=config.port,
+            create_app(config, cache=cache),
+            sock=sock,
             print=lambda _: logging.getLogger("semcache").info(
                 "semcache sidecar on http://%s:%d/v1 -> %s (cache in %s)",
                 config.host,
@@ -109,7 +127,28 @@ def _serve(args: argparse.Namespace) -> int:
     except SemcacheError as exc:
         print(f"semcache: {exc}", file=sys.stderr)
         return 1
+    finally:
+        cache.close()
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, as aiohttp would open it.
+
+    Raises:
+        OSError: the address is taken or cannot be used.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,10 @@ from numpy.typing import NDArray
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
 from semcache.embedding import Reading
+from tests.fake_openai import FakeOpenAI
+
+if TYPE_CHECKING:
+    from tests.sidecar import Sidecar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -106,3 +111,23 @@ def cache(tmp_path: Path, embedder: CountingEmbedder, clock: FakeClock) -> Itera
 def fast_cache(tmp_path: Path, clock: FakeClock) -> Iterator[SemanticCache]:
     with SemanticCache(tmp_path / "fast", embedder=WordHashEmbedder(), clock=clock) as cache:
         yield cache
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI API on 127.0.0.1 (tests/fake_openai.py)."""
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def sidecar(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI
+) -> AsyncIterator[Sidecar]:
+    """The sidecar over ``upstream`` with the real model, admin token ``s3cret``."""
+    from tests.sidecar import start_sidecar
+
+    async with start_sidecar(tmp_path, embedder, upstream, admin_token="s3cret") as running:
+        yield running

@@ -31,6 +31,9 @@ class Behaviour:
     finish_reason: str = "stop"
     retry_after_s: int | None = None
     answer: str | None = None
+    raw_body: bytes | None = None  # answer 200 with exactly these bytes (JSON or not)
+    raw_events: list[bytes] | None = None  # stream exactly these SSE data payloads, then [DONE]
+    body_fault: str | None = None  # "cut": half the body then close; "stall": half, then hang
 
 
 @dataclass
@@ -97,7 +100,13 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
+        app.router.add_route("*", "/{tail:.*}", self._anything)
         return app
+
+    async def _anything(self, request: web.Request) -> web.Response:
+        """Any other path: recorded (so a test can see what reached the upstream), 404."""
+        self.received.append(Received(request.rel_url.raw_path, dict(request.headers), None))
+        return web.json_response({"error": {"message": "no such path"}}, status=404)
 
     async def _azure(self, request: web.Request) -> web.StreamResponse:
         if not request.query.get("api-version") or not request.headers.get("api-key"):
@@ -121,7 +130,9 @@ class FakeOpenAI:
 
     async def _record(self, request: web.Request) -> Any:
         body = orjson.loads(await request.read())
-        received = Received(request.path, dict(request.headers), body, at=time.monotonic())
+        received = Received(
+            request.rel_url.raw_path, dict(request.headers), body, at=time.monotonic()
+        )
         self.received.append(received)
         if self.rpm_per_key is not None:
             if self._buckets is None:
@@ -191,11 +202,39 @@ class FakeOpenAI:
             headers=headers,
         )
 
+    async def _raw(self, request: web.Request, behaviour: Behaviour) -> web.StreamResponse | None:
+        """The hostile answers: exactly the bytes or events it was told to send."""
+        if behaviour.raw_events is not None:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for data in behaviour.raw_events:
+                await response.write(b"data: " + data + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        if behaviour.body_fault is not None:
+            body = orjson.dumps({"id": "x", "choices": [], "padding": "p" * 4000})
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
+            )
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            if behaviour.body_fault == "stall":
+                await asyncio.sleep(3600)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        if behaviour.raw_body is not None:
+            return web.Response(body=behaviour.raw_body, content_type="application/json")
+        return None
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         behaviour = self._next()
         if (failure := await self._failure(behaviour)) is not None:
             return failure
+        if (raw := await self._raw(request, behaviour)) is not None:
+            return raw
         last = body["messages"][-1].get("content")
         answer = behaviour.answer or f"Answer #{len(self.received)} to: {last}"
         usage = {

@@ -22,7 +22,7 @@ from semcache.tokens import count_messages, count_text
 from semcache.upstream.config import parse_upstreams
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.test_server import Sidecar, start_sidecar
+from tests.sidecar import Sidecar, start_sidecar
 
 FAST = {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05}
 

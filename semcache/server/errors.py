@@ -90,9 +90,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
         )
         return error_response(exc.status, message, headers=kept)
-    except HttpProcessingError as exc:
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
         # A body aiohttp could not read: a bad Content-Encoding, a broken chunked encoding.
-        return error_response(400, f"the request body cannot be read: {exc.message}")
+        response = error_response(400, f"the request body cannot be read: {exc}".strip())
+        response.force_close()  # what is left of the body on the socket is unreadable too
+        return response
     except InvalidRequestError as exc:
         return error_response(400, str(exc), param=exc.field, code="invalid_request")
     except CapacityError as exc:

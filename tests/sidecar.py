@@ -1,0 +1,80 @@
+"""The sidecar under test: started on 127.0.0.1 over a fake upstream, with the helpers the
+server tests share (fixtures ``upstream`` and ``sidecar`` are in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+from aiohttp import web
+
+from semcache import SemanticCache
+from semcache.embedding import Embedder
+from semcache.server import create_app
+from semcache.settings import ServerConfig
+from tests.fake_openai import FakeOpenAI
+
+MODEL = "gpt-4o-mini"
+
+
+class Sidecar:
+    def __init__(
+        self, url: str, app: web.Application, cache: SemanticCache, upstream: FakeOpenAI
+    ) -> None:
+        self.url = url
+        self.app = app
+        self.cache = cache
+        self.upstream = upstream
+        self.clients: list[openai.AsyncOpenAI] = []
+
+    def client(self, api_key: str = "sk-tenant-one", **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kwargs
+        )
+
+    async def post(
+        self, path: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                self.url + path,
+                data=data,
+                headers={
+                    "Authorization": "Bearer sk-raw",
+                    "Content-Type": "application/json",
+                    **(headers or {}),
+                },
+            ) as response,
+        ):
+            return response.status, await response.json(content_type=None), dict(response.headers)
+
+
+@asynccontextmanager
+async def start_sidecar(
+    tmp_path: Path, embedder: Embedder, upstream: FakeOpenAI, **settings: Any
+) -> AsyncIterator[Sidecar]:
+    config = ServerConfig(upstream=upstream.url, cache_dir=tmp_path / "cache", **settings)
+    cache = SemanticCache(config.cache_dir, config=config.cache_config(), embedder=embedder)
+    app = create_app(config, cache=cache)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    running = Sidecar(f"http://127.0.0.1:{port}", app, cache, upstream)
+    try:
+        yield running
+    finally:
+        for client in running.clients:
+            await client.close()
+        await runner.cleanup()
+        cache.close()
+
+
+def ask(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
