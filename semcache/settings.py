@@ -106,7 +106,7 @@ class ServerConfig:
         30.0, "longest time a client may take to send its request body, then 408"
     )
     max_pending_bodies: int = setting(
-        64, "request bodies read at once at most; others wait their turn (bounds memory)"
+        64, "large request bodies (over 64 KiB) read at once at most; others wait their turn"
     )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"

@@ -82,6 +82,7 @@ class FakeOpenAI:
     rpm_per_key: float | None = None
     _buckets: KeyBuckets | None = None
     _runner: web.AppRunner | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def calls(self, path: str = "/v1/chat/completions") -> list[Received]:
@@ -114,6 +115,7 @@ class FakeOpenAI:
         return await self._chat(request)
 
     async def start(self) -> None:
+        self._closing = asyncio.Event()
         self._runner = web.AppRunner(self.app())
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -122,6 +124,7 @@ class FakeOpenAI:
         self.url = f"http://127.0.0.1:{port}/v1"
 
     async def stop(self) -> None:
+        self._closing.set()  # stalled answers end now
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -220,7 +223,7 @@ class FakeOpenAI:
             await response.prepare(request)
             await response.write(body[: len(body) // 2])
             if behaviour.body_fault == "stall":
-                await asyncio.sleep(3600)
+                await self._closing.wait()
             assert request.transport is not None
             request.transport.close()
             return response

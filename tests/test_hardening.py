@@ -284,6 +284,29 @@ async def test_a_stalled_or_oversized_body_is_refused_quickly(
         assert answer.startswith(b"HTTP/1.1 413")
 
 
+async def test_stalled_large_bodies_do_not_hold_up_small_requests(
+    tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    async with start_sidecar(
+        tmp_path, WordHashEmbedder(), upstream, body_read_timeout_s=5, max_pending_bodies=2
+    ) as sidecar:
+        port = int(sidecar.url.rsplit(":", 1)[1])
+        stalled = []
+        for _ in range(4):  # twice the cap, each declaring 1 MB and sending 2 bytes
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{}"
+            )
+            stalled.append(writer)
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        status, _, _ = await sidecar.post("/v1/chat/completions", _chat_body("Small question"))
+        assert status == 200 and time.monotonic() - started < 2
+        for writer in stalled:
+            writer.close()
+
+
 # -- 7. an outage is a 503 at once, not a 30 s wait for a 429 -------------------------------
 
 

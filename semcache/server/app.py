@@ -53,7 +53,13 @@ def create_app(
             max_pending=config.max_pending_bodies,
         )
     )
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=middlewares,
+        # After refusing a body (408, 413), read and drop what a client still sends for one
+        # second, not aiohttp's ten: a stalled client would hold its connection that long.
+        handler_args={"lingering_time": 1.0},
+    )
     app.cleanup_ctx.append(_resources(config, cache, clock))
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/v1/completions", proxy.completions)
