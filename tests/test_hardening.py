@@ -293,7 +293,7 @@ async def test_stalled_large_bodies_do_not_hold_up_small_requests(
         port = int(sidecar.url.rsplit(":", 1)[1])
         stalled = []
         for _ in range(4):  # twice the cap, each declaring 1 MB and sending 2 bytes
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{}"
