@@ -4,6 +4,7 @@
 FROM python:3.11-slim
 
 # The CPU build of torch, pinned; PyPI's default build of torch carries CUDA (several GB).
+# tools/install_torch.py takes it from PyTorch's CPU index when that answers, else the plain spec.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     SEMCACHE_CACHE_DIR=/data
 
 WORKDIR /app
-RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
+COPY tools/install_torch.py ./tools/
+RUN TORCH_INDEX="$TORCH_INDEX" python tools/install_torch.py
 
 COPY pyproject.toml README.md ./
 COPY semcache ./semcache

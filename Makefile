@@ -10,9 +10,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch first, pinned: this machine has a CPU wheel of 2.13.0; any other spec pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
+# torch first, pinned, CPU build: from PyTorch's CPU wheel index when it answers, else the plain
+# spec (a machine with a CPU wheel on disk). A plain spec elsewhere would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml tools/install_torch.py | $(BIN)/python
+	$(BIN)/python tools/install_torch.py
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

@@ -69,7 +69,7 @@ def _bench(args: argparse.Namespace) -> int:
         run_bench(options)
     except ImportError as exc:
         print(
-            f"semcache bench needs its extra: pip install 'semcache[bench]' ({exc})",
+            f"semcache bench needs its extra: pip install -e '.[bench]' ({exc})",
             file=sys.stderr,
         )
         return 2

@@ -138,7 +138,7 @@ def run(
         report.swaps[name] = _swap_figures(swaps, gpt_swaps, 1.0, "score")
     else:
         report.baselines["GPTCache (default threshold)"] = None
-        report.notes.append("GPTCache baseline skipped: pip install 'semcache[gptcache]'")
+        report.notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
     return report
 
 

@@ -328,5 +328,5 @@ def run(
     if gptcache_baseline.available():
         results.append(_replay_gptcache(order, items, upstream, model, progress))
     else:
-        notes.append("GPTCache baseline skipped: pip install 'semcache[gptcache]'")
+        notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
     return results, hittable(order), total, notes
