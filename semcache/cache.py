@@ -80,6 +80,13 @@ _LOCK_FILE = "semcache.lock"
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 
 
+class _Unset:
+    """The default of an argument whose ``None`` means something."""
+
+
+_UNSET = _Unset()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Hit:
     """A stored answer served for a lookup."""
@@ -141,7 +148,9 @@ class SemanticCache:
         directory: where the entries (diskcache) and the index snapshot live; created if absent.
         embedder: anything with ``name`` and ``embed(texts)``; defaults to the sentence-transformers
             model named by ``model`` (see ``models/README.md``), loaded on first use.
-        verifier: the second stage; defaults to the one ``config.verifier`` names.
+        verifier: the second stage: a :class:`~semcache.verification.Verifier`, a name or path,
+            ``"auto"``, or ``None``/``"none"`` for none; absent, the one ``config.verifier``
+            names.
         config: a :class:`CacheConfig`; or pass its fields as keyword options.
         clock: seconds since the epoch; tests pass a fake one to drive expiry.
 
@@ -157,7 +166,7 @@ class SemanticCache:
         directory: str | Path,
         *,
         embedder: Embedder | None = None,
-        verifier: Verifier | None = None,
+        verifier: Verifier | str | _Unset | None = _UNSET,
         config: CacheConfig | None = None,
         clock: Callable[[], float] = time.time,
         **options: Any,
@@ -176,11 +185,7 @@ class SemanticCache:
             models_dir=self.config.models_dir,
             batch_size=self.config.embed_batch_size,
         )
-        self.verifier = verifier or resolve_verifier(
-            self.config.verifier,
-            self._embedder.name,
-            self.config.models_dir or default_models_dir(),
-        )
+        self.verifier = self._verifier(verifier)
         # One process owns a directory: the catalog and the index are kept in its memory, and a
         # second writer would make them silently stale. flock is released by the kernel when
         # the owner dies, even by SIGKILL, so a crash never leaves the directory locked.
@@ -219,6 +224,25 @@ class SemanticCache:
             self._exact_executor.shutdown(wait=False)
             self._dir_lock.release()
             raise
+
+    def _verifier(self, given: Verifier | str | _Unset | None) -> Verifier | None:
+        """The verifier object for the constructor's ``verifier`` argument: absent means the
+        config's (``"auto"`` by default), ``None`` or ``"none"`` means none.
+
+        Raises:
+            ConfigError: a value that is neither a verifier, a name nor None.
+        """
+        spec = self.config.verifier if isinstance(given, _Unset) else given
+        if spec is None or isinstance(spec, str):
+            return resolve_verifier(
+                spec, self._embedder.name, self.config.models_dir or default_models_dir()
+            )
+        if not callable(getattr(spec, "probabilities", None)):
+            raise ConfigError(
+                f"verifier must be a Verifier, a name or path, 'auto', 'none' or None; got "
+                f"{type(spec).__name__}"
+            )
+        return spec
 
     # -- the simple API -------------------------------------------------------------------
 
@@ -472,6 +496,52 @@ class SemanticCache:
         except CorruptEntryError:
             return None
 
+    def marked_wrong(self, entry_id: int) -> Entry | None:
+        """The entry with this id if it was marked wrong (kept for audit), or ``None``."""
+        self._check_open()
+        try:
+            return self._store.get_wrong(entry_id)
+        except CorruptEntryError:
+            return None
+
+    def entries(
+        self,
+        *,
+        namespace: str | None = None,
+        marked_wrong: bool = False,
+        after: int = 0,
+        limit: int = 50,
+    ) -> list[Entry]:
+        """A page of entries in id order: those with an id above ``after``, at most ``limit``,
+        of ``namespace`` (or every namespace); the live ones, or with ``marked_wrong`` those
+        taken out of service."""
+        self._check_open()
+        if marked_wrong:
+            ids = self._store.wrong_ids()
+            fetch = self.marked_wrong
+        else:
+            with self._lock:
+                ids = sorted(self._catalog.in_namespace(namespace))
+            fetch = self.entry
+        page: list[Entry] = []
+        for entry_id in ids:
+            if entry_id <= after:
+                continue
+            entry = fetch(entry_id)
+            if entry is None or (namespace is not None and entry.namespace != namespace):
+                continue
+            page.append(entry)
+            if len(page) >= limit:
+                break
+        return page
+
+    def namespaces(self) -> dict[str, int]:
+        """Every namespace with live entries, and how many each holds."""
+        self._check_open()
+        with self._lock:
+            counts: Counter[str] = Counter(item.namespace for _, item in self._catalog.items())
+        return dict(sorted(counts.items()))
+
     def delete(self, entry_id: int) -> bool:
         """Remove one entry; ``False`` if there was none with this id."""
         self._check_open()
@@ -606,6 +676,9 @@ class SemanticCache:
     amark_wrong = _offloaded(mark_wrong)
     acheckpoint = _offloaded(checkpoint)
     aentry = _offloaded(entry)
+    amarked_wrong = _offloaded(marked_wrong)
+    aentries = _offloaded(entries)
+    anamespaces = _offloaded(namespaces)
     awarm_up = _offloaded(warm_up)
     acompare_answers = _offloaded(compare_answers)
 

@@ -238,6 +238,23 @@ class DiskStore:
         self._cache.delete(entry_id)
         return True
 
+    def get_wrong(self, entry_id: int) -> Entry | None:
+        """An entry marked wrong (kept for audit), or ``None``.
+
+        Raises:
+            CorruptEntryError: the record exists but cannot be decoded.
+        """
+        data = self._cache.get(f"w:{entry_id}")
+        return None if data is None else decode_entry(entry_id, data)
+
+    def wrong_ids(self) -> list[int]:
+        """Ids of the entries marked wrong, in order (a scan of the keys: for audits)."""
+        return sorted(
+            int(key[2:])
+            for key in self._cache.iterkeys()
+            if isinstance(key, str) and key[:2] == "w:"
+        )
+
     def record_hit(self, entry: Entry, at: float) -> None:
         self._cache.set(f"h:{entry.entry_id}", _STATS.pack(entry.hits + 1, at))
 

@@ -1,6 +1,7 @@
 """GPTCache as a baseline, with the same embedding model and its own default threshold.
 
-Used only when the optional ``gptcache`` extra is installed (``pip install -e '.[gptcache]' from a checkout``).
+Used only when the optional ``gptcache`` extra is installed (from a checkout:
+``pip install -e '.[gptcache]'``).
 GPTCache's default similarity check (``SearchDistanceEvaluation`` over FAISS L2 distances, with
 ``Config.similarity_threshold`` 0.8) is kept as it ships: the point is to measure what its users
 get by default. Its default size bound (1,000 entries, then eviction) is lifted, so the

@@ -73,5 +73,20 @@ def admit(state: State, tenant: str, model: str, *, can_downgrade: bool = True) 
             admission.exceeded.message(),
             retry_after_s=max(1.0, admission.exceeded.resets_at - time.time()),
         )
+    if admission.model == model:
+        return None
     state.metrics.budget_actions.labels("downgraded").inc()
-    return admission.model if admission.model != model else None
+    return admission.model
+
+
+def cheaper_model(state: State, tenant: str, model: str) -> str | None:
+    """The model a spent budget sends this request to instead, decided before the lookup so
+    that the cache is searched where the answer will be stored; ``None`` when the budget leaves
+    the model alone (or refuses: hits are served all the same, misses are refused later)."""
+    if state.ledger is None:
+        return None
+    admission = state.ledger.admit(tenant, model)
+    if admission.exceeded is None or admission.refused or admission.model == model:
+        return None
+    state.metrics.budget_actions.labels("downgraded").inc()
+    return admission.model

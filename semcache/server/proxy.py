@@ -33,6 +33,7 @@ from aiohttp import web
 
 from semcache.cache import Decision
 from semcache.errors import InvalidAnswerError, InvalidRequestError
+from semcache.keys import CacheRequest
 from semcache.openai_api import (
     Parsed,
     StreamAssembler,
@@ -104,6 +105,14 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         min_confidence=controls.min_confidence,
     )
     parsed = parse(body)
+    budget_note: dict[str, str] = {}
+    cheaper = accounting.cheaper_model(state, tenant or ANONYMOUS, parsed.model)
+    asked = parsed.request  # an answer stored for the model asked for is served too: it is free
+    if cheaper is not None and parsed.request is not None:
+        # Looked up, stored and billed as the cheaper model's request: where it will be stored.
+        body = {**body, "model": cheaper}
+        parsed = parse(body)
+        budget_note = {"X-Semcache-Budget": f"downgraded to {cheaper}"}
     if tenant is None and parsed.request is not None:
         # Callers without credentials cannot be told apart: sharing their entries would give
         # one caller's answers to another.
@@ -122,11 +131,12 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
     decision: Decision | None = None
     if not controls.no_cache:
         try:
-            # The exact tier first, on its own threads: an exact hit never waits for the
-            # embedding batch that a semantic lookup joins.
-            decision = await state.cache.alookup_exact(parsed.request)
-            if decision is None:
-                decision = await state.batcher.lookup(parsed.request)
+            if asked is not None and asked is not parsed.request:
+                decision = await _lookup(state, asked)
+                if decision.hit is None:
+                    decision = await _lookup(state, parsed.request)
+            else:
+                decision = await _lookup(state, parsed.request)
         except Exception:
             logger.exception("cache lookup failed; forwarding upstream")
             state.metrics.cache_errors.labels("lookup").inc()
@@ -141,10 +151,12 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         if valid_answer(stored, parsed.kind):
             headers = {
                 "X-Semcache": "hit",
+                "X-Semcache-Namespace": parsed.request.namespace,
                 "X-Semcache-Score": f"{decision.hit.score:.4f}",
                 "X-Semcache-Entry": str(decision.hit.entry_id),
                 "X-Semcache-Reason": decision.reason.value,
                 **_confidence_header(decision),
+                **budget_note,
             }
             _count_savings(state, parsed, stored)
             state.shadow.maybe_check(
@@ -155,19 +167,29 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         state.metrics.cache_errors.labels("lookup").inc()
 
     degraded = await _degraded_hit(state, parsed, decision)
-    if degraded is not None and degraded.hit is not None:
+    if (
+        degraded is not None
+        and degraded.hit is not None
+        and valid_answer(degraded.hit.response, parsed.kind)
+    ):
         headers = {
             "X-Semcache": "hit",
+            "X-Semcache-Namespace": parsed.request.namespace,
             "X-Semcache-Degraded": "true",
             "X-Semcache-Score": f"{degraded.hit.score:.4f}",
             "X-Semcache-Entry": str(degraded.hit.entry_id),
             "X-Semcache-Reason": "degraded",
             **_confidence_header(degraded),
+            **budget_note,
         }
         _count_savings(state, parsed, degraded.hit.response)
         return await _serve_stored(request, parsed, degraded.hit.response, headers), "hit"
 
-    headers = {"X-Semcache": "miss"}
+    headers = {
+        "X-Semcache": "miss",
+        "X-Semcache-Namespace": parsed.request.namespace,
+        **budget_note,
+    }
     if decision is not None:
         headers["X-Semcache-Reason"] = decision.reason.value
         if decision.score is not None:
@@ -197,6 +219,15 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
         if not controls.no_cache:
             state.coalescer.finish(key, result)
     return response, "miss"
+
+
+async def _lookup(state: State, request: CacheRequest) -> Decision:
+    # The exact tier first, on its own threads: an exact hit never waits for the embedding
+    # batch that a semantic lookup joins.
+    decision = await state.cache.alookup_exact(request)
+    if decision is None:
+        decision = await state.batcher.lookup(request)
+    return decision
 
 
 def _budgeted(
@@ -306,24 +337,26 @@ async def _forward(
         }
         hide_usage = True
     payload = orjson.dumps(body)
-    async with state.router.send(
-        "POST",
-        request.rel_url.raw_path,
-        headers=request.headers,
-        body=payload,
-        model=parsed.model,
-        tokens=estimate_request_tokens(body, parsed.kind),
-        priority=priority,
-        query=request.rel_url.raw_query_string,
-        buffered=True,
-    ) as attempt:
-        upstream = attempt.response
-        passed = {**_passed_headers(attempt), **headers}
-        is_stream = upstream.content_type == "text/event-stream"
-        received: dict[str, Any] | None = None  # what the upstream answered, complete or not
-        assembler = StreamAssembler(parsed.kind)
-        try:
-            if upstream.status == 200 and is_stream:
+    held: Attempt | None = None
+    received: dict[str, Any] | None = None  # what the upstream answered, complete or not
+    answer: dict[str, Any] | None = None  # the same, when it is complete and valid
+    try:
+        async with state.router.send(
+            "POST",
+            request.rel_url.raw_path,
+            headers=request.headers,
+            body=payload,
+            model=parsed.model,
+            tokens=estimate_request_tokens(body, parsed.kind),
+            priority=priority,
+            query=request.rel_url.raw_query_string,
+            buffered=True,
+        ) as attempt:
+            held = attempt
+            upstream = attempt.response
+            passed = {**_passed_headers(attempt), **headers}
+            assembler = StreamAssembler(parsed.kind)
+            if upstream.status == 200 and upstream.content_type == "text/event-stream":
                 response, delivered = await _relay_stream(
                     request, upstream, passed, assembler, hide_usage
                 )
@@ -345,16 +378,18 @@ async def _forward(
                         f"valid response"
                     )
                 answer = received if finished_normally(received) else None
-            if parsed.request is None:
-                return response, None
-            if answer is not None and store:
-                await _store(state, parsed, answer)
-            return response, answer
-        finally:
+    finally:
+        # The upstream connection and its key are free again before the bill and the store.
+        if held is not None:
             accounting.account(
-                state, attempt, parsed.model, received, tenant,
+                state, held, parsed.model, received, tenant,
                 estimate=_estimate(body, parsed.kind, received),
             )  # fmt: skip
+    if parsed.request is None:
+        return response, None
+    if answer is not None and store:
+        await _store(state, parsed, answer)
+    return response, answer
 
 
 def _json_answer(status: int, data: bytes) -> dict[str, Any] | None:
