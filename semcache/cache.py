@@ -44,6 +44,7 @@ from semcache.embedding import (
     Reading,
     ReadingEmbedder,
     SentenceTransformerEmbedder,
+    set_threads,
 )
 from semcache.errors import (
     CacheLockedError,
@@ -180,6 +181,7 @@ class SemanticCache:
         except OSError as exc:
             raise StoreError(f"cannot use {self.directory} as a cache directory: {exc}") from exc
         self._clock = clock
+        set_threads(self.config.threads)
         self._embedder: Embedder = embedder or SentenceTransformerEmbedder(
             self.config.model,
             models_dir=self.config.models_dir,

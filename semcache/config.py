@@ -60,6 +60,10 @@ class CacheConfig:
         ivf_nprobe: inverted lists probed per IVF search (recall against speed).
         workers: threads that run embedding, FAISS and disk work for the awaitable methods.
         embed_batch_size: texts per forward pass of the model.
+        threads: threads one embedding or one FAISS search may use (torch's intra-op threads,
+            FAISS's OpenMP threads; both are process-wide). ``None`` leaves the libraries'
+            defaults, one per core, which on a busy host makes a lookup 20-40x slower
+            (benchmarks/threads_bench.py); 1, the default, holds up under load.
     """
 
     min_similarity: float | None = None
@@ -77,6 +81,7 @@ class CacheConfig:
     ivf_nprobe: int = 32
     workers: int = 4
     embed_batch_size: int = 64
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.min_similarity is not None:
@@ -98,6 +103,8 @@ class CacheConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ConfigError(f"model must be a model name or a path, got {self.model!r}")
         if not isinstance(self.guards, bool):

@@ -126,6 +126,19 @@ _loaded: dict[Path, SentenceTransformer] = {}
 _load_lock = threading.Lock()
 
 
+def set_threads(threads: int | None) -> None:
+    """Let one embedding and one FAISS search use ``threads`` threads (``None``: leave the
+    libraries' defaults). Both settings are process-wide."""
+    if threads is None:
+        return
+    import faiss
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 def _load(path: Path) -> SentenceTransformer:
     with _load_lock:
         model = _loaded.get(path)

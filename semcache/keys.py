@@ -143,9 +143,12 @@ def _canonical(value: Any) -> Any:
 
 
 def normalize_prompt(prompt: str) -> str:
-    """The form two prompts share when they differ only in case, spacing, Unicode width or
-    trailing punctuation: what the exact tier compares."""
+    """The form two prompts share when they differ only in case, spacing (any run of
+    whitespace is one space), invisible format characters, Unicode width or trailing
+    punctuation: what the exact tier compares."""
     text = unicodedata.normalize("NFKC", prompt).casefold()
+    # Zero-width and other format characters are invisible: "a\u200bb" reads as "ab".
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = _WHITESPACE.sub(" ", text).strip()
     return _TRAILING_PUNCTUATION.sub("", text) or text
 

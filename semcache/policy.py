@@ -54,8 +54,19 @@ _NUMBER_WORDS = {
 }  # fmt: skip
 _NEGATIONS = {
     "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere",
-    "cannot", "without", "unable", "non",
+    "cannot", "unable",
 }  # fmt: skip
+# Number words that are not counts when followed by one of these ("one can", "one of").
+_NOT_COUNTED_AFTER_ONE = frozenset(
+    "can could should would will must may might shall needs has is does of another go".split()  # noqa: SIM905
+)
+# "1) download, 2) prepare" and "2. Then" at the start of a line enumerate; they count nothing.
+_LIST_MARKER = re.compile(r"\d{1,2}\)(?=\s)|(?<![^\n])\d{1,2}\.(?=\s)|(?<=\n)[ \t]*\d{1,2}\.(?=\s)")
+_ANSWER_NO = re.compile(r"\s*no\s*[,.!]", re.IGNORECASE)
+_PASSIVE = re.compile(
+    r"\b(?:is|are|was|were|be|been|being|gets|got)\s+(?:\w+ly\s+)?\w+(?:ed|en|wn|lt|de)\s+by\b",
+    re.IGNORECASE,
+)
 # Capitalised words that open clauses or are capitalised by convention, not names.
 _NOT_ENTITIES = {
     "i", "i'm", "i've", "i'd", "i'll", "what", "why", "how", "when", "where", "who", "whom",
@@ -87,10 +98,13 @@ class TextFeatures:
     """The details of a text that the guards compare."""
 
     numbers: tuple[str, ...]  # in order of first appearance: "10 divided by 2" is not "2 by 10"
-    negations: int  # "not", "no", "-n't", "without" …: one more or one fewer flips the meaning
+    negations: int  # "not", "no", "-n't" …: an odd number of them negates the sentence
+    without: bool  # "coffee with sugar" against "coffee without sugar" (or "non-dairy")
     entities: tuple[str, ...]  # in order of first appearance, lower-cased
+    names: tuple[tuple[str, int], ...]  # (name as written, word position) of each occurrence
     words: frozenset[str]
     quoted: frozenset[str]
+    passive: bool  # "B is backed by A" names A and B in the other order than "A backs B"
 
 
 @lru_cache(maxsize=16384)
@@ -98,22 +112,41 @@ def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
     lowered = [_word_key(w) for w in words]
-    found = [(m.start(), _canonical_number(m.group())) for m in _DIGITS.finditer(text)]
-    for match in _WORD.finditer(text):
-        value = _NUMBER_WORDS.get(match.group().lower())
-        if value is not None:
-            found.append((match.start(), _canonical_number(str(value))))
+    found = [
+        (m.start(), _canonical_number(m.group()))
+        for m in _DIGITS.finditer(text)
+        if not _LIST_MARKER.match(text, m.start())
+    ]
+    matches = list(_WORD.finditer(text))
+    for i, match in enumerate(matches):
+        word = match.group().lower().split("-")[0]  # "two-step" counts two
+        value = _NUMBER_WORDS.get(word)
+        if value is None:
+            continue
+        after = matches[i + 1].group().lower() if i + 1 < len(matches) else ""
+        before = matches[i - 1].group().lower() if i else ""
+        if word == "one" and after in _NOT_COUNTED_AFTER_ONE:
+            continue  # "one can call", "one of them": a pronoun, not a count
+        if word == "first" and (after.endswith("ing") or before in ("at", "by", "will", "must")):
+            continue  # "by first creating", "at first": when, not which
+        found.append((match.start(), _canonical_number(str(value))))
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
     negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lowered)
+    if _ANSWER_NO.match(text):
+        negations -= 1  # "No, it does not exist": the answer word, not a second negation
     quoted = frozenset(
         " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
     )
+    entities, names = _entities(text)
     return TextFeatures(
         numbers=numbers,
         negations=negations,
-        entities=_entities(text),
+        without=any(w == "without" or w == "non" or w.startswith("non-") for w in lowered),
+        entities=entities,
+        names=names,
         words=frozenset(lowered),
         quoted=quoted,
+        passive=bool(_PASSIVE.search(text)),
     )
 
 
@@ -132,10 +165,13 @@ def _canonical_number(token: str) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _entities(text: str) -> tuple[str, ...]:
-    """Names: capitalised words that do not open a sentence, acronyms and mixed tokens.
+def _entities(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """Names, and where each occurs.
 
-    In Title Case Text every word is capitalised, so only acronyms and mixed tokens count there.
+    Names are capitalised words that do not open a sentence, acronyms and mixed tokens. In
+    Title Case Text every word is capitalised, so only acronyms and mixed tokens are names
+    there; its other capitalised words still mark positions, for the order check (a role swap
+    in a title is still a swap).
     """
     tokens: list[tuple[str, bool]] = []  # (word, opens a sentence)
     opens = True
@@ -151,16 +187,19 @@ def _entities(text: str) -> tuple[str, ...]:
         alphabetic
     )
     seen: dict[str, None] = {}
-    for word, opens_sentence in tokens:
+    occurrences: list[tuple[str, int]] = []
+    for index, (word, opens_sentence) in enumerate(tokens):
         lowered = _word_key(word)
-        if lowered in _NOT_ENTITIES or not word[0].isalpha():
+        if lowered in _NOT_ENTITIES or lowered in _STOPWORDS or not word[0].isalpha():
             continue
         acronym = len(word) >= 2 and word.isupper()
         mixed = any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
-        capitalised = word[0].isupper() and not opens_sentence and not title_case
-        if acronym or mixed or capitalised:
+        capitalised = word[0].isupper() and not opens_sentence
+        if acronym or mixed or (capitalised and not title_case):
             seen.setdefault(lowered, None)
-    return tuple(seen)
+        if acronym or mixed or capitalised:
+            occurrences.append((word, index))
+    return tuple(seen), tuple(occurrences)
 
 
 @lru_cache(maxsize=16384)
@@ -219,25 +258,114 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
     q, c = features(query), features(candidate)
     if q.numbers != c.numbers:
         return Reason.NUMBER_MISMATCH
-    if q.negations != c.negations:
+    if q.negations % 2 != c.negations % 2 or q.without != c.without:
         return Reason.NEGATION_MISMATCH
-    if q.quoted != c.quoted:
+    if _quotes_differ(q.quoted, candidate) or _quotes_differ(c.quoted, query):
         return Reason.QUOTE_MISMATCH
-    if _entities_differ(q, c):
+    if _names_missing(q, candidate) or _names_missing(c, query):
         return Reason.ENTITY_MISMATCH
-    if swapped_order(query, candidate):
+    # Order only tells a swap from a paraphrase when the words are (nearly) the same: "Google
+    # bought YouTube" / "YouTube bought Google". A rephrasing reorders freely.
+    same_words = _overlap(query, candidate) >= _SAME_WORDS
+    if same_words and q.passive == c.passive and _names_swapped(q, c):
+        return Reason.ENTITY_MISMATCH
+    if same_words and swapped_order(query, candidate):
         return Reason.ORDER_MISMATCH
     return None
 
 
-def _entities_differ(q: TextFeatures, c: TextFeatures) -> bool:
-    # A name in one text that the other does not mention at all (in any case) is a different
-    # subject; names both mention in a different order are a swap ("from NY to FL").
-    if any(e not in c.words for e in q.entities) or any(e not in q.words for e in c.entities):
-        return True
-    shared_q = [e for e in q.entities if e in c.entities]
-    shared_c = [e for e in c.entities if e in q.entities]
-    return shared_q != shared_c
+_SAME_WORDS = 0.7  # share of content words two texts must have in common for order to count
+
+
+def _squeezed(text: str) -> str:
+    """Lower case, without spaces or quote marks: "Hugging Face.js" is "huggingface.js"."""
+    return re.sub(r"[\s\"'`“”‘’]+", "", text.lower())
+
+
+def _quotes_differ(quoted: frozenset[str], other: str) -> bool:
+    """Whether a quoted string of one text is absent from the other (quoted there or not)."""
+    squeezed = _squeezed(other)
+    return any(_squeezed(q) not in squeezed for q in quoted)
+
+
+def _names_missing(text: TextFeatures, other: str) -> bool:
+    """Whether a name in ``text`` is absent from ``other``: as a word, written together or
+    apart ("HuggingFace" / "Hugging Face"), or spelt out ("ML" / "Machine Learning")."""
+    words = features(other).words
+    squeezed = _squeezed(other)
+    initials = "".join(_initials(other))
+    abbreviated = _abbreviations(text)
+    return any(
+        name not in words
+        and name.replace("'", "") not in squeezed
+        and not (2 <= len(name) <= 6 and name.isalpha() and name in initials)
+        and not (abbreviated.get(name, set()) & words)
+        for name in text.entities
+    )
+
+
+def _abbreviations(text: TextFeatures) -> dict[str, set[str]]:
+    """For each name, the acronyms it is part of: the initials of the run of consecutive names
+    it stands in ("Machine Learning": ml; "JavaScript": js), so that "ML" in the other text
+    accounts for it."""
+    found: dict[str, set[str]] = {}
+    run: list[str] = []
+    last = -2
+    for name, position in (*text.names, ("", -10)):
+        if position != last + 1 and run:
+            for start in range(len(run)):
+                for end in range(start + 1, len(run) + 1):
+                    acronym = "".join(_initials(" ".join(run[start:end])))
+                    if len(acronym) >= 2:
+                        for member in run[start:end]:
+                            found.setdefault(member.lower(), set()).add(acronym)
+            run = []
+        run.append(name)
+        last = position
+    return found
+
+
+def _initials(text: str) -> list[str]:
+    """First letters of the words, camelCase parts counted as words ("TypeScript": t, s)."""
+    parts = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", text)
+    return [p[0].lower() for p in parts]
+
+
+def _names_swapped(q: TextFeatures, c: TextFeatures) -> bool:
+    """Whether the texts name the same things in another order: the same names as often in
+    another sequence, or else two names that each text orders strictly (every occurrence of one
+    before every occurrence of the other) ordered the other way round."""
+    sequence_q = [_word_key(name) for name, _ in q.names]
+    sequence_c = [_word_key(name) for name, _ in c.names]
+    if sorted(sequence_q) == sorted(sequence_c):
+        return sequence_q != sequence_c  # the same names, as often, in another order
+    spans_q, spans_c = _spans(q.names), _spans(c.names)
+    shared = [n for n in spans_q if n in spans_c]
+    for i, x in enumerate(shared):
+        for y in shared[i + 1 :]:
+            before_q = spans_q[x][1] < spans_q[y][0]
+            after_q = spans_q[y][1] < spans_q[x][0]
+            before_c = spans_c[x][1] < spans_c[y][0]
+            after_c = spans_c[y][1] < spans_c[x][0]
+            if (before_q and after_c) or (after_q and before_c):
+                return True
+    return False
+
+
+def _spans(names: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int]]:
+    spans: dict[str, tuple[int, int]] = {}
+    for written, position in names:
+        name = _word_key(written)
+        first, last = spans.get(name, (position, position))
+        spans[name] = (min(first, position), max(last, position))
+    return spans
+
+
+def _overlap(a: str, b: str) -> float:
+    """Jaccard overlap of the two texts' content words."""
+    wa = {_word_key(w) for w in content_words(a)}
+    wb = {_word_key(w) for w in content_words(b)}
+    return len(wa & wb) / len(wa | wb) if wa | wb else 1.0
 
 
 MAX_UNBROKEN_RUN = 100  # characters without a space: hashes, keys, base64, minified code

@@ -66,6 +66,11 @@ class ServerConfig:
     max_entries: int | None = setting(None, "bound on cached answers, least recently used evicted")
     max_bytes: int | None = setting(None, "bound on the size of cached answers in bytes")
     model: str | None = setting(None, "embedding model name or path (see models/README.md)")
+    threads: int | None = setting(
+        1,
+        "threads one embedding or index search may use (none: one per core; see 'Sizing' in "
+        "the README)",
+    )
     max_body_bytes: int = setting(4 * 1024 * 1024, "largest request body accepted, in bytes")
     upstream_timeout_s: float = setting(
         600.0, "longest wait for the upstream's answer, or between two streamed chunks"
@@ -194,6 +199,7 @@ class ServerConfig:
             max_entries=self.max_entries,
             max_bytes=self.max_bytes,
             model=self.model,
+            threads=self.threads,
         )
 
 

@@ -1,0 +1,97 @@
+"""The lexical guards: they must refuse swaps and changed details, and let true paraphrases
+through (the misfires found on pairs_gptcache_mock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from semcache import SemanticCache
+from semcache.policy import Reason, guard_mismatch
+
+PARAPHRASES = [
+    # "one" as a pronoun and "first" as "to begin with" are not counts.
+    (
+        "One can check the hash of any Python object using the Hasher module.",
+        "The Hasher module can be used to generate the hash of any Python object.",
+    ),
+    (
+        "You can create a dataset by first creating a folder of images.",
+        "Create a folder of images, then create a dataset from it.",
+    ),
+    (
+        "The method works in two steps: 1) it first downloads the files, and 2) then builds it.",
+        "The method is a two-step process: it first downloads the files, then builds it.",
+    ),
+    # The answer word "No," is not a second negation; "without" twice is still "without".
+    ("No, LOAD_HU doesn't exist in v2.10.0.", "LOAD_HU is not a feature of v2.10.0."),
+    (
+        "Run it without a GPU and without internet access.",
+        "Run it without a GPU or internet access.",
+    ),
+    # Active and passive name the same things in the other order.
+    (
+        "A PyArrow Table serves as the foundation for a Dataset object.",
+        "A Dataset object is backed by a PyArrow Table.",
+    ),
+    # A name written together or apart, an acronym spelt out.
+    (
+        "Huggingface.js is a collection of JS libraries with TS types included.",
+        "Hugging Face.js is a set of JavaScript libraries, complete with TypeScript types.",
+    ),
+    (
+        "Tasks provides demos and models for ML tasks.",
+        "Tasks furnishes demos and models for Machine Learning projects.",
+    ),
+    # A quoted name the other text names without quotes.
+    (
+        "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
+        "The `Table` class has a `to_batches` method which turns it into RecordBatch objects.",
+    ),
+]
+
+SWAPS = [
+    ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
+    (
+        "What do you think about India's surgical strikes on Pakistan?",
+        "What do you think about Pakistan's surgical strikes on India?",
+        Reason.ENTITY_MISMATCH,
+    ),
+    # Title Case turns the name guard off for presence, never for order.
+    (
+        "The Manager Of Arsenal Was Appointed To Chelsea",
+        "The Manager Of Chelsea Was Appointed To Arsenal",
+        Reason.ENTITY_MISMATCH,
+    ),
+    ("Is 7 a prime number?", "Is 9 a prime number?", Reason.NUMBER_MISMATCH),
+    ("Why is my Note 4 overheating?", "Why is my Note 14 overheating?", Reason.NUMBER_MISMATCH),
+    (
+        "How do I make coffee with sugar?",
+        "How do I make coffee without sugar?",
+        Reason.NEGATION_MISMATCH,
+    ),
+    ("Should I use tabs?", "Should I not use tabs?", Reason.NEGATION_MISMATCH),
+    ("Convert celsius to kelvin", "Convert kelvin to celsius", Reason.ORDER_MISMATCH),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), PARAPHRASES)
+def test_true_paraphrases_pass_the_guards(a: str, b: str) -> None:
+    assert guard_mismatch(a, b) is None
+    assert guard_mismatch(b, a) is None
+
+
+@pytest.mark.parametrize(("a", "b", "reason"), SWAPS)
+def test_swaps_and_changed_details_are_refused(a: str, b: str, reason: Reason) -> None:
+    assert guard_mismatch(a, b) is reason
+    assert guard_mismatch(b, a) is reason
+
+
+def test_the_exact_tier_treats_any_run_of_whitespace_as_one(fast_cache: SemanticCache) -> None:
+    fast_cache.put("What is the capital of France?", "Paris")
+    for asked in (
+        "What  is the\tcapital of\n\nFrance?",
+        "What\u00a0is the\u2003capital of France?",
+        "What is the\u200b capital of France ?",
+    ):
+        hit = fast_cache.get(asked)
+        assert hit is not None and hit.reason is Reason.EXACT, asked
