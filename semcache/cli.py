@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="measure hit rate, precision and savings on a JSONL file",
-        description="Measure semcache on labelled pairs (pair mode) or on a replayed stream of "
-        "requests through the sidecar (stream mode); write results.json and plots to --out.",
+        description="Measure semcache on labelled pairs (pair mode: sweeps min_confidence with "
+        "a verifier, min_similarity without) or on a replayed stream of requests through the "
+        "sidecar (stream mode); write results.json and plots to --out.",
     )
     from semcache.bench.options import add_arguments
 

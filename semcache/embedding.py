@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -147,6 +148,11 @@ def _load(path: Path) -> SentenceTransformer:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
+            if not sys.stderr.isatty():
+                # A progress bar per load fills a log with lines; on a terminal it is harmless.
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
             try:
                 model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             except (OSError, ValueError) as exc:

@@ -159,3 +159,33 @@ def test_the_cli_runs_a_bench_and_reports_bad_files(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
     assert "precision" in good.stdout
     assert orjson.loads((tmp_path / "cli" / "results.json").read_bytes())["rows"] == 20
+
+
+def test_unjudged_hits_are_reported_as_unjudged_not_as_zero() -> None:
+    from semcache.bench import report
+    from semcache.bench.stream import StreamResult
+
+    unlabelled = StreamResult(
+        name="semcache",
+        hits=[False, True, True],
+        right=[False, False, False],
+        wrong=[False, False, False],
+        unverified=[False, True, True],
+        latency_ms=[30.0, 5.0, 6.0],
+    )
+    figures = report.stream_figures(
+        unlabelled, [False, False, False], calls_without_cache=3, cost_all=1.0
+    )
+    assert figures["precision"] is None and figures["recall"] is None
+    table = report.print_stream_table({"semcache": figures})
+    assert "unjudged" in table and "0.000 |  0.000" not in table
+
+
+def test_progress_bars_stay_out_of_logs(tmp_path: Path) -> None:
+    piped = subprocess.run(
+        [sys.executable, "benchmarks/bench.py", str(pairs_file(tmp_path, 20)),
+         "--out", str(tmp_path / "piped")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert "it/s" not in piped.stderr and "q/s" not in piped.stderr

@@ -85,3 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream: USD per 1K completion tokens",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")  # fmt: skip
+
+
+def bar_off(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when asked, and off by itself when the output is not a terminal
+    (a log would fill with progress lines)."""
+    return None if progress else True

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
+from semcache.bench.options import bar_off
 from semcache.bench.swaps import KINDS, Swap, swap_variants
 from semcache.cache import Hit, SemanticCache
 from semcache.config import CacheConfig
@@ -151,7 +152,7 @@ def _run_pairs(
     labels: Labels,
 ) -> list[Outcome]:
     answers = len(set(row.a for row in rows))
-    with tqdm(total=answers + len(rows), disable=not progress, desc="pairs", unit="q") as bar:
+    with tqdm(total=answers + len(rows), disable=bar_off(progress), desc="pairs", unit="q") as bar:
         return run_pairs(cache, rows, floor=floor, on_progress=bar.update, labels=labels)
 
 
@@ -159,7 +160,7 @@ def _run_swaps(
     cache: SemanticCache, swaps: Sequence[Swap], progress: bool, *, floor: float
 ) -> list[Outcome]:
     """Look up every variant in the cache that holds the originals."""
-    with tqdm(total=len(swaps), disable=not progress, desc="swaps", unit="q") as bar:
+    with tqdm(total=len(swaps), disable=bar_off(progress), desc="swaps", unit="q") as bar:
         hits = lookups(cache, [s.variant for s in swaps], floor=floor, on_progress=bar.update)
     return [
         _swap_outcome(swap, None if hit is None else hit.response, hit)
@@ -206,7 +207,7 @@ def _gptcache(
         answers = list(dict.fromkeys(row.a for row in rows))
         baseline.put_many(answers, answers)
         outcomes = []
-        for row in tqdm(rows, disable=not progress, desc="GPTCache", unit="q"):
+        for row in tqdm(rows, disable=bar_off(progress), desc="GPTCache", unit="q"):
             answer = baseline.get(row.b)
             outcomes.append(
                 Outcome(score=None, right=False)
@@ -217,7 +218,7 @@ def _gptcache(
             )
         swap_outcomes = [
             _swap_outcome(swap, baseline.get(swap.variant))
-            for swap in tqdm(swaps, disable=not progress, desc="GPTCache swaps", unit="q")
+            for swap in tqdm(swaps, disable=bar_off(progress), desc="GPTCache swaps", unit="q")
         ]
     finally:
         baseline.close()

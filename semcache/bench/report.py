@@ -26,7 +26,7 @@ def stream_figures(
 ) -> dict[str, Any]:
     hits = sum(result.hits)
     right, wrong, unverified = sum(result.right), sum(result.wrong), sum(result.unverified)
-    judged = right + wrong + unverified
+    judged = right + wrong  # an unverified hit (no label says) is neither right nor wrong
     could = sum(hittable)
     hit_lat = [lat for lat, h in zip(result.latency_ms, result.hits, strict=True) if h]
     miss_lat = [lat for lat, h in zip(result.latency_ms, result.hits, strict=True) if not h]
@@ -37,8 +37,9 @@ def stream_figures(
         "wrong": wrong,
         "unverified": unverified,
         "hit_rate": hits / len(result.hits) if result.hits else 0.0,
-        "precision": right / judged if judged else 1.0,
-        "recall": right / could if could else 0.0,
+        # None, not 0 or 1, when no hit was judged: nothing is known about them.
+        "precision": right / judged if judged else None,
+        "recall": right / could if could else None,
         "hittable": could,
         "upstream_calls": len(result.hits) - hits,
         "upstream_calls_saved": hits,
@@ -64,11 +65,16 @@ def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
         miss_lat = "-" if miss["p50"] is None else f"{miss['p50']:.0f}/{miss['p99']:.0f}"
         lines.append(
             f"{name:<30} | {f['hits']:>6} | {f['right']:>6} | {f['wrong']:>6} | "
-            f"{f['unverified']:>7} | {f['hit_rate']:>8.3f} | {f['precision']:>9.3f} | "
-            f"{f['recall']:>6.3f} | {f['upstream_calls']:>6} | {f['dollars_saved']:>8.4f} | "
+            f"{f['unverified']:>7} | {f['hit_rate']:>8.3f} | {_figure(f['precision'], 9)} | "
+            f"{_figure(f['recall'], 6)} | {f['upstream_calls']:>6} | {f['dollars_saved']:>8.4f} | "
             f"{hit_lat:>15} | {miss_lat:>16}"
         )
     return "\n".join(lines)
+
+
+def _figure(value: float | None, width: int) -> str:
+    """A ratio, or "unjudged" when the data could not tell (no judged hit, no labels)."""
+    return f"{'unjudged':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
 def pair_figures(report: PairReport) -> dict[str, Any]:

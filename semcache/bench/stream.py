@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
 from semcache.bench.datasets import StreamItem
+from semcache.bench.options import bar_off
 from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
 from semcache.embedding import Embedder
@@ -201,7 +202,7 @@ async def _replay_sidecar(
     result = StreamResult("semcache", [], [], [], [], [])
     try:
         async with aiohttp.ClientSession() as session:
-            for item_id, item in tqdm(order, disable=not progress, desc="stream", unit="req"):
+            for item_id, item in tqdm(order, disable=bar_off(progress), desc="stream", unit="req"):
                 started = time.perf_counter()
                 async with session.post(
                     url,
@@ -267,7 +268,7 @@ def _replay_gptcache(
     baseline = gptcache_baseline.GPTCacheBaseline(model)
     result = StreamResult("GPTCache (default threshold)", [], [], [], [], [])
     try:
-        for item_id, item in tqdm(order, disable=not progress, desc="GPTCache", unit="req"):
+        for item_id, item in tqdm(order, disable=bar_off(progress), desc="GPTCache", unit="req"):
             started = time.perf_counter()
             answer = baseline.get(item.text)
             elapsed_ms = (time.perf_counter() - started) * 1000
