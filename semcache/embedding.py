@@ -152,7 +152,7 @@ def _load(path: Path) -> SentenceTransformer:
                 # A progress bar per load fills a log with lines; on a terminal it is harmless.
                 from transformers.utils import logging as transformers_logging
 
-                transformers_logging.disable_progress_bar()
+                transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             try:
                 model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             except (OSError, ValueError) as exc:
