@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semcache.openai_api import valid_answer
+from semcache.dialects import CHAT, COMPLETIONS
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.sidecar import MODEL, Sidecar, start_sidecar
@@ -108,8 +108,8 @@ def _assert_nothing_invalid_stored(the: Running) -> None:
             if entry_id > len(cache) + 50:
                 break
             continue
-        kind = "chat" if entry.response.get("object") != "text_completion" else "completion"
-        assert valid_answer(entry.response, kind), entry.response
+        dialect = COMPLETIONS if entry.response.get("object") == "text_completion" else CHAT
+        assert dialect.valid_answer(entry.response), entry.response
 
 
 # -- strategies -----------------------------------------------------------------------------
@@ -262,6 +262,6 @@ def test_upstream_answers_are_relayed_valid_or_refused_and_never_stored_invalid(
     assert status in (200, 502), (status, reply[:300])
     _assert_error_object(status, reply, got)
     if status == 200 and not stream:
-        assert valid_answer(orjson.loads(reply), "chat")
+        assert CHAT.valid_answer(orjson.loads(reply))
     assert b"HTTP/1.1" not in reply
     _assert_nothing_invalid_stored(running)

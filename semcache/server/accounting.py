@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from semcache.dialects import Dialect
 from semcache.errors import BudgetExceededError
-from semcache.openai_api import usage_tokens
 from semcache.server.state import State
 from semcache.upstream.router import Attempt
 
@@ -18,6 +18,7 @@ def account(
     answer: dict[str, Any] | None,
     tenant: str,
     *,
+    dialect: Dialect,
     estimate: tuple[int, int] | None = None,
 ) -> None:
     """Settle the key's token reservation and add what the upstream charges for the answer
@@ -27,8 +28,8 @@ def account(
     (a tool call or a filtered answer is paid for like any other), or ``None`` (an error).
     Its ``usage`` is the bill; without one (a stream cut before its usage chunk), ``estimate``
     (prompt and completion tokens counted by the tokenizer) is billed instead and the key's
-    reservation stands as it was made."""
-    prompt, completion = usage_tokens(answer)
+    reservation stands as it was made. ``dialect`` reads the usage of its API's answers."""
+    prompt, completion = dialect.usage(answer)
     if prompt + completion > 0:
         attempt.settle(prompt + completion)
     else:

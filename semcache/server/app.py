@@ -17,6 +17,7 @@ from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.clients import Clients
 from semcache.coalescing import Coalescer
+from semcache.dialects import DIALECTS
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
 from semcache.server.bodies import body_middleware
@@ -61,8 +62,8 @@ def create_app(
         handler_args={"lingering_time": 1.0},
     )
     app.cleanup_ctx.append(_resources(config, cache, clock))
-    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
-    app.router.add_post("/v1/completions", proxy.completions)
+    for dialect in DIALECTS:
+        app.router.add_post(dialect.path, proxy.cached_endpoint(dialect))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
@@ -133,7 +134,9 @@ def _resources(
             cache=the_cache,
             router=router,
             metrics=metrics_,
-            account=lambda *args: accounting.account(app[STATE], *args),
+            account=lambda attempt, model, answer, tenant, dialect: accounting.account(
+                app[STATE], attempt, model, answer, tenant, dialect=dialect
+            ),
         )
         app[STATE] = State(
             config=config,

@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,25 +31,14 @@ import orjson
 from aiohttp import web
 
 from semcache.cache import Decision
+from semcache.dialects import CHAT, Assembler, Dialect, Event, Parsed
 from semcache.errors import InvalidAnswerError, InvalidRequestError
 from semcache.keys import CacheRequest
-from semcache.openai_api import (
-    Parsed,
-    StreamAssembler,
-    finished_normally,
-    generated_texts,
-    parse_chat,
-    parse_completion,
-    render_hit,
-    stream_hit,
-    usage_tokens,
-    valid_answer,
-)
 from semcache.policy import Reason
 from semcache.server import accounting
 from semcache.server.controls import ANONYMOUS, Controls, tenant_namespace, tenant_of
 from semcache.server.state import CLIENT, STATE, State
-from semcache.tokens import count_text, estimate_request_tokens, prompt_tokens
+from semcache.tokens import count_text
 from semcache.upstream.router import Attempt, parse_priority
 
 logger = logging.getLogger("semcache.server")
@@ -65,27 +53,28 @@ class Outcome:
     headers: dict[str, str]
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _cached_endpoint(request, "chat")
+def cached_endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of one cached API shape."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response, outcome = await _handle(request, state, dialect)
+            return response
+        finally:
+            state.metrics.requests.labels(request.path, outcome).inc()
+            state.metrics.latency.labels(request.path, outcome).observe(
+                time.perf_counter() - started
+            )
+
+    return endpoint
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _cached_endpoint(request, "completion")
-
-
-async def _cached_endpoint(request: web.Request, kind: str) -> web.StreamResponse:
-    state = request.app[STATE]
-    started = time.perf_counter()
-    outcome = "error"
-    try:
-        response, outcome = await _handle(request, state, kind)
-        return response
-    finally:
-        state.metrics.requests.labels(request.path, outcome).inc()
-        state.metrics.latency.labels(request.path, outcome).observe(time.perf_counter() - started)
-
-
-async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.StreamResponse, str]:
+async def _handle(
+    request: web.Request, state: State, dialect: Dialect
+) -> tuple[web.StreamResponse, str]:
     raw = await request.read()
     try:
         body = orjson.loads(raw)
@@ -98,7 +87,7 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
     namespace = tenant_namespace(tenant or ANONYMOUS, controls.namespace)
     priority = parse_priority(request.headers.get("X-Semcache-Priority"))
     parse = functools.partial(
-        parse_chat if kind == "chat" else parse_completion,
+        dialect.parse,
         namespace=namespace,
         min_similarity=controls.min_similarity,
         ttl_s=controls.ttl_s,
@@ -148,7 +137,7 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
 
     if decision is not None and decision.hit is not None:
         stored = decision.hit.response
-        if valid_answer(stored, parsed.kind):
+        if dialect.valid_answer(stored):
             headers = {
                 "X-Semcache": "hit",
                 "X-Semcache-Namespace": parsed.request.namespace,
@@ -160,7 +149,7 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
             }
             _count_savings(state, parsed, stored)
             state.shadow.maybe_check(
-                request.path, request.headers, body, stored, decision.hit.entry_id, tenant
+                dialect, request.headers, body, stored, decision.hit.entry_id, tenant
             )
             return await _serve_stored(request, parsed, stored, headers), "hit"
         logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)
@@ -170,7 +159,7 @@ async def _handle(request: web.Request, state: State, kind: str) -> tuple[web.St
     if (
         degraded is not None
         and degraded.hit is not None
-        and valid_answer(degraded.hit.response, parsed.kind)
+        and dialect.valid_answer(degraded.hit.response)
     ):
         headers = {
             "X-Semcache": "hit",
@@ -286,7 +275,7 @@ def _confidence_header(decision: Decision) -> dict[str, str]:
 
 
 def _count_savings(state: State, parsed: Parsed, stored: dict[str, Any]) -> None:
-    prompt_tokens, completion_tokens = usage_tokens(stored)
+    prompt_tokens, completion_tokens = parsed.dialect.usage(stored)
     state.metrics.tokens_saved.labels("prompt").inc(prompt_tokens)
     state.metrics.tokens_saved.labels("completion").inc(completion_tokens)
     state.metrics.cost_saved.inc(state.prices.cost(parsed.model, prompt_tokens, completion_tokens))
@@ -295,13 +284,13 @@ def _count_savings(state: State, parsed: Parsed, stored: dict[str, Any]) -> None
 async def _serve_stored(
     request: web.Request, parsed: Parsed, stored: dict[str, Any], headers: dict[str, str]
 ) -> web.StreamResponse:
+    dialect = parsed.dialect
     if not parsed.stream:
-        return web.json_response(render_hit(stored, parsed.kind), headers=headers, dumps=_dumps)
+        return web.json_response(dialect.render_hit(stored), headers=headers, dumps=_dumps)
     response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
     await response.prepare(request)
-    for chunk in stream_hit(stored, parsed.kind, include_usage=parsed.include_usage):
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-    await response.write(b"data: [DONE]\n\n")
+    for event in dialect.replay(stored, include_usage=parsed.include_usage):
+        await response.write(event)
     await response.write_eof()
     return response
 
@@ -327,15 +316,10 @@ async def _forward(
     """Send the request upstream through the router and relay the answer; returns the
     response and the complete answer when it finished normally (stored if ``store``), else
     None."""
+    dialect = parsed.dialect
     hide_usage = False
-    if parsed.stream and not parsed.include_usage:
-        # Ask for the usage chunk so the answer is stored and billed with its token counts;
-        # the client did not ask for it, so it is not relayed.
-        body = {
-            **body,
-            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
-        }
-        hide_usage = True
+    if parsed.stream:
+        body, hide_usage = dialect.with_usage_in_stream(body)
     payload = orjson.dumps(body)
     held: Attempt | None = None
     received: dict[str, Any] | None = None  # what the upstream answered, complete or not
@@ -347,21 +331,23 @@ async def _forward(
             headers=request.headers,
             body=payload,
             model=parsed.model,
-            tokens=estimate_request_tokens(body, parsed.kind),
+            tokens=dialect.request_tokens(body),
             priority=priority,
+            api=dialect.api,
             query=request.rel_url.raw_query_string,
             buffered=True,
         ) as attempt:
             held = attempt
             upstream = attempt.response
             passed = {**_passed_headers(attempt), **headers}
-            assembler = StreamAssembler(parsed.kind)
+            assembler = dialect.assembler(hide_usage=hide_usage)
             if upstream.status == 200 and upstream.content_type == "text/event-stream":
                 response, delivered = await _relay_stream(
-                    request, upstream, passed, assembler, hide_usage
+                    request, upstream, passed, dialect, assembler
                 )
                 received = assembler.result() if assembler.started else None
-                answer = received if delivered and finished_normally(received) else None
+                complete = delivered and dialect.valid_answer(received)
+                answer = received if complete and dialect.finished_normally(received) else None
             else:
                 data = await upstream.read()
                 response = web.Response(
@@ -371,19 +357,19 @@ async def _forward(
                     headers=passed,
                 )
                 received = _json_answer(upstream.status, data)
-                if upstream.status == 200 and not valid_answer(received, parsed.kind):
+                if upstream.status == 200 and not dialect.valid_answer(received):
                     received = None
                     raise InvalidAnswerError(
                         f"the upstream answered {request.path} with a body that is not a "
                         f"valid response"
                     )
-                answer = received if finished_normally(received) else None
+                answer = received if dialect.finished_normally(received) else None
     finally:
         # The upstream connection and its key are free again before the bill and the store.
         if held is not None:
             accounting.account(
-                state, held, parsed.model, received, tenant,
-                estimate=_estimate(body, parsed.kind, received),
+                state, held, parsed.model, received, tenant, dialect=dialect,
+                estimate=_estimate(body, dialect, received),
             )  # fmt: skip
     if parsed.request is None:
         return response, None
@@ -403,13 +389,16 @@ def _json_answer(status: int, data: bytes) -> dict[str, Any] | None:
 
 
 def _estimate(
-    body: dict[str, Any], kind: str, received: dict[str, Any] | None
+    body: dict[str, Any], dialect: Dialect, received: dict[str, Any] | None
 ) -> tuple[int, int] | None:
     """What an answer without usage (a stream cut short, by either side) cost: the prompt and
     the text that came, by the tokenizer."""
-    if received is None or received.get("usage"):
+    if received is None or sum(dialect.usage(received)) > 0:
         return None
-    return prompt_tokens(body, kind), sum(count_text(t) for t in generated_texts(received))
+    return (
+        dialect.prompt_tokens(body),
+        sum(count_text(t) for t in dialect.generated_texts(received)),
+    )
 
 
 def _passed_headers(attempt: Attempt) -> dict[str, str]:
@@ -432,12 +421,12 @@ async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
-    assembler: StreamAssembler,
-    hide_usage: bool,
+    dialect: Dialect,
+    assembler: Assembler,
 ) -> tuple[web.StreamResponse, bool]:
     """Pass the upstream's events on as they come, feeding ``assembler``; a stream that ends
-    without ``[DONE]`` gets an error event. Also returns whether the whole stream, to
-    ``[DONE]``, reached the client."""
+    before the API's end of stream, or brings an event that is not one of the API's, gets an
+    error event. Also returns whether the whole stream reached the client."""
     response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
     await response.prepare(request)
     buffer = b""
@@ -446,14 +435,12 @@ async def _relay_stream(
             buffer += data.replace(b"\r\n", b"\n")
             while b"\n\n" in buffer:
                 event, buffer = buffer.split(b"\n\n", 1)
-                verdict = _relay_event(event, assembler, hide_usage)
-                if verdict is _Event.MALFORMED:
-                    logger.warning(
-                        "the upstream streamed an event that is not a chunk: %.200r", event
-                    )
-                    await _write_stream_error(response, malformed=True)
+                verdict = assembler.feed(event)
+                if verdict is Event.MALFORMED:
+                    logger.warning("the upstream streamed an invalid event: %.200r", event)
+                    await _write_stream_error(response, dialect, malformed=True)
                     return response, False
-                if verdict is _Event.PASS:
+                if verdict is Event.PASS:
                     await response.write(event + b"\n\n")
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
@@ -462,54 +449,27 @@ async def _relay_stream(
         logger.warning("upstream stream broke off: %s", exc)
     if not assembler.done:
         # The status line and part of the answer are already with the client: what is left is
-        # to say so in the stream, as an error event that OpenAI's SDKs raise as an APIError.
-        await _write_stream_error(response)
+        # to say so in the stream, as an error event that the API's SDKs raise.
+        await _write_stream_error(response, dialect)
         return response, False
     await response.write_eof()
     return response, True
 
 
-async def _write_stream_error(response: web.StreamResponse, *, malformed: bool = False) -> None:
-    error = {
-        "error": {
-            "message": "the upstream streamed something that is not a valid chunk"
-            if malformed
-            else "the upstream stream ended before the end of the answer",
-            "type": "upstream_error",
-            "param": None,
-            "code": "invalid_upstream_answer" if malformed else "stream_interrupted",
-        }
-    }
+async def _write_stream_error(
+    response: web.StreamResponse, dialect: Dialect, *, malformed: bool = False
+) -> None:
+    message = (
+        "the upstream streamed something that is not a valid event"
+        if malformed
+        else "the upstream stream ended before the end of the answer"
+    )
+    code = "invalid_upstream_answer" if malformed else "stream_interrupted"
     try:
-        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        await response.write(dialect.stream_error(message, code))
         await response.write_eof()
     except ConnectionResetError:
         pass
-
-
-class _Event(enum.Enum):
-    PASS = "pass"  # relay it
-    HIDE = "hide"  # keep it from the client (the usage chunk it did not ask for)
-    MALFORMED = "malformed"  # not a chunk: end the stream with an error
-
-
-def _relay_event(event: bytes, assembler: StreamAssembler, hide_usage: bool) -> _Event:
-    """Feed one SSE event to the assembler, and say what to do with it."""
-    data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-    if not data:
-        return _Event.PASS
-    if data == b"[DONE]":
-        assembler.done = True
-        return _Event.PASS
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return _Event.MALFORMED
-    if not assembler.feed(chunk):
-        return _Event.MALFORMED
-    if hide_usage and chunk.get("choices") == [] and chunk.get("usage") is not None:
-        return _Event.HIDE
-    return _Event.PASS
 
 
 async def _store(state: State, parsed: Parsed, answer: dict[str, Any]) -> None:
@@ -563,7 +523,7 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
                 tail = (tail + data)[-_TAIL_BYTES:]
         await response.write_eof()
         state.metrics.requests.labels("other", "bypass").inc()
-        accounting.account(state, attempt, model or "", _usage_in(tail), tenant)
+        accounting.account(state, attempt, model or "", _usage_in(tail), tenant, dialect=CHAT)
         return response
 
 

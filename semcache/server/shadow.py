@@ -17,14 +17,13 @@ from typing import Any
 import orjson
 
 from semcache.cache import SemanticCache
+from semcache.dialects import Dialect
 from semcache.metrics import Metrics
-from semcache.openai_api import answer_text
 from semcache.shadow import ShadowSampler
-from semcache.tokens import estimate_request_tokens
 from semcache.upstream.router import PRIORITIES, Attempt, Router
 
-# (attempt, model, complete answer or None, tenant) -> None: settle and add the cost.
-Accountant = Callable[[Attempt, str, dict[str, Any] | None, str], None]
+# (attempt, model, complete answer or None, tenant, dialect) -> None: settle and add the cost.
+Accountant = Callable[[Attempt, str, dict[str, Any] | None, str, Dialect], None]
 
 logger = logging.getLogger("semcache.shadow")
 
@@ -51,7 +50,7 @@ class ShadowChecks:
 
     def maybe_check(
         self,
-        path: str,
+        dialect: Dialect,
         headers: Mapping[str, str],
         body: dict[str, Any],
         served: dict[str, Any],
@@ -62,14 +61,14 @@ class ShadowChecks:
         if not self.sampler.should_check():
             return
         task = asyncio.get_running_loop().create_task(
-            self._check(path, dict(headers), body, served, entry_id, tenant)
+            self._check(dialect, dict(headers), body, served, entry_id, tenant)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _check(
         self,
-        path: str,
+        dialect: Dialect,
         headers: dict[str, str],
         body: dict[str, Any],
         served: dict[str, Any],
@@ -77,26 +76,27 @@ class ShadowChecks:
         tenant: str,
     ) -> None:
         fresh_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        kind = "chat" if path.endswith("/chat/completions") else "completion"
         model = str(body.get("model"))
         try:
             async with self._router.send(
                 "POST",
-                path,
+                dialect.path,
                 headers=headers,
                 body=orjson.dumps(fresh_body),
                 model=model,
-                tokens=estimate_request_tokens(fresh_body, kind),
+                tokens=dialect.request_tokens(fresh_body),
                 priority=PRIORITIES["low"],
+                api=dialect.api,
             ) as attempt:
                 data = await attempt.response.read()
                 status = attempt.response.status
                 answer = orjson.loads(data) if status == 200 else None
-                self._account(attempt, model, answer, tenant)
+                self._account(attempt, model, answer, tenant, dialect)
             if answer is None:
                 raise ValueError(f"upstream answered {status}")
-            fresh = answer_text(answer)
-            verdict = await self._cache.acompare_answers(answer_text(served), fresh, self.agreement)
+            fresh = dialect.answer_text(answer)
+            served_text = dialect.answer_text(served)
+            verdict = await self._cache.acompare_answers(served_text, fresh, self.agreement)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

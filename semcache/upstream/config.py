@@ -4,7 +4,7 @@
 
     [[upstreams]]
     name = "openai"
-    kind = "openai"                      # openai | azure | openai-compatible
+    kind = "openai"                      # openai | azure | openai-compatible | anthropic
     base_url = "https://api.openai.com/v1"
     api_keys = ["env:OPENAI_KEY_1", "env:OPENAI_KEY_2"]   # literal, or env:NAME
     rpm = 500                            # per key
@@ -35,7 +35,7 @@ from typing import Any
 
 from semcache.errors import ConfigError
 
-KINDS = ("openai", "azure", "openai-compatible")
+KINDS = ("openai", "azure", "openai-compatible", "anthropic")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,14 @@ class UpstreamSpec:
     models: tuple[str, ...] = ()
     deployments: Mapping[str, str] = field(default_factory=dict)
     api_version: str | None = None
+
+    def speaks(self, api: str | None) -> bool:
+        """Whether this upstream takes requests of an API ("openai" or "anthropic"; ``None``:
+        a path forwarded as it is). An openai-compatible upstream (and the sidecar's own
+        ``upstream`` URL) is trusted to take whatever the caller sends."""
+        if api is None or self.kind == "openai-compatible":
+            return True
+        return (self.kind == "anthropic") == (api == "anthropic")
 
     def serves(self, model: str) -> bool:
         if self.kind == "azure" and self.deployments:

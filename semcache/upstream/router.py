@@ -51,8 +51,16 @@ from semcache.upstream.limits import KeyLimiter, Reservation, retry_after
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
-# The caller's credentials and account headers, replaced when a pool key is used.
-_CALLER_ACCOUNT = ("authorization", "api-key", "openai-organization", "openai-project")
+# The caller's credentials and account headers, replaced when a pool key is used: none of the
+# caller's may travel beside the pool's.
+_CALLER_ACCOUNT = (
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "openai-organization",
+    "openai-project",
+)
+ANTHROPIC_VERSION = "2023-06-01"  # sent to an anthropic upstream when the caller sent none
 
 
 def parse_priority(raw: str | None) -> int:
@@ -134,6 +142,9 @@ class Target:
             headers.popall(name, None)
         if self.upstream.kind == "azure":
             headers["api-key"] = self.key.secret
+        elif self.upstream.kind == "anthropic":
+            headers["x-api-key"] = self.key.secret
+            headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
         else:
             headers["Authorization"] = f"Bearer {self.key.secret}"
         return headers
@@ -159,6 +170,7 @@ class _Waiter:
     priority: int
     seq: int
     model: str | None
+    api: str | None
     tokens: int
     exclude: set[str]
     enqueued: float
@@ -270,12 +282,14 @@ class Router:
         priority: int = PRIORITIES["normal"],
         query: str = "",
         buffered: bool = False,
+        api: str | None = None,
     ) -> AsyncIterator[Attempt]:
         """Send with retries and failover; the response is read inside the ``async with``.
 
         ``path`` is the raw (percent-encoded) path under ``/v1/``. With ``buffered``, a
         response that is not an event stream is read whole before it is handed over, so a body
         cut short or stalled is retried like a failed connection (nothing reached the caller).
+        ``api`` ("openai", "anthropic") keeps the request to upstreams that speak it.
 
         Raises:
             InvalidRequestError: ``path`` is not a plain ``/v1/`` path, or no upstream serves
@@ -285,16 +299,20 @@ class Router:
             UpstreamError: the last attempt failed without a complete HTTP answer.
         """
         path = confined_path(path)
-        if not self._eligible(model, set()):
+        if not self._eligible(model, set(), api):
             raise InvalidRequestError(
-                f"no configured upstream serves the model {model!r}", field="model"
+                f"no configured upstream serves the model {model!r}"
+                + (f" through the {api} API" if api else ""),
+                field="model",
             )
-        self._check_some_up(model)
+        self._check_some_up(model, api)
         deadline = self._clock() + self.policy.queue_max_wait_s
         exclude: set[str] = set()
         attempt = 0
         while True:
-            target, reservation = await self._acquire(model, tokens, priority, exclude, deadline)
+            target, reservation = await self._acquire(
+                model, api, tokens, priority, exclude, deadline
+            )
             target.breaker.on_send()
             started = self._clock()
             stack = contextlib.AsyncExitStack()
@@ -318,7 +336,7 @@ class Router:
                 self._count(target, "error", started)
                 if attempt >= self.policy.max_retries:
                     raise
-                self._check_some_up(model)
+                self._check_some_up(model, api)
                 exclude.add(target.id)
                 self._count_retry(type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))
@@ -336,10 +354,10 @@ class Router:
                     target.breaker.on_success()  # a rate limit is not ill health
                 await stack.aclose()
                 if status >= 500:
-                    self._check_some_up(model)
+                    self._check_some_up(model, api)
                 exclude.add(target.id)
                 self._count_retry(str(status))
-                if status >= 500 or not self._has_alternative(model, exclude):
+                if status >= 500 or not self._has_alternative(model, api, exclude):
                     pause = retry_after({k.lower(): v for k, v in response.headers.items()})
                     await asyncio.sleep(max(self._backoff(attempt), min(pause or 0.0, 60.0)))
                 attempt += 1
@@ -356,14 +374,14 @@ class Router:
                 self.dispatch()
             return
 
-    def _check_some_up(self, model: str | None) -> None:
+    def _check_some_up(self, model: str | None, api: str | None = None) -> None:
         """Raise at once, rather than queue until the wait runs out, when every upstream that
         serves ``model`` has its breaker open.
 
         Raises:
             UpstreamsDownError: with the time until the first breaker lets a probe through.
         """
-        breakers = {t.upstream.name: t.breaker for t in self._eligible(model, set())}
+        breakers = {t.upstream.name: t.breaker for t in self._eligible(model, set(), api)}
         if any(b.state != b.OPEN for b in breakers.values()):
             return
         soonest = min(b.retry_in() for b in breakers.values())
@@ -377,20 +395,28 @@ class Router:
         ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2.0**attempt)
         return ceiling * self._rng.uniform(0.5, 1.0)
 
-    def _has_alternative(self, model: str | None, exclude: set[str]) -> bool:
-        return any(t.id not in exclude for t in self._eligible(model, set()))
+    def _has_alternative(self, model: str | None, api: str | None, exclude: set[str]) -> bool:
+        return any(t.id not in exclude for t in self._eligible(model, set(), api))
 
     # -- the queue ------------------------------------------------------------------------
 
-    def _eligible(self, model: str | None, exclude: set[str]) -> list[Target]:
-        """Targets that serve ``model``; ``exclude`` is ignored when it would leave none."""
-        serving = [t for t in self.targets if model is None or t.upstream.serves(model)]
+    def _eligible(
+        self, model: str | None, exclude: set[str], api: str | None = None
+    ) -> list[Target]:
+        """Targets that speak ``api`` and serve ``model``; ``exclude`` is ignored when it would
+        leave none."""
+        serving = [
+            t
+            for t in self.targets
+            if t.upstream.speaks(api) and (model is None or t.upstream.serves(model))
+        ]
         kept = [t for t in serving if t.id not in exclude]
         return kept or serving
 
     async def _acquire(
         self,
         model: str | None,
+        api: str | None,
         tokens: int,
         priority: int,
         exclude: set[str],
@@ -405,7 +431,14 @@ class Router:
             )
         loop = asyncio.get_running_loop()
         waiter = _Waiter(
-            priority, next(self._seq), model, tokens, exclude, self._clock(), loop.create_future()
+            priority,
+            next(self._seq),
+            model,
+            api,
+            tokens,
+            exclude,
+            self._clock(),
+            loop.create_future(),
         )
         heapq.heappush(self._waiters, waiter)
         self.dispatch()
@@ -452,7 +485,7 @@ class Router:
         for waiter in sorted(self._waiters):
             if waiter.future.done():
                 continue
-            eligible = self._eligible(waiter.model, waiter.exclude)
+            eligible = self._eligible(waiter.model, waiter.exclude, waiter.api)
             candidates = [t for t in eligible if t.id not in held]
             free = [t for t in candidates if t.wait_time(waiter.tokens) <= 0]
             if free:
