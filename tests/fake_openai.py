@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Behaviour:
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: Any
     at: float = 0.0  # time.monotonic() on arrival
     status: int = 200  # what it was answered (429 when the key's limit refused it)
@@ -98,6 +99,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completion)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
@@ -106,7 +109,7 @@ class FakeOpenAI:
 
     async def _anything(self, request: web.Request) -> web.Response:
         """Any other path: recorded (so a test can see what reached the upstream), 404."""
-        self.received.append(Received(request.rel_url.raw_path, dict(request.headers), None))
+        self.received.append(Received(request.rel_url.raw_path, CIMultiDict(request.headers), None))
         return web.json_response({"error": {"message": "no such path"}}, status=404)
 
     async def _azure(self, request: web.Request) -> web.StreamResponse:
@@ -134,7 +137,7 @@ class FakeOpenAI:
     async def _record(self, request: web.Request) -> Any:
         body = orjson.loads(await request.read())
         received = Received(
-            request.rel_url.raw_path, dict(request.headers), body, at=time.monotonic()
+            request.rel_url.raw_path, CIMultiDict(request.headers), body, at=time.monotonic()
         )
         self.received.append(received)
         if self.rpm_per_key is not None:
@@ -166,7 +169,7 @@ class FakeOpenAI:
         return body
 
     async def _models(self, request: web.Request) -> web.Response:
-        self.received.append(Received(request.path, dict(request.headers), None))
+        self.received.append(Received(request.path, CIMultiDict(request.headers), None))
         return web.json_response(
             {
                 "object": "list",
@@ -350,9 +353,97 @@ class FakeOpenAI:
         )
         return await self._stream(request, events, behaviour)
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API: one message of output text, JSON or typed events."""
+        body = await self._record(request)
+        behaviour = self._next()
+        if (failure := await self._failure(behaviour)) is not None:
+            return failure
+        if (raw := await self._raw(request, behaviour)) is not None:
+            return raw
+        asked = body["input"] if isinstance(body["input"], str) else str(body["input"][-1])
+        answer = behaviour.answer or f"Response #{len(self.received)} to: {asked}"
+        n = next(self._ids)
+        part = {"type": "output_text", "text": answer, "annotations": []}
+        item = {"type": "message", "id": f"msg_fake_{n}", "status": "completed",
+                "role": "assistant", "content": [part]}  # fmt: skip
+        done = {
+            "id": f"resp_fake_{n}", "object": "response", "created_at": int(time.time()),
+            "status": "completed", "model": body["model"], "output": [item],
+            "usage": {"input_tokens": 12, "output_tokens": len(answer.split()),
+                      "total_tokens": 12 + len(answer.split())},
+            "error": None, "incomplete_details": None, "tools": [], "tool_choice": "auto",
+            "parallel_tool_calls": True,
+        }  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(done)
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": {**done, "status": "in_progress",
+                                                      "output": [], "usage": None}},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {**item, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+            *({"type": "response.output_text.delta", **where, "delta": word + " "}
+              for word in answer.split(" ")[:-1]),
+            {"type": "response.output_text.delta", **where, "delta": answer.split(" ")[-1]},
+            {"type": "response.output_text.done", **where, "text": answer},
+            {"type": "response.content_part.done", **where, "part": part},
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": done},
+        ]  # fmt: skip
+        for number, event in enumerate(events):
+            event["sequence_number"] = number
+        return await self._stream(request, events, behaviour, named=True, end=False)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API: one text block, JSON or typed events."""
+        body = await self._record(request)
+        behaviour = self._next()
+        if (failure := await self._failure(behaviour)) is not None:
+            return failure
+        if (raw := await self._raw(request, behaviour)) is not None:
+            return raw
+        asked = body["messages"][-1]["content"]
+        answer = behaviour.answer or f"Message #{len(self.received)} to: {asked}"
+        usage = {"input_tokens": 12, "output_tokens": len(answer.split())}
+        message = {
+            "id": f"msg_fake_{next(self._ids)}", "type": "message", "role": "assistant",
+            "model": body["model"], "content": [{"type": "text", "text": answer}],
+            "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+        }  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(message)
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage,
+                 "output_tokens": 1}}  # fmt: skip
+        events: list[dict[str, Any]] = [
+            {"type": "message_start", "message": start},
+            {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}},
+            {"type": "ping"},
+            *({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": word + " "}}
+              for word in answer.split(" ")[:-1]),
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": answer.split(" ")[-1]}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": usage["output_tokens"]}},
+            {"type": "message_stop"},
+        ]  # fmt: skip
+        return await self._stream(request, events, behaviour, named=True, end=False)
+
     async def _stream(
-        self, request: web.Request, events: list[dict[str, Any]], behaviour: Behaviour
+        self,
+        request: web.Request,
+        events: list[dict[str, Any]],
+        behaviour: Behaviour,
+        *,
+        named: bool = False,
+        end: bool = True,
     ) -> web.StreamResponse:
+        """Send ``events`` as SSE (with ``event:`` lines when ``named``), then ``[DONE]`` when
+        ``end``; ``cut_after_chunks`` drops the connection part way."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "x-ratelimit-remaining-requests": "99"}
         )
@@ -363,9 +454,11 @@ class FakeOpenAI:
                 assert request.transport is not None
                 request.transport.close()
                 return response
-            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            head = f"event: {event['type']}\n".encode() if named else b""
+            await response.write(head + b"data: " + orjson.dumps(event) + b"\n\n")
             await asyncio.sleep(0)
-        await response.write(b"data: [DONE]\n\n")
+        if end:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
