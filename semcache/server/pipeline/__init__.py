@@ -1,0 +1,53 @@
+"""The life of a request to a cached endpoint, one stage per module::
+
+    parse      the body, the controls, the tenant; the dialect's cache request (or a bypass)
+    admit      the budgets: a spent budget downgrades to a cheaper model (re-keyed)
+    look_up    exact tier, semantic tier, verifier; a hit is served here and ends the request
+    transform  rewrites of the outgoing body only (usage in streams; compression next)
+    send       a refusing budget, identical misses coalesced, the router: queue, retry, failover
+    relay      the answer to the client as it arrives; the upstream connection released
+    account    what the upstream charged: key limits, metrics, budgets
+    store      a complete, valid answer under the request's key
+
+Each stage takes the :class:`~.exchange.Exchange` and returns a response to end the request
+early, or ``None`` to go on. Whatever fails, the upstream connection is released, what the
+upstream charged is billed, and the requests waiting on this one's answer are released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from semcache.server.pipeline.account import account
+from semcache.server.pipeline.admit import admit
+from semcache.server.pipeline.exchange import Exchange
+from semcache.server.pipeline.lookup import look_up
+from semcache.server.pipeline.parse import parse
+from semcache.server.pipeline.relay import relay
+from semcache.server.pipeline.send import send
+from semcache.server.pipeline.store import store
+from semcache.server.pipeline.transform import transform
+
+Stage = Callable[[Exchange], Awaitable[web.StreamResponse | None]]
+
+STAGES: tuple[Stage, ...] = (parse, admit, look_up, transform, send, relay, account, store)
+
+
+async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResponse:
+    try:
+        for stage in stages:
+            early = await stage(x)
+            if early is not None:
+                return early
+        assert x.response is not None
+        return x.response
+    finally:
+        await x.upstream.aclose()
+        await account(x)
+        if x.leader_key is not None:
+            x.state.coalescer.finish(x.leader_key, x.answer)
+
+
+__all__ = ["STAGES", "Exchange", "Stage", "run"]

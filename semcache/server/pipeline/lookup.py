@@ -1,0 +1,136 @@
+"""Stage ``look_up``: the exact tier, then the semantic tier, and under backlog a second look
+at a lower threshold. A hit is served here and ends the request; a miss goes on, with the
+evidence in its headers. A cache fault never fails the request: it is counted and the
+request is forwarded as a bypass."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from semcache.cache import Decision
+from semcache.keys import CacheRequest
+from semcache.policy import Reason
+from semcache.server.pipeline.exchange import Exchange
+from semcache.server.pipeline.relay import serve_stored
+from semcache.server.state import State
+
+logger = logging.getLogger("semcache.server")
+
+# Misses a lower threshold could turn into hits (not guards, which stay in force).
+_DEGRADABLE = frozenset({Reason.BELOW_THRESHOLD, Reason.UNVERIFIED})
+
+
+async def look_up(x: Exchange) -> web.StreamResponse | None:
+    request = x.cache_request
+    if request is None:
+        return None
+    if x.controls.no_cache:
+        x.outcome = "miss"
+        x.headers.update({"X-Semcache": "miss", "X-Semcache-Reason": "no-cache"})
+        return None
+    try:
+        decision = None
+        if x.asked is not None and x.asked is not request:
+            # An answer stored for the model asked for costs nothing either.
+            decision = await _lookup(x.state, x.asked)
+        if decision is None or decision.hit is None:
+            decision = await _lookup(x.state, request)
+    except Exception:
+        logger.exception("cache lookup failed; forwarding upstream")
+        x.state.metrics.cache_errors.labels("lookup").inc()
+        x.outcome, x.storable = "bypass", False
+        x.headers.update({"X-Semcache": "bypass", "X-Semcache-Reason": "cache error"})
+        return None
+    x.decision = decision
+    if decision.hit is not None:
+        if x.dialect.valid_answer(decision.hit.response):
+            x.state.shadow.maybe_check(
+                x.dialect, x.request.headers, x.body, decision.hit.response,
+                decision.hit.entry_id, x.tenant,
+            )  # fmt: skip
+            return await _serve(x, decision, {})
+        logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)
+        x.state.metrics.cache_errors.labels("lookup").inc()
+    degraded = await _degraded(x.state, x, decision)
+    if (
+        degraded is not None
+        and degraded.hit is not None
+        and x.dialect.valid_answer(degraded.hit.response)
+    ):
+        return await _serve(x, degraded, {"X-Semcache-Degraded": "true"})
+    x.outcome = "miss"
+    x.headers.update({"X-Semcache": "miss", "X-Semcache-Reason": decision.reason.value})
+    if decision.score is not None:
+        x.headers["X-Semcache-Score"] = f"{decision.score:.4f}"
+    x.headers.update(_confidence(decision))
+    return None
+
+
+async def _lookup(state: State, request: CacheRequest) -> Decision:
+    # The exact tier first, on its own threads: an exact hit never waits for the embedding
+    # batch that a semantic lookup joins.
+    decision = await state.cache.alookup_exact(request)
+    if decision is None:
+        decision = await state.batcher.lookup(request)
+    return decision
+
+
+async def _serve(x: Exchange, decision: Decision, extra: dict[str, str]) -> web.StreamResponse:
+    hit = decision.hit
+    assert hit is not None and x.parsed is not None
+    x.outcome = "hit"
+    x.headers.update(
+        {
+            "X-Semcache": "hit",
+            "X-Semcache-Score": f"{hit.score:.4f}",
+            "X-Semcache-Entry": str(hit.entry_id),
+            "X-Semcache-Reason": "degraded" if extra else decision.reason.value,
+            **extra,
+            **_confidence(decision),
+        }
+    )
+    count_savings(x, hit.response)
+    return await serve_stored(x.request, x.parsed, hit.response, x.headers)
+
+
+def count_savings(x: Exchange, stored: Any) -> None:
+    assert x.parsed is not None
+    prompt, completion = x.dialect.usage(stored)
+    metrics = x.state.metrics
+    metrics.tokens_saved.labels("prompt").inc(prompt)
+    metrics.tokens_saved.labels("completion").inc(completion)
+    metrics.cost_saved.inc(x.state.prices.cost(x.parsed.model, prompt, completion))
+
+
+async def _degraded(state: State, x: Exchange, decision: Decision) -> Decision | None:
+    """Under backlog, a second look at a lower similarity (and confidence), when configured."""
+    config, request = state.config, x.cache_request
+    if (
+        config.degraded_min_similarity is None
+        or request is None
+        or x.parsed is None
+        or decision.reason not in _DEGRADABLE
+        or not state.router.backlogged(x.parsed.model)
+    ):
+        return None
+    relaxed = dataclasses.replace(
+        request,
+        min_similarity=config.degraded_min_similarity,
+        min_confidence=config.degraded_min_confidence,
+    )
+    try:
+        return await state.cache.alookup(relaxed)
+    except Exception:
+        logger.exception("degraded lookup failed; forwarding upstream")
+        state.metrics.cache_errors.labels("lookup").inc()
+        return None
+
+
+def _confidence(decision: Decision) -> dict[str, str]:
+    if decision.confidence is None:
+        return {}
+    return {"X-Semcache-Confidence": f"{decision.confidence:.4f}"}

@@ -1,0 +1,162 @@
+"""Stage ``relay``: the upstream's answer goes to the client as it arrives, and is kept for
+the bill and the store. A JSON answer that is not a valid response of the API is a 502; a
+stream that ends early, or brings an event that is not one of the API's, ends with the API's
+error event. The upstream connection is released at the end of this stage."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from semcache.dialects import Assembler, Dialect, Event, Parsed
+from semcache.errors import InvalidAnswerError
+from semcache.server.pipeline.exchange import Exchange
+from semcache.upstream.router import Attempt
+
+logger = logging.getLogger("semcache.server")
+
+# Upstream response headers worth passing on (rate limits, request ids, processing time).
+_PASSED_PREFIXES = ("x-ratelimit-", "openai-", "x-request-id", "retry-after", "azureml-", "apim-")
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+async def relay(x: Exchange) -> web.StreamResponse | None:
+    """Raises:
+    InvalidAnswerError: the upstream answered 200 with a body that is not a valid response.
+    """
+    assert x.attempt is not None
+    upstream = x.attempt.response
+    headers = {**passed_headers(x.attempt), **x.headers}
+    dialect = x.dialect
+    try:
+        if upstream.status == 200 and upstream.content_type == "text/event-stream":
+            assembler = dialect.assembler(hide_usage=x.hide_usage)
+            x.response, delivered = await _relay_stream(
+                x.request, upstream, headers, dialect, assembler
+            )
+            x.received = assembler.result() if assembler.started else None
+            complete = delivered and dialect.valid_answer(x.received)
+        else:
+            data = await upstream.read()
+            x.response = web.Response(
+                body=data,
+                status=upstream.status,
+                content_type=upstream.content_type,
+                headers=headers,
+            )
+            x.received = _json_answer(upstream.status, data)
+            if upstream.status == 200 and not dialect.valid_answer(x.received):
+                x.received = None
+                raise InvalidAnswerError(
+                    f"the upstream answered {x.request.path} with a body that is not a "
+                    f"valid response"
+                )
+            complete = x.received is not None
+    finally:
+        await x.upstream.aclose()  # the connection and its key are free before bill and store
+    if complete and dialect.finished_normally(x.received):
+        x.answer = x.received
+    return None
+
+
+async def serve_stored(
+    request: web.Request, parsed: Parsed, stored: dict[str, Any], headers: dict[str, str]
+) -> web.StreamResponse:
+    """A stored answer to the client: rendered fresh as JSON, or replayed as the API's stream."""
+    dialect = parsed.dialect
+    if not parsed.stream:
+        return web.json_response(dialect.render_hit(stored), headers=headers, dumps=_dumps)
+    response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
+    await response.prepare(request)
+    for event in dialect.replay(stored, include_usage=parsed.include_usage):
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+def passed_headers(attempt: Attempt) -> dict[str, str]:
+    """Upstream headers worth passing on; rate-limit headers only when they describe the
+    caller's own key, not one of the pool's."""
+    own_key = attempt.target.key is None
+    passed = {
+        name: value
+        for name, value in attempt.response.headers.items()
+        if name.lower().startswith(_PASSED_PREFIXES)
+        and (own_key or not name.lower().startswith(("x-ratelimit-", "retry-after")))
+    }
+    passed["X-Semcache-Upstream"] = attempt.target.upstream.name
+    if attempt.retries:
+        passed["X-Semcache-Retries"] = str(attempt.retries)
+    return passed
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_answer(status: int, data: bytes) -> dict[str, Any] | None:
+    if status != 200:
+        return None
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    dialect: Dialect,
+    assembler: Assembler,
+) -> tuple[web.StreamResponse, bool]:
+    """Pass the upstream's events on as they come, feeding ``assembler``; also returns whether
+    the whole stream reached the client."""
+    response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
+    await response.prepare(request)
+    buffer = b""
+    try:
+        async for data in upstream.content.iter_any():
+            buffer += data.replace(b"\r\n", b"\n")
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                verdict = assembler.feed(event)
+                if verdict is Event.MALFORMED:
+                    logger.warning("the upstream streamed an invalid event: %.200r", event)
+                    await _write_stream_error(response, dialect, malformed=True)
+                    return response, False
+                if verdict is Event.PASS:
+                    await response.write(event + b"\n\n")
+    except ConnectionResetError:
+        logger.info("client left before the end of the stream; not storing it")
+        return response, False
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        logger.warning("upstream stream broke off: %s", exc)
+    if not assembler.done:
+        # The status line and part of the answer are already with the client: what is left is
+        # to say so in the stream, as an error event that the API's SDKs raise.
+        await _write_stream_error(response, dialect)
+        return response, False
+    await response.write_eof()
+    return response, True
+
+
+async def _write_stream_error(
+    response: web.StreamResponse, dialect: Dialect, *, malformed: bool = False
+) -> None:
+    message = (
+        "the upstream streamed something that is not a valid event"
+        if malformed
+        else "the upstream stream ended before the end of the answer"
+    )
+    code = "invalid_upstream_answer" if malformed else "stream_interrupted"
+    try:
+        await response.write(dialect.stream_error(message, code))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
