@@ -20,7 +20,7 @@ import pytest
 from numpy.typing import NDArray
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
-from semcache.dialects import CHAT
+from semcache.dialects import CHAT, Keying
 from semcache.keys import CacheRequest
 from semcache.server.controls import tenant_namespace, tenant_of
 from tests.conftest import CountingEmbedder, WordHashEmbedder
@@ -206,7 +206,7 @@ async def test_a_stored_answer_of_the_wrong_shape_is_never_replayed(
     async with start_sidecar(tmp_path, WordHashEmbedder(), upstream) as sidecar:
         body = ask("Tell me a story please", stream=True)
         namespace = tenant_namespace(tenant_of({"Authorization": "Bearer sk-a"}, None) or "", None)
-        parsed = CHAT.parse(body, namespace=namespace)
+        parsed = CHAT.parse(body, Keying(namespace))
         assert parsed.request is not None
         sidecar.cache.store(parsed.request, {**_ANSWER, "choices": [1]})  # an old, bad entry
         status, raw, headers = await raw_post(

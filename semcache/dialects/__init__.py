@@ -10,7 +10,7 @@ path                    dialect                     upstreams
 ======================  ==========================  ==========
 """
 
-from semcache.dialects.base import Assembler, Dialect, Event, Parsed
+from semcache.dialects.base import Assembler, Dialect, Event, Keying, Parsed
 from semcache.dialects.completions import ChatCompletions, Completions
 from semcache.dialects.messages import Messages
 from semcache.dialects.responses import Responses
@@ -32,6 +32,7 @@ __all__ = [
     "Completions",
     "Dialect",
     "Event",
+    "Keying",
     "Messages",
     "Parsed",
     "Responses",

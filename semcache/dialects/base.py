@@ -44,6 +44,27 @@ class Parsed:
     bypass: str | None = None
 
 
+@dataclass(frozen=True)
+class Keying:
+    """Where a parsed request is stored and how strictly it is matched: its namespace (the
+    tenant, subdivided) and its per-request thresholds and lifetime."""
+
+    namespace: str
+    min_similarity: float | None = None
+    ttl_s: float | None = None
+    min_confidence: float | None = None
+
+    def request(self, prompt: str, context: Mapping[str, Any]) -> CacheRequest:
+        return CacheRequest(
+            prompt=prompt,
+            namespace=self.namespace,
+            context=context,
+            min_similarity=self.min_similarity,
+            ttl_s=self.ttl_s,
+            min_confidence=self.min_confidence,
+        )
+
+
 class Event(enum.Enum):
     """What the relay does with one upstream event."""
 
@@ -78,15 +99,13 @@ class Dialect:
     api: str  # "openai" or "anthropic": which upstreams speak it
     object_prefix: str  # of the ids of rendered hits
 
-    def parse(
-        self,
-        body: object,
-        *,
-        namespace: str,
-        min_similarity: float | None = None,
-        ttl_s: float | None = None,
-        min_confidence: float | None = None,
-    ) -> Parsed:
+    def parse(self, body: object, keying: Keying) -> Parsed:
+        """The cache request of a body, or why it bypasses the cache.
+
+        Raises:
+            InvalidRequestError: a required field is missing or of the wrong type (``field``
+                names it).
+        """
         raise NotImplementedError
 
     def valid_answer(self, answer: object) -> bool:
@@ -193,29 +212,28 @@ def model_of(body: Mapping[str, Any]) -> str:
     return model
 
 
+def messages_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A body's ``messages``: a non-empty array of objects with a string ``role``.
+
+    Raises:
+        InvalidRequestError: naming the message at fault.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty array", field="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequestError(
+                f"'messages[{i}]' must be an object with a string 'role'", field=f"messages[{i}]"
+            )
+    return messages
+
+
 def stream_flag(body: Mapping[str, Any]) -> bool:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be a boolean", field="stream")
     return bool(stream)
-
-
-def cache_request(
-    prompt: str,
-    namespace: str,
-    context: Mapping[str, Any],
-    min_similarity: float | None,
-    ttl_s: float | None,
-    min_confidence: float | None,
-) -> CacheRequest:
-    return CacheRequest(
-        prompt=prompt,
-        namespace=namespace,
-        context=context,
-        min_similarity=min_similarity,
-        ttl_s=ttl_s,
-        min_confidence=min_confidence,
-    )
 
 
 def optional(value: object, kind: type) -> bool:

@@ -15,10 +15,11 @@ from semcache.dialects.base import (
     Assembler,
     Dialect,
     Event,
+    Keying,
     Parsed,
-    cache_request,
     counts,
     json_object,
+    messages_of,
     model_of,
     now_s,
     optional,
@@ -188,30 +189,14 @@ class ChatCompletions(_Choices):
     chunk_object = "chat.completion.chunk"
     response_object = "chat.completion"
 
-    def parse(
-        self,
-        body: object,
-        *,
-        namespace: str,
-        min_similarity: float | None = None,
-        ttl_s: float | None = None,
-        min_confidence: float | None = None,
-    ) -> Parsed:
+    def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:
         InvalidRequestError: a required field is missing or of the wrong type (``field``
             names it).
         """
         body = json_object(body)
         model = model_of(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("'messages' must be a non-empty array", field="messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise InvalidRequestError(
-                    f"'messages[{i}]' must be an object with a string 'role'",
-                    field=f"messages[{i}]",
-                )
+        messages = messages_of(body)
         stream, include_usage = _stream_flags(body)
         last = messages[-1]
         bypass = None
@@ -232,7 +217,7 @@ class ChatCompletions(_Choices):
         context["last_message_extra"] = {
             k: v for k, v in last.items() if k not in ("role", "content")
         }
-        request = cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
+        request = keying.request(prompt, context)
         return Parsed(self, model, stream, include_usage, request)
 
     def _valid_choice(self, choice: dict[str, Any]) -> bool:
@@ -296,15 +281,7 @@ class Completions(_Choices):
     chunk_object = "text_completion"
     response_object = "text_completion"
 
-    def parse(
-        self,
-        body: object,
-        *,
-        namespace: str,
-        min_similarity: float | None = None,
-        ttl_s: float | None = None,
-        min_confidence: float | None = None,
-    ) -> Parsed:
+    def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:
         InvalidRequestError: ``model`` or ``prompt`` is missing or of the wrong type.
         """
@@ -322,7 +299,7 @@ class Completions(_Choices):
             return Parsed(self, model, stream, include_usage, None, "the prompt is empty")
         context = {k: v for k, v in body.items() if k not in _NOT_IN_SCOPE and k != "prompt"}
         context["kind"] = "completion"
-        request = cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
+        request = keying.request(prompt, context)
         return Parsed(self, model, stream, include_usage, request)
 
     def _valid_choice(self, choice: dict[str, Any]) -> bool:

@@ -20,9 +20,10 @@ from semcache.dialects.base import (
     Assembler,
     Dialect,
     Event,
+    Keying,
     Parsed,
-    cache_request,
     json_object,
+    messages_of,
     model_of,
     optional,
     optional_int,
@@ -32,7 +33,6 @@ from semcache.dialects.base import (
     sse_fields,
     stream_flag,
 )
-from semcache.errors import InvalidRequestError
 from semcache.tokens import count_text
 
 _NOT_IN_SCOPE = frozenset({"stream", "metadata", "service_tier"})
@@ -51,30 +51,14 @@ class Messages(Dialect):
     api = "anthropic"
     object_prefix = "msg"
 
-    def parse(
-        self,
-        body: object,
-        *,
-        namespace: str,
-        min_similarity: float | None = None,
-        ttl_s: float | None = None,
-        min_confidence: float | None = None,
-    ) -> Parsed:
+    def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:
         InvalidRequestError: ``model`` or ``messages`` is missing or of the wrong type.
         """
         body = json_object(body)
         model = model_of(body)
         stream = stream_flag(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("'messages' must be a non-empty array", field="messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise InvalidRequestError(
-                    f"'messages[{i}]' must be an object with a string 'role'",
-                    field=f"messages[{i}]",
-                )
+        messages = messages_of(body)
         last = messages[-1]
         if last["role"] != "user":
             return Parsed(self, model, stream, True, None, "the last message is not the user's")
@@ -91,7 +75,7 @@ class Messages(Dialect):
         context["last_message_extra"] = {
             k: v for k, v in last.items() if k not in ("role", "content")
         }
-        request = cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
+        request = keying.request(prompt, context)
         return Parsed(self, model, stream, True, request)
 
     def valid_answer(self, answer: object) -> bool:

@@ -23,8 +23,8 @@ from semcache.dialects.base import (
     Assembler,
     Dialect,
     Event,
+    Keying,
     Parsed,
-    cache_request,
     counts,
     json_object,
     model_of,
@@ -56,15 +56,7 @@ class Responses(Dialect):
     api = "openai"
     object_prefix = "resp"
 
-    def parse(
-        self,
-        body: object,
-        *,
-        namespace: str,
-        min_similarity: float | None = None,
-        ttl_s: float | None = None,
-        min_confidence: float | None = None,
-    ) -> Parsed:
+    def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:
         InvalidRequestError: ``model`` or ``input`` is missing or of the wrong type.
         """
@@ -99,7 +91,7 @@ class Responses(Dialect):
         context["last_item_extra"] = {
             k: v for k, v in last.items() if k not in ("role", "content", "type")
         }
-        request = cache_request(prompt, namespace, context, min_similarity, ttl_s, min_confidence)
+        request = keying.request(prompt, context)
         return Parsed(self, model, stream, True, request)
 
     def valid_answer(self, answer: object) -> bool:

@@ -9,6 +9,7 @@ import dataclasses
 
 from aiohttp import web
 
+from semcache.dialects import Keying
 from semcache.server import accounting
 from semcache.server.pipeline.exchange import Exchange
 
@@ -23,12 +24,9 @@ async def admit(x: Exchange) -> web.StreamResponse | None:
     if request is None:
         x.parsed = dataclasses.replace(x.parsed, model=cheaper)
     else:
-        x.parsed = x.dialect.parse(
-            x.body,
-            namespace=request.namespace,
-            min_similarity=request.min_similarity,
-            ttl_s=request.ttl_s,
-            min_confidence=request.min_confidence,
+        keying = Keying(
+            request.namespace, request.min_similarity, request.ttl_s, request.min_confidence
         )
+        x.parsed = x.dialect.parse(x.body, keying)
     x.headers["X-Semcache-Budget"] = f"downgraded to {cheaper}"
     return None

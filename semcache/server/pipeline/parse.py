@@ -8,6 +8,7 @@ import dataclasses
 import orjson
 from aiohttp import web
 
+from semcache.dialects import Keying
 from semcache.errors import InvalidRequestError
 from semcache.server.controls import ANONYMOUS, Controls, tenant_namespace, tenant_of
 from semcache.server.pipeline.exchange import Exchange
@@ -31,10 +32,12 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
         tenant = ANONYMOUS
     parsed = x.dialect.parse(
         body,
-        namespace=tenant_namespace(tenant or ANONYMOUS, x.controls.namespace),
-        min_similarity=x.controls.min_similarity,
-        ttl_s=x.controls.ttl_s,
-        min_confidence=x.controls.min_confidence,
+        Keying(
+            namespace=tenant_namespace(tenant or ANONYMOUS, x.controls.namespace),
+            min_similarity=x.controls.min_similarity,
+            ttl_s=x.controls.ttl_s,
+            min_confidence=x.controls.min_confidence,
+        ),
     )
     if tenant is None and parsed.request is not None:
         # Callers without credentials cannot be told apart: sharing their entries would give
