@@ -17,8 +17,8 @@ from pathlib import Path
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
 from semcache.evaluation import (
-    Metrics,
     PrecomputedEmbedder,
+    Scores,
     exact_outcomes,
     f_beta,
     load_pairs,
@@ -84,7 +84,7 @@ def main() -> None:
             )
 
 
-def metrics_at_threshold(metrics: list[Metrics], threshold: float) -> Metrics:
+def metrics_at_threshold(metrics: list[Scores], threshold: float) -> Scores:
     return next(m for m in metrics if m.threshold == threshold)
 
 

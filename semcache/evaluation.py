@@ -96,7 +96,7 @@ class Labels:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Scores:
     threshold: float
     queries: int
     duplicates: int
@@ -244,7 +244,7 @@ def metrics_at(
     *,
     by: str = "score",
     answerable_queries: int | None = None,
-) -> Metrics:
+) -> Scores:
     """The figures when hits need ``threshold`` on ``by`` (``"score"``: similarity,
     ``"confidence"``: the verifier's probability). Pass ``answerable_queries`` (from
     :func:`answerable`) when sweeping, to count it once."""
@@ -258,7 +258,7 @@ def metrics_at(
     precision = right / hits if hits else 1.0
     recall = right / answerable_queries if answerable_queries else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return Metrics(
+    return Scores(
         threshold=round(threshold, 4),
         queries=queries,
         duplicates=sum(row.duplicate for row in rows),
@@ -278,7 +278,7 @@ def metrics_at(
 
 def metrics_at_defaults(
     cache: SemanticCache, outcomes: Sequence[Outcome], rows: Sequence[PairRow]
-) -> Metrics:
+) -> Scores:
     """The figures at ``cache``'s own settings, from outcomes of :func:`run_pairs` on it."""
     if cache.min_confidence is None:
         return metrics_at(outcomes, rows, cache.min_similarity)
@@ -292,13 +292,13 @@ def sweep(
     *,
     by: str = "score",
     answerable_queries: int | None = None,
-) -> list[Metrics]:
+) -> list[Scores]:
     """:func:`metrics_at` for each threshold, the answerable queries counted once."""
     count = answerable(rows) if answerable_queries is None else answerable_queries
     return [metrics_at(outcomes, rows, t, by=by, answerable_queries=count) for t in thresholds]
 
 
-def f_beta(metrics: Metrics, beta: float) -> float:
+def f_beta(metrics: Scores, beta: float) -> float:
     p, r = metrics.precision, metrics.recall
     return (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
 

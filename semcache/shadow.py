@@ -5,7 +5,7 @@ one figure a benchmark on someone else's data cannot give. Answers are compared 
 by text, because two correct answers from a model are rarely word for word the same: equal after
 normalisation, or embeddings at least ``agreement`` apart in cosine similarity.
 
-This module holds no HTTP; the sidecar sends the requests (:mod:`semcache.server.shadow`).
+This module holds no HTTP; the sidecar sends the requests (:mod:`semcache.server.shadow_checks`).
 """
 
 from __future__ import annotations

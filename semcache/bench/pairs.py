@@ -19,10 +19,10 @@ from semcache.config import CacheConfig
 from semcache.embedding import Embedder, SentenceTransformerEmbedder
 from semcache.evaluation import (
     Labels,
-    Metrics,
     Outcome,
     PairRow,
     PrecomputedEmbedder,
+    Scores,
     exact_outcomes,
     in_split,
     lookups,
@@ -44,12 +44,12 @@ class PairReport:
     threshold: float  # the knob's default
     floor: float  # the similarity floor in force
     verifier: str | None
-    semcache: Metrics
-    sweep: list[Metrics]
+    semcache: Scores
+    sweep: list[Scores]
     target_precision: float
     target_threshold: float | None
-    baselines: dict[str, Metrics | None] = field(default_factory=dict)
-    swaps: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # cache -> kind -> figures
+    baselines: dict[str, Scores | None] = field(default_factory=dict)
+    swaps: dict[str, dict[str, Scores]] = field(default_factory=dict)  # cache -> kind -> figures
     notes: list[str] = field(default_factory=list)
 
 
@@ -180,7 +180,7 @@ def _swap_outcome(swap: Swap, answer: str | None, hit: Hit | None = None) -> Out
 
 def _swap_figures(
     swaps: Sequence[Swap], outcomes: Sequence[Outcome], threshold: float, by: str
-) -> dict[str, Metrics]:
+) -> dict[str, Scores]:
     figures = {}
     for kind in ("all", *KINDS):
         chosen = [i for i, s in enumerate(swaps) if kind in ("all", s.kind)]

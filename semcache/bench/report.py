@@ -11,7 +11,7 @@ import orjson
 
 from semcache.bench.pairs import PairReport
 from semcache.bench.stream import StreamResult
-from semcache.evaluation import Metrics
+from semcache.evaluation import Scores
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -109,7 +109,7 @@ def print_pair_table(report: PairReport) -> str:
         semcache = f"semcache (min_similarity {report.threshold})"
     else:
         semcache = f"semcache (floor {report.floor}, min_confidence {report.threshold})"
-    rows: list[tuple[str, Metrics | None]] = [
+    rows: list[tuple[str, Scores | None]] = [
         (semcache, report.semcache),
         *report.baselines.items(),
     ]

@@ -23,7 +23,7 @@ from semcache.server import accounting, admin, proxy
 from semcache.server.bodies import body_middleware
 from semcache.server.controls import caller_key
 from semcache.server.errors import error_middleware, error_response
-from semcache.server.shadow import ShadowChecks
+from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
 from semcache.upstream.breaker import CircuitBreaker

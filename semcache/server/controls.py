@@ -11,6 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 from semcache.keys import check_namespace
+from semcache.upstream.router import PRIORITIES
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,20 @@ def tenant_namespace(tenant: str, requested: str | None) -> str:
     """The namespace of a request: its tenant, subdivided by X-Semcache-Namespace, which can
     only narrow a tenant's namespace, never reach another's."""
     return tenant if requested is None else f"{tenant}/{requested}"
+
+
+def parse_priority(raw: str | None) -> int:
+    """``X-Semcache-Priority``: high, normal (default) or low.
+
+    Raises:
+        InvalidRequestError: any other value.
+    """
+    if raw is None:
+        return PRIORITIES["normal"]
+    try:
+        return PRIORITIES[raw.strip().lower()]
+    except KeyError:
+        raise InvalidRequestError(
+            f"X-Semcache-Priority must be high, normal or low, got {raw!r}",
+            field="X-Semcache-Priority",
+        ) from None

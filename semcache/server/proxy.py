@@ -26,9 +26,8 @@ from aiohttp import web
 
 from semcache.dialects import CHAT, Dialect
 from semcache.server import accounting, pipeline
-from semcache.server.controls import ANONYMOUS, tenant_of
+from semcache.server.controls import ANONYMOUS, parse_priority, tenant_of
 from semcache.server.state import CLIENT, STATE
-from semcache.upstream.router import parse_priority
 
 
 def cached_endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -12,7 +12,7 @@ from semcache.cache import SemanticCache
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
 from semcache.pricing import PriceTable
-from semcache.server.shadow import ShadowChecks
+from semcache.server.shadow_checks import ShadowChecks
 from semcache.settings import ServerConfig
 from semcache.upstream.router import Router
 

@@ -63,23 +63,6 @@ _CALLER_ACCOUNT = (
 ANTHROPIC_VERSION = "2023-06-01"  # sent to an anthropic upstream when the caller sent none
 
 
-def parse_priority(raw: str | None) -> int:
-    """``X-Semcache-Priority``: high, normal (default) or low.
-
-    Raises:
-        InvalidRequestError: any other value.
-    """
-    if raw is None:
-        return PRIORITIES["normal"]
-    try:
-        return PRIORITIES[raw.strip().lower()]
-    except KeyError:
-        raise InvalidRequestError(
-            f"X-Semcache-Priority must be high, normal or low, got {raw!r}",
-            field="X-Semcache-Priority",
-        ) from None
-
-
 @dataclass(frozen=True)
 class RoutingPolicy:
     max_retries: int = 3

@@ -10,10 +10,15 @@ from aiohttp import web
 
 from semcache.dialects import Keying
 from semcache.errors import InvalidRequestError
-from semcache.server.controls import ANONYMOUS, Controls, tenant_namespace, tenant_of
+from semcache.server.controls import (
+    ANONYMOUS,
+    Controls,
+    parse_priority,
+    tenant_namespace,
+    tenant_of,
+)
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.state import CLIENT
-from semcache.upstream.router import parse_priority
 
 
 async def parse(x: Exchange) -> web.StreamResponse | None:
