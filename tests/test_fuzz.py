@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semcache.dialects import CHAT, COMPLETIONS
+from semcache.dialects import CHAT, COMPLETIONS, MESSAGES, RESPONSES, Dialect
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.sidecar import MODEL, Sidecar, start_sidecar
@@ -108,8 +108,9 @@ def _assert_nothing_invalid_stored(the: Running) -> None:
             if entry_id > len(cache) + 50:
                 break
             continue
-        dialect = COMPLETIONS if entry.response.get("object") == "text_completion" else CHAT
-        assert dialect.valid_answer(entry.response), entry.response
+        kind = entry.response.get("object") or entry.response.get("type")
+        dialect = {"text_completion": COMPLETIONS, "response": RESPONSES, "message": MESSAGES}
+        assert dialect.get(kind, CHAT).valid_answer(entry.response), entry.response
 
 
 # -- strategies -----------------------------------------------------------------------------
@@ -188,8 +189,32 @@ headers = st.dictionaries(
 # -- properties -----------------------------------------------------------------------------
 
 
+responses_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(st.just(MODEL), json_values),
+        "input": st.one_of(st.text(max_size=40), messages, json_values),
+        "instructions": json_values,
+        "previous_response_id": json_values,
+        "stream": st.one_of(st.booleans(), json_values),
+        "max_output_tokens": json_values,
+    },
+).map(orjson.dumps)
+messages_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.one_of(st.just(MODEL), json_values),
+        "messages": st.one_of(messages, json_values),
+        "system": json_values,
+        "max_tokens": json_values,
+        "stream": st.one_of(st.booleans(), json_values),
+    },
+).map(orjson.dumps)
+PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"]
+
+
 @FUZZ
-@given(body=raw_bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
+@given(body=st.one_of(raw_bodies, responses_bodies, messages_bodies), path=st.sampled_from(PATHS))
 def test_no_request_body_gets_a_5xx(running: Running, body: bytes, path: str) -> None:
     running.upstream.default = Behaviour()
     status, answer, got = running.request(
@@ -244,24 +269,31 @@ answers = st.one_of(
 
 
 @FUZZ
-@given(answer=answers, stream=st.booleans(), text=st.text(min_size=3, max_size=30))
+@given(
+    answer=answers | json_values.map(lambda v: {"type": "message", "content": v}),
+    stream=st.booleans(),
+    text=st.text(min_size=3, max_size=30),
+    dialect=st.sampled_from([CHAT, RESPONSES, MESSAGES]),
+)
 def test_upstream_answers_are_relayed_valid_or_refused_and_never_stored_invalid(
-    running: Running, answer: Any, stream: bool, text: str
+    running: Running, answer: Any, stream: bool, text: str, dialect: Dialect
 ) -> None:
     data = orjson.dumps(answer)
     running.upstream.default = Behaviour(raw_events=[data]) if stream else Behaviour(raw_body=data)
-    body = orjson.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": text}], "stream": stream}
-    )
+    asked: dict[str, Any] = {"model": MODEL, "stream": stream, "max_tokens": 50}
+    if dialect is RESPONSES:
+        asked["input"] = text
+    else:
+        asked["messages"] = [{"role": "user", "content": text}]
     status, reply, got = running.request(
         "POST",
-        "/v1/chat/completions",
-        body,
+        dialect.path,
+        orjson.dumps(asked),
         {"Authorization": "Bearer sk-fuzz", "Content-Type": "application/json"},
     )
     assert status in (200, 502), (status, reply[:300])
     _assert_error_object(status, reply, got)
     if status == 200 and not stream:
-        assert CHAT.valid_answer(orjson.loads(reply))
+        assert dialect.valid_answer(orjson.loads(reply))
     assert b"HTTP/1.1" not in reply
     _assert_nothing_invalid_stored(running)
