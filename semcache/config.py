@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +29,56 @@ def default_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def option(default: Any, help: str) -> Any:
+    """A setting with its help: one declaration feeds the library's keyword options and the
+    sidecar's flags, environment variables, config file keys and README table."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheConfig:
-    """Options of :class:`semcache.SemanticCache`.
+    """Options of :class:`semcache.SemanticCache`, each with its help text (the sidecar takes
+    every one of them as a setting too). ``None`` for ``min_similarity`` means the verifier's
+    calibrated floor, or ``DEFAULT_MIN_SIMILARITY`` without a verifier."""
 
-    Attributes:
-        min_similarity: cosine similarity in (0, 1] a candidate needs to be served (with a
-            verifier: to be verified); higher is stricter. ``None``: the verifier's calibrated
-            floor, or ``DEFAULT_MIN_SIMILARITY`` without one. Overridable per lookup.
-        verifier: the second stage that judges each candidate (``semcache.verification``):
-            ``"auto"`` uses the project's verifier when it was trained for this embedding
-            model, ``None`` turns verification off, anything else names one under
-            ``models_dir/verifier/`` or is a path.
-        min_confidence: probability in [0, 1] the verifier must give a candidate for it to be
-            served; ``None``: the verifier's default. Overridable per lookup.
-        verify_top: candidates above the floor and past the guards sent to the verifier per
-            lookup, most similar first; the most probable is served. The default, 1, makes
-            the verifier a gate on the nearest candidate: letting it pick a farther one
-            served more wrong hits on data unlike its training (models/verifier/README.md).
-        ttl_s: default lifetime of an entry in seconds; ``None`` keeps entries until evicted.
-        max_entries: bound on the number of entries; the least recently used go first.
-        max_bytes: bound on the encoded size of all entries in bytes, evicted the same way.
-        model: name or path of the sentence-transformers model (see ``models/README.md``).
-        models_dir: folder searched for a model given by name before the packaged weights.
-        guards: reject candidates whose numbers, negation, named entities or quoted strings
-            differ from the query's, whatever their similarity.
-        top_k: candidates examined per semantic lookup.
-        exact_index_max: vectors per scope kept in an exact (flat) index; above it a scope moves
-            to an IVF index.
-        ivf_nprobe: inverted lists probed per IVF search (recall against speed).
-        workers: threads that run embedding, FAISS and disk work for the awaitable methods.
-        embed_batch_size: texts per forward pass of the model.
-        threads: threads one embedding or one FAISS search may use (torch's intra-op threads,
-            FAISS's OpenMP threads; both are process-wide). ``None`` leaves the libraries'
-            defaults, one per core, which on a busy host makes a lookup 20-40x slower
-            (benchmarks/threads_bench.py); 1, the default, holds up under load.
-    """
-
-    min_similarity: float | None = None
-    verifier: str | None = "auto"
-    min_confidence: float | None = None
-    verify_top: int = 1
-    ttl_s: float | None = None
-    max_entries: int | None = None
-    max_bytes: int | None = None
-    model: str | None = None
-    models_dir: Path | None = None
-    guards: bool = True
-    top_k: int = 8
-    exact_index_max: int = 50_000
-    ivf_nprobe: int = 32
-    workers: int = 4
-    embed_batch_size: int = 64
-    threads: int | None = 1
+    min_similarity: float | None = option(
+        None,
+        "cosine similarity a cached answer needs, in (0, 1] (none: the verifier's floor, or "
+        f"{DEFAULT_MIN_SIMILARITY} without a verifier)",
+    )
+    verifier: str | None = option(
+        "auto", "hit verifier: auto, a name under models/verifier/, a path, or none"
+    )
+    min_confidence: float | None = option(
+        None, "probability the verifier must give a cached answer, in [0, 1] (none: its default)"
+    )
+    verify_top: int = option(
+        1,
+        "candidates past the floor and the guards that the verifier reads, nearest first (1: "
+        "it gates the nearest; more served more wrong hits on unlike data)",
+    )
+    ttl_s: float | None = option(None, "lifetime of a cached answer in seconds (none: no limit)")
+    max_entries: int | None = option(None, "bound on cached answers, least recently used evicted")
+    max_bytes: int | None = option(None, "bound on the size of cached answers in bytes")
+    model: str | None = option(None, "embedding model name or path (see models/README.md)")
+    models_dir: Path | None = option(
+        None, "folder searched for models and verifiers by name (none: the project's models/)"
+    )
+    guards: bool = option(
+        True, "refuse candidates whose numbers, negation, names or quoted text differ"
+    )
+    top_k: int = option(8, "candidates examined per semantic lookup")
+    exact_index_max: int = option(
+        50_000, "vectors per scope in an exact index before it moves to IVF"
+    )
+    ivf_nprobe: int = option(32, "inverted lists probed per IVF search (recall against speed)")
+    workers: int = option(4, "threads that run the model, FAISS and disk work off the event loop")
+    embed_batch_size: int = option(64, "texts per forward pass of the model")
+    threads: int | None = option(
+        1,
+        "threads one embedding or index search may use (none: one per core; see 'Sizing' in "
+        "the README)",
+    )
 
     def __post_init__(self) -> None:
         if self.min_similarity is not None:

@@ -21,12 +21,7 @@ from typing import Any
 
 from semcache.budgets import BudgetConfig, parse_budgets
 from semcache.clients import ClientSpec, parse_clients
-from semcache.config import (
-    DEFAULT_MIN_SIMILARITY,
-    CacheConfig,
-    check_confidence,
-    check_similarity,
-)
+from semcache.config import CacheConfig, check_confidence, check_similarity, option
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
 from semcache.upstream.config import UpstreamSpec, parse_upstreams
@@ -35,41 +30,23 @@ from semcache.upstream.router import RoutingPolicy
 ENV_PREFIX = "SEMCACHE_"
 
 
-def setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+setting = option
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServerConfig:
+class ServerConfig(CacheConfig):
+    """The sidecar's settings: the cache's options (declared in :class:`CacheConfig`) and the
+    sidecar's own."""
+
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "port to listen on")
     upstream: str = setting("https://api.openai.com/v1", "base URL of the OpenAI-compatible API")
     cache_dir: Path = setting(Path("semcache-data"), "directory of the embedded cache")
-    min_similarity: float | None = setting(
-        None,
-        "cosine similarity a cached answer needs, in (0, 1] (none: the verifier's floor, or "
-        f"{DEFAULT_MIN_SIMILARITY} without a verifier)",
-    )
-    verifier: str | None = setting(
-        "auto", "hit verifier: auto, a name under models/verifier/, a path, or none"
-    )
-    min_confidence: float | None = setting(
-        None, "probability the verifier must give a cached answer, in [0, 1] (none: its default)"
-    )
     shadow_fraction: float = setting(
         0.0, "share of hits also sent upstream to measure the false-hit rate, in [0, 1]"
     )
     shadow_agreement: float = setting(
         0.75, "similarity of the two answers above which a shadowed hit counts as right"
-    )
-    ttl_s: float | None = setting(None, "lifetime of a cached answer in seconds (none: no limit)")
-    max_entries: int | None = setting(None, "bound on cached answers, least recently used evicted")
-    max_bytes: int | None = setting(None, "bound on the size of cached answers in bytes")
-    model: str | None = setting(None, "embedding model name or path (see models/README.md)")
-    threads: int | None = setting(
-        1,
-        "threads one embedding or index search may use (none: one per core; see 'Sizing' in "
-        "the README)",
     )
     max_body_bytes: int = setting(4 * 1024 * 1024, "largest request body accepted, in bytes")
     upstream_timeout_s: float = setting(
@@ -177,7 +154,7 @@ class ServerConfig:
                 "[[clients]] keys are semcache's own and are never sent upstream, so every "
                 "upstream needs its api_keys ([[upstreams]])"
             )
-        self.cache_config()  # the cache's own checks, reported now rather than at first use
+        super().__post_init__()  # the cache's own checks, reported now rather than at first use
 
     def routing_policy(self) -> RoutingPolicy:
         return RoutingPolicy(
@@ -191,15 +168,9 @@ class ServerConfig:
         )
 
     def cache_config(self) -> CacheConfig:
+        """The cache's options, as the library takes them."""
         return CacheConfig(
-            min_similarity=self.min_similarity,
-            verifier=self.verifier,
-            min_confidence=self.min_confidence,
-            ttl_s=self.ttl_s,
-            max_entries=self.max_entries,
-            max_bytes=self.max_bytes,
-            model=self.model,
-            threads=self.threads,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(CacheConfig)}
         )
 
 
@@ -221,9 +192,12 @@ class SettingInfo:
 
 
 def settings() -> list[SettingInfo]:
+    """Every setting: the sidecar's own first, then the cache's options."""
     hints = typing.get_type_hints(ServerConfig)
+    cache = {f.name for f in dataclasses.fields(CacheConfig)}
+    ordered = sorted(dataclasses.fields(ServerConfig), key=lambda f: f.name in cache)
     infos = []
-    for f in dataclasses.fields(ServerConfig):
+    for f in ordered:
         if f.metadata.get("section"):
             continue
         hint = hints[f.name]

@@ -114,3 +114,18 @@ def test_semcache_serve_starts_the_sidecar(tmp_path: Path) -> None:
             server.terminate()
             server.wait(timeout=30)
     assert (tmp_path / "data").is_dir()
+
+
+def test_every_cache_option_is_a_sidecar_setting() -> None:
+    import dataclasses
+
+    from semcache.config import CacheConfig
+
+    options = {f.name for f in dataclasses.fields(CacheConfig)}
+    assert options <= {info.name for info in settings()}
+    config = load_config(
+        {"top_k": "4"},
+        environ={"SEMCACHE_GUARDS": "false", "SEMCACHE_VERIFY_TOP": "2", "SEMCACHE_WORKERS": "3"},
+    )
+    cache = config.cache_config()
+    assert (cache.top_k, cache.guards, cache.verify_top, cache.workers) == (4, False, 2, 3)
