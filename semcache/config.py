@@ -22,11 +22,17 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 def default_models_dir() -> Path:
-    """The project's ``models/`` folder, or ``$SEMCACHE_MODELS_DIR`` when set."""
+    """The project's ``models/`` folder, or ``$SEMCACHE_MODELS_DIR`` when set.
+
+    An installed wheel carries the folder inside the package (``semcache/models``, see
+    pyproject.toml); a checkout has it beside the package. Both resolve the same artefacts.
+    """
     env = os.environ.get("SEMCACHE_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    here = Path(__file__).resolve().parent
+    packaged = here / "models"
+    return packaged if packaged.is_dir() else here.parent / "models"
 
 
 def option(default: Any, help: str) -> Any:

@@ -3,11 +3,13 @@ work tree."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import threading
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -74,3 +76,41 @@ def test_the_default_cache_directory_is_ignored_by_git() -> None:
         ["git", "check-ignore", "-q", "semcache-data/entries/cache.db"], cwd=ROOT
     )
     assert ignored.returncode == 0
+
+
+def test_the_package_list_is_every_package_in_the_tree() -> None:
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "semcache").rglob("__init__.py")
+    }
+    assert listed == found | {"semcache.models"}
+
+
+def test_an_installed_wheel_resolves_the_verifier_as_a_checkout_does(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import semcache, semcache.config as c, semcache.verification as v; "
+        "assert semcache.__file__.startswith(sys.argv[1]), semcache.__file__; "
+        "d = c.default_models_dir(); assert str(d).startswith(sys.argv[1]), d; "
+        "print(v.resolve_verifier('auto', 'all-MiniLM-L6-v2', d).name)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SEMCACHE_MODELS_DIR"}
+    resolved = subprocess.run(
+        [sys.executable, "-c", check, str(site)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert resolved.returncode == 0, resolved.stderr
+    assert "qqp-mlp-v1" in resolved.stdout
