@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             info.flag,
             dest=info.name,
             default=None,
-            metavar=info.kind.__name__.upper(),
+            metavar=info.value_type.__name__.upper(),
             help=f"{info.help} (default {default}; env {info.env})",
         )
     return parser

@@ -179,7 +179,7 @@ class SettingInfo:
     name: str
     default: Any
     help: str
-    kind: type
+    value_type: type
     optional: bool
 
     @property
@@ -203,8 +203,8 @@ def settings() -> list[SettingInfo]:
         hint = hints[f.name]
         args = typing.get_args(hint)
         optional = isinstance(hint, types.UnionType) and type(None) in args
-        kind = next(a for a in args if a is not type(None)) if optional else hint
-        infos.append(SettingInfo(f.name, f.default, f.metadata["help"], kind, optional))
+        value_type = next(a for a in args if a is not type(None)) if optional else hint
+        infos.append(SettingInfo(f.name, f.default, f.metadata["help"], value_type, optional))
     return infos
 
 
@@ -217,7 +217,7 @@ def _convert(info: SettingInfo, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{info.name} (from {source}) needs a value")
     try:
-        if info.kind is bool:
+        if info.value_type is bool:
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("1", "true", "yes", "on"):
@@ -225,22 +225,24 @@ def _convert(info: SettingInfo, value: Any, source: str) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if info.kind is int:
+        if info.value_type is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
-        if info.kind is float:
+        if info.value_type is float:
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
-        if info.kind is Path:
+        if info.value_type is Path:
             return Path(str(value)).expanduser()
         if not isinstance(value, str):
             raise ValueError(value)
         return value
     except ValueError:
-        kind = info.kind.__name__ + (" or none" if info.optional else "")
-        raise ConfigError(f"{info.name} (from {source}) must be a {kind}, got {value!r}") from None
+        expected = info.value_type.__name__ + (" or none" if info.optional else "")
+        raise ConfigError(
+            f"{info.name} (from {source}) must be a {expected}, got {value!r}"
+        ) from None
 
 
 _SECTIONS = ("upstreams", "clients", "budgets", "prices")

@@ -236,8 +236,8 @@ def stream_flag(body: Mapping[str, Any]) -> bool:
     return bool(stream)
 
 
-def optional(value: object, kind: type) -> bool:
-    return value is None or isinstance(value, kind)
+def optional(value: object, expected: type) -> bool:
+    return value is None or isinstance(value, expected)
 
 
 def optional_int(value: object) -> bool:

@@ -243,18 +243,18 @@ class MessageAssembler(Assembler):
             return self._malformed()
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             return self._malformed()
-        kind = payload["type"]
-        if kind == "message_start":
+        event_type = payload["type"]
+        if event_type == "message_start":
             message = payload.get("message")
             if not isinstance(message, dict):
                 return self._malformed()
             self.message = dict(message)
-        elif kind == "content_block_start":
+        elif event_type == "content_block_start":
             block, index = payload.get("content_block"), payload.get("index")
             if not isinstance(block, dict) or not isinstance(index, int) or not _index(index):
                 return self._malformed()
             self.blocks[index] = dict(block)
-        elif kind == "content_block_delta":
+        elif event_type == "content_block_delta":
             delta, index = payload.get("delta"), payload.get("index")
             if (
                 not isinstance(delta, dict)
@@ -269,7 +269,7 @@ class MessageAssembler(Assembler):
                 block["text"] = (block.get("text") or "") + delta["text"]
             elif delta.get("type") == "input_json_delta":
                 self.json[index] = self.json.get(index, "") + str(delta.get("partial_json") or "")
-        elif kind == "message_delta":
+        elif event_type == "message_delta":
             delta, usage = payload.get("delta"), payload.get("usage")
             if not isinstance(delta, dict) or self.message is None:
                 return self._malformed()
@@ -278,7 +278,7 @@ class MessageAssembler(Assembler):
                     self.message[key] = delta[key]
             if isinstance(usage, dict):
                 self.message["usage"] = {**(self.message.get("usage") or {}), **usage}
-        elif kind == "message_stop":
+        elif event_type == "message_stop":
             self.done = self.message is not None
         return Event.PASS
 

@@ -134,8 +134,9 @@ class Responses(Dialect):
         response = self.render_hit(stored, now=now)
         sequence = iter(range(1_000_000))
 
-        def event(kind: str, **fields: Any) -> bytes:
-            return sse({"type": kind, "sequence_number": next(sequence), **fields}, event=kind)
+        def event(event_type: str, **fields: Any) -> bytes:
+            data = {"type": event_type, "sequence_number": next(sequence), **fields}
+            return sse(data, event=event_type)
 
         started = {**response, "status": "in_progress", "output": [], "usage": None}
         yield event("response.created", response=started)
@@ -261,15 +262,15 @@ class ResponseAssembler(Assembler):
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             self.malformed = True
             return Event.MALFORMED
-        kind = payload["type"]
-        if kind == "response.output_text.delta":
+        event_type = payload["type"]
+        if event_type == "response.output_text.delta":
             if not isinstance(payload.get("delta"), str):
                 self.malformed = True
                 return Event.MALFORMED
             self.text.append(payload["delta"])
-        elif kind == "response.created" and isinstance(payload.get("response"), dict):
+        elif event_type == "response.created" and isinstance(payload.get("response"), dict):
             self.meta = payload["response"]
-        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+        elif event_type in ("response.completed", "response.incomplete", "response.failed"):
             final = payload.get("response")
             if not Responses().valid_answer(final):
                 self.malformed = True

@@ -50,12 +50,12 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
-    kind: str | None = None,
+    error_type: str | None = None,
 ) -> web.Response:
     body = {
         "error": {
             "message": message,
-            "type": kind or _TYPES.get(status, "server_error"),
+            "type": error_type or _TYPES.get(status, "server_error"),
             "param": param,
             "code": code,
         }
@@ -104,7 +104,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(429, str(exc), code=exc.code, headers=headers)
         if isinstance(exc, BudgetExceededError):
             response = error_response(
-                429, str(exc), code=exc.code, headers=headers, kind="insufficient_quota"
+                429, str(exc), code=exc.code, headers=headers, error_type="insufficient_quota"
             )
         return response
     except UpstreamTimeoutError as exc:
