@@ -3,8 +3,9 @@
 Importing this package loads no model, opens no file and configures no logging.
 """
 
-from semcache.cache import Decision, Hit, SemanticCache
+from semcache.cache import SemanticCache
 from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
+from semcache.decision import Decision, Hit
 from semcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_model
 from semcache.errors import (
     CacheLockedError,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from semcache.cache import Decision
+from semcache.decision import Decision
 from semcache.keys import CacheRequest
 
 RunBatch = Callable[[Sequence[CacheRequest]], Awaitable[list[Decision]]]

@@ -24,10 +24,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -38,11 +38,10 @@ import orjson
 from numpy.typing import NDArray
 
 from semcache.catalog import Catalog, Item
-from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig, default_models_dir
+from semcache.config import CacheConfig, default_models_dir
+from semcache.decision import Choice, Decision, Hit, HitDecider, Screened
 from semcache.embedding import (
     Embedder,
-    Reading,
-    ReadingEmbedder,
     SentenceTransformerEmbedder,
     set_threads,
 )
@@ -51,21 +50,17 @@ from semcache.errors import (
     ConfigError,
     CorruptEntryError,
     InvalidRequestError,
-    SemcacheError,
     StoreError,
 )
 from semcache.index import ScopedIndex
 from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
 from semcache.policy import (
     Reason,
-    generic_reading,
-    guard_mismatch,
-    illegible,
-    with_unbroken_runs,
 )
 from semcache.shadow import Verdict, compare_answers
 from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
 from semcache.store import DiskStore, Entry, encode_entry
+from semcache.vectors import Vectors
 from semcache.verification import Verifier, resolve_verifier
 
 logger = logging.getLogger("semcache")
@@ -75,7 +70,6 @@ R = TypeVar("R")
 S = TypeVar("S", bound="SemanticCache")
 
 _SNAPSHOT_FILE = "index.snapshot"
-_MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
 _LOCK_FILE = "semcache.lock"
 # What a write to a full, read-only or failing disk raises through diskcache.
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
@@ -86,45 +80,6 @@ class _Unset:
 
 
 _UNSET = _Unset()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Hit:
-    """A stored answer served for a lookup."""
-
-    entry_id: int
-    prompt: str  # the stored prompt that matched, not the query
-    response: Any
-    score: float  # cosine similarity to the query; 1.0 for an exact match
-    reason: Reason
-    namespace: str
-    created_at: float
-    expires_at: float | None
-    confidence: float | None = None  # the verifier's probability; None when none ran
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decision:
-    """The outcome of a lookup, hit or miss, with the evidence for it.
-
-    ``score`` and ``entry_id`` describe the best candidate examined, also on a miss (``None``
-    when no candidate was examined); ``confidence`` is the verifier's probability for it.
-    """
-
-    hit: Hit | None
-    reason: Reason
-    score: float | None = None
-    entry_id: int | None = None
-    confidence: float | None = None
-
-
-@dataclass(frozen=True)
-class _Screened:
-    """Candidates of one lookup that passed the floor and the guards, best first, and the
-    decision to return if none is served."""
-
-    candidates: list[tuple[Entry, float]]
-    miss: Decision
 
 
 def _offloaded(
@@ -187,7 +142,9 @@ class SemanticCache:
             models_dir=self.config.models_dir,
             batch_size=self.config.embed_batch_size,
         )
+        self._vectors = Vectors(self._embedder)
         self.verifier = self._verifier(verifier)
+        self._decider = HitDecider(self.config, self.verifier, self._vectors)
         # One process owns a directory: the catalog and the index are kept in its memory, and a
         # second writer would make them silently stale. flock is released by the kernel when
         # the owner dies, even by SIGKILL, so a crash never leaves the directory locked.
@@ -207,9 +164,6 @@ class SemanticCache:
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()  # one snapshot writer at a time
         self._snapshot_version = -1
-        self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
-        self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-        self._memo_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
         self._exact_executor = ThreadPoolExecutor(2, thread_name_prefix="semcache-exact")
@@ -371,36 +325,45 @@ class SemanticCache:
             else:
                 semantic.append(i)
         readings = dict(
-            zip(semantic, self._readings([requests[i].prompt for i in semantic]), strict=True)
+            zip(
+                semantic,
+                self._vectors.readings([requests[i].prompt for i in semantic]),
+                strict=True,
+            )
         )
         for i in list(semantic):
-            reason = self._unembeddable(readings[i])
+            reason = self._vectors.unembeddable(readings[i])
             if reason is not None:
                 decisions[i] = Decision(hit=None, reason=reason)
                 semantic.remove(i)
         if semantic:
-            vectors = self._embed([(requests[i].namespace, requests[i].prompt) for i in semantic])
+            vectors = self._vectors.embed(
+                [(requests[i].namespace, requests[i].prompt) for i in semantic]
+            )
             by_scope: dict[str, list[int]] = {}
             for row, i in enumerate(semantic):
                 by_scope.setdefault(requests[i].scope.key, []).append(row)
-            screened: dict[int, _Screened] = {}
+            screened: dict[int, Screened] = {}
+
+            def fetch(entry_id: int) -> Entry | None:
+                return self._fetch(entry_id, now)
+
             for scope, rows in by_scope.items():
                 scores, ids = self._index.search(scope, vectors[rows], self.config.top_k)
                 for row, row_scores, row_ids in zip(rows, scores, ids, strict=True):
                     i = semantic[row]
-                    screened[i] = self._screen(requests[i], readings[i], row_scores, row_ids, now)
-            if self.verifier is None:
-                for i, screen in screened.items():
-                    decisions[i] = (
-                        self._serve(*screen.candidates[0], Reason.SEMANTIC, now)
-                        if screen.candidates
-                        else screen.miss
+                    screened[i] = self._decider.screen(
+                        requests[i], readings[i], row_scores, row_ids, fetch
                     )
-            else:
-                vector_of = {i: vectors[row] for row, i in enumerate(semantic)}
-                decisions_of = self._verify(requests, screened, vector_of, now)
-                for i, decision in decisions_of.items():
-                    decisions[i] = decision
+            vector_of = {i: vectors[row] for row, i in enumerate(semantic)}
+            for i, outcome in self._decider.choose(requests, screened, vector_of).items():
+                decisions[i] = (
+                    self._serve(
+                        outcome.entry, outcome.score, Reason.SEMANTIC, now, outcome.confidence
+                    )
+                    if isinstance(outcome, Choice)
+                    else outcome
+                )
         result = [d for d in decisions if d is not None]
         assert len(result) == len(requests)
         with self._lock:
@@ -430,10 +393,12 @@ class SemanticCache:
                 ) from exc
         if not requests:
             return []
-        readings = self._readings([r.prompt for r in requests])
-        embedded = [i for i, reading in enumerate(readings) if self._unembeddable(reading) is None]
+        readings = self._vectors.readings([r.prompt for r in requests])
+        embedded = [
+            i for i, reading in enumerate(readings) if self._vectors.unembeddable(reading) is None
+        ]
         vectors = (
-            self._embed([(requests[i].namespace, requests[i].prompt) for i in embedded])
+            self._vectors.embed([(requests[i].namespace, requests[i].prompt) for i in embedded])
             if embedded
             else None
         )
@@ -566,7 +531,7 @@ class SemanticCache:
     def warm_up(self) -> None:
         """Load the embedding model and the verifier now rather than on the first lookup."""
         self._check_open()
-        vectors = self._compute_vectors(["warm up"])
+        vectors = self._vectors.compute(["warm up"])
         if self.verifier is not None:
             self.verifier.probabilities(["warm up"], ["warm up"], vectors, vectors)
 
@@ -574,7 +539,7 @@ class SemanticCache:
         """Whether two answers agree in meaning (see :mod:`semcache.shadow`), by this cache's
         embedding model."""
         self._check_open()
-        return compare_answers(cached, fresh, embed=self._compute_vectors, agreement=agreement)
+        return compare_answers(cached, fresh, embed=self._vectors.compute, agreement=agreement)
 
     def clear(self, namespace: str | None = None) -> int:
         """Remove every entry of ``namespace``, or of all namespaces; returns how many."""
@@ -699,100 +664,15 @@ class SemanticCache:
             return None
         return self._serve(entry, 1.0, Reason.EXACT, now)
 
-    def _screen(
-        self,
-        request: CacheRequest,
-        reading: Reading,
-        scores: NDArray[np.float32],
-        ids: NDArray[np.int64],
-        now: float,
-    ) -> _Screened:
-        threshold = request.min_similarity or self.min_similarity
-        wanted = 1 if self.verifier is None else self.config.verify_top
-        candidates: list[tuple[Entry, float]] = []
-        reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
-        for score, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
-            if entry_id < 0 or len(candidates) >= wanted:
-                break
-            if best_score is None:
-                best_score, best_id = score, entry_id
-            if score < threshold:
-                if reason is Reason.NO_CANDIDATE:
-                    reason = Reason.BELOW_THRESHOLD
-                break
-            entry = self._fetch(entry_id, now)
-            if entry is None or entry.scope != request.scope.key:
-                continue
-            # Text the model cannot see must be the same in both, guards on or off: nothing
-            # else tells "is this key valid: <key A>" from "... <key B>".
-            mismatch = (
-                Reason.OPAQUE_MISMATCH if reading.opaque != self._opaque(entry.prompt) else None
-            )
-            if mismatch is None and self.config.guards:
-                mismatch = guard_mismatch(request.prompt, entry.prompt)
-            if mismatch is not None:
-                if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
-                    reason, best_score, best_id = mismatch, score, entry_id
-                continue
-            candidates.append((entry, score))
-        miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
-        return _Screened(candidates, miss)
-
-    def _verify(
-        self,
-        requests: Sequence[CacheRequest],
-        screened: Mapping[int, _Screened],
-        vectors: Mapping[int, NDArray[np.float32]],
-        now: float,
-    ) -> dict[int, Decision]:
-        """One verifier call for the candidates of every lookup of a batch."""
-        assert self.verifier is not None
-        pairs = [(i, entry, score) for i, s in screened.items() for entry, score in s.candidates]
-        decisions = {i: s.miss for i, s in screened.items() if not s.candidates}
-        if not pairs:
-            return decisions
-        probabilities = self.verifier.probabilities(
-            [requests[i].prompt for i, _, _ in pairs],
-            [entry.prompt for _, entry, _ in pairs],
-            np.stack([vectors[i] for i, _, _ in pairs]),
-            np.stack([_vector(entry) for _, entry, _ in pairs]),
-        )
-        best: dict[int, tuple[float, Entry, float]] = {}
-        for (i, entry, score), probability in zip(pairs, probabilities.tolist(), strict=True):
-            if i not in best or probability > best[i][0]:
-                best[i] = (probability, entry, score)
-        for i, (probability, entry, score) in best.items():
-            wanted = requests[i].min_confidence
-            if probability >= (self.verifier.min_confidence if wanted is None else wanted):
-                decisions[i] = self._serve(entry, score, Reason.SEMANTIC, now, probability)
-            else:
-                decisions[i] = Decision(
-                    hit=None,
-                    reason=Reason.UNVERIFIED,
-                    score=min(1.0, score),
-                    entry_id=entry.entry_id,
-                    confidence=probability,
-                )
-        return decisions
-
     @property
     def min_similarity(self) -> float:
-        """The similarity floor in force: the configured one, else the verifier's, else
-        ``DEFAULT_MIN_SIMILARITY``."""
-        if self.config.min_similarity is not None:
-            return self.config.min_similarity
-        if self.verifier is not None:
-            return self.verifier.min_similarity
-        return DEFAULT_MIN_SIMILARITY
+        """The similarity floor in force (see :class:`semcache.decision.HitDecider`)."""
+        return self._decider.min_similarity
 
     @property
     def min_confidence(self) -> float | None:
         """The probability the verifier must give in force; ``None`` without a verifier."""
-        if self.verifier is None:
-            return None
-        if self.config.min_confidence is not None:
-            return self.config.min_confidence
-        return self.verifier.min_confidence
+        return self._decider.min_confidence
 
     def _serve(
         self,
@@ -888,75 +768,6 @@ class SemanticCache:
             self._forget(victims)
             self._counters["evicted"] += len(victims)
 
-    def _readings(self, prompts: Sequence[str]) -> list[Reading]:
-        """What the model sees of each prompt (see :class:`semcache.embedding.Reading`)."""
-        if not prompts:
-            return []
-        if isinstance(self._embedder, ReadingEmbedder):
-            readings = self._embedder.read(prompts)
-        else:
-            readings = [generic_reading(p) for p in prompts]
-        return [with_unbroken_runs(r, p) for r, p in zip(readings, prompts, strict=True)]
-
-    def _unembeddable(self, reading: Reading) -> Reason | None:
-        """Why a prompt's vector cannot stand for it (``None`` when it can): longer than the
-        model's window, or illegible to it (:func:`semcache.policy.illegible`). Such prompts
-        are answered and stored by the exact tier only."""
-        if (
-            isinstance(self._embedder, ReadingEmbedder)
-            and reading.tokens > self._embedder.max_tokens
-        ):
-            return Reason.PROMPT_TOO_LONG
-        return Reason.PROMPT_ILLEGIBLE if illegible(reading) else None
-
-    def _opaque(self, prompt: str) -> tuple[str, ...]:
-        """The spans of a stored prompt its vector does not reflect (memoised: candidates
-        recur)."""
-        with self._memo_lock:
-            found = self._opaque_memo.get(prompt)
-            if found is not None:
-                self._opaque_memo.move_to_end(prompt)
-                return found
-        opaque = self._readings([prompt])[0].opaque
-        with self._memo_lock:
-            self._opaque_memo[prompt] = opaque
-            while len(self._opaque_memo) > _MEMO_SIZE:
-                self._opaque_memo.popitem(last=False)
-        return opaque
-
-    def _embed(self, texts: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
-        """Unit vectors for ``(namespace, text)`` pairs, computing only those not embedded
-        recently in the same namespace.
-
-        The memo is what lets a miss be stored without embedding its prompt a second time:
-        the lookup that missed has just computed the vector. It is kept per namespace, so a
-        tenant's lookup is never faster because another tenant asked the same thing (a timing
-        channel that would tell what others ask).
-        """
-        with self._memo_lock:
-            known = {t: self._memo[t] for t in texts if t in self._memo}
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            fresh = self._compute_vectors([text for _, text in missing])
-            with self._memo_lock:
-                for key, vector in zip(missing, fresh, strict=True):
-                    self._memo[key] = known[key] = vector
-                while len(self._memo) > _MEMO_SIZE:
-                    self._memo.popitem(last=False)
-        return np.stack([known[t] for t in texts])
-
-    def _compute_vectors(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        vectors = np.asarray(self._embedder.embed(texts), dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise SemcacheError(
-                f"embedder {self._embedder.name!r} returned shape {vectors.shape} "
-                f"for {len(texts)} texts"
-            )
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise SemcacheError(f"embedder {self._embedder.name!r} returned a zero or NaN vector")
-        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
-
     # -- derived state: snapshot or rebuild -----------------------------------------------
 
     def _load_derived_state(self) -> None:
@@ -1003,7 +814,7 @@ class SemanticCache:
                 len(stale),
                 self._embedder.name,
             )
-            vectors = self._embed([(e.namespace, e.prompt) for e in stale])
+            vectors = self._vectors.embed([(e.namespace, e.prompt) for e in stale])
             updated = {
                 e.entry_id: _replace_vector(e, self._embedder.name, v)
                 for e, v in zip(stale, vectors, strict=True)
@@ -1045,11 +856,6 @@ class SemanticCache:
         if snapshot is not None:
             write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
             self._snapshot_version = snapshot.store_version
-
-
-def _vector(entry: Entry) -> NDArray[np.float32]:
-    assert entry.vector is not None  # only entries with a vector are in an index
-    return entry.vector
 
 
 def _item(entry: Entry, size: int) -> Item:

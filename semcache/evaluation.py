@@ -30,7 +30,8 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from semcache.cache import Hit, SemanticCache
+from semcache.cache import SemanticCache
+from semcache.decision import Hit
 from semcache.embedding import Embedder
 from semcache.keys import CacheRequest, normalize_prompt
 

@@ -14,8 +14,9 @@ from tqdm import tqdm
 from semcache.bench import gptcache_baseline
 from semcache.bench.options import bar_off
 from semcache.bench.swaps import KINDS, Swap, swap_variants
-from semcache.cache import Hit, SemanticCache
+from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
+from semcache.decision import Hit
 from semcache.embedding import Embedder, SentenceTransformerEmbedder
 from semcache.evaluation import (
     Labels,

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from semcache.cache import Decision
+from semcache.decision import Decision
 from semcache.dialects import Dialect, Parsed
 from semcache.keys import CacheRequest
 from semcache.server.controls import ANONYMOUS, Controls

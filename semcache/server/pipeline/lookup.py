@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from semcache.cache import Decision
+from semcache.decision import Decision
 from semcache.keys import CacheRequest
 from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange

@@ -1,0 +1,193 @@
+"""Which stored entry, if any, answers a lookup.
+
+After the index has found the nearest vectors of a scope, a candidate must reach the
+similarity floor, carry the same text the model cannot see (:mod:`semcache.vectors`), pass the
+lexical guards (:mod:`semcache.policy`), and, with a verifier, be judged likely enough to be
+right (:mod:`semcache.verification`). The verifier is a gate on the nearest survivors, asked
+once for every lookup of a batch. This part decides; the cache serves (and records the hit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
+from semcache.embedding import Reading
+from semcache.keys import CacheRequest
+from semcache.policy import Reason, guard_mismatch
+from semcache.store import Entry
+from semcache.vectors import Vectors
+from semcache.verification import Verifier
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hit:
+    """A stored answer served for a lookup."""
+
+    entry_id: int
+    prompt: str  # the stored prompt that matched, not the query
+    response: Any
+    score: float  # cosine similarity to the query; 1.0 for an exact match
+    reason: Reason
+    namespace: str
+    created_at: float
+    expires_at: float | None
+    confidence: float | None = None  # the verifier's probability; None when none ran
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """The outcome of a lookup, hit or miss, with the evidence for it.
+
+    ``score`` and ``entry_id`` describe the best candidate examined, also on a miss (``None``
+    when no candidate was examined); ``confidence`` is the verifier's probability for it.
+    """
+
+    hit: Hit | None
+    reason: Reason
+    score: float | None = None
+    entry_id: int | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class Screened:
+    """Candidates of one lookup that passed the floor and the guards, best first, and the
+    decision to return if none is served."""
+
+    candidates: list[tuple[Entry, float]]
+    miss: Decision
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The candidate a lookup is to be answered with."""
+
+    entry: Entry
+    score: float
+    confidence: float | None  # the verifier's probability; None when none ran
+
+
+class HitDecider:
+    def __init__(self, config: CacheConfig, verifier: Verifier | None, vectors: Vectors) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.vectors = vectors
+
+    @property
+    def min_similarity(self) -> float:
+        """The similarity floor in force: the configured one, else the verifier's, else
+        ``DEFAULT_MIN_SIMILARITY``."""
+        if self.config.min_similarity is not None:
+            return self.config.min_similarity
+        if self.verifier is not None:
+            return self.verifier.min_similarity
+        return DEFAULT_MIN_SIMILARITY
+
+    @property
+    def min_confidence(self) -> float | None:
+        """The probability the verifier must give in force; ``None`` without a verifier."""
+        if self.verifier is None:
+            return None
+        if self.config.min_confidence is not None:
+            return self.config.min_confidence
+        return self.verifier.min_confidence
+
+    def screen(
+        self,
+        request: CacheRequest,
+        reading: Reading,
+        scores: NDArray[np.float32],
+        ids: NDArray[np.int64],
+        fetch: Callable[[int], Entry | None],
+    ) -> Screened:
+        """The candidates among the nearest (``scores``, ``ids``, best first) that pass the
+        floor, the opaque-text check and the guards; ``fetch`` gives a live entry or None."""
+        threshold = request.min_similarity or self.min_similarity
+        wanted = 1 if self.verifier is None else self.config.verify_top
+        candidates: list[tuple[Entry, float]] = []
+        reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
+        for score, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
+            if entry_id < 0 or len(candidates) >= wanted:
+                break
+            if best_score is None:
+                best_score, best_id = score, entry_id
+            if score < threshold:
+                if reason is Reason.NO_CANDIDATE:
+                    reason = Reason.BELOW_THRESHOLD
+                break
+            entry = fetch(entry_id)
+            if entry is None or entry.scope != request.scope.key:
+                continue
+            # Text the model cannot see must be the same in both, guards on or off: nothing
+            # else tells "is this key valid: <key A>" from "... <key B>".
+            mismatch = (
+                Reason.OPAQUE_MISMATCH
+                if reading.opaque != self.vectors.opaque(entry.prompt)
+                else None
+            )
+            if mismatch is None and self.config.guards:
+                mismatch = guard_mismatch(request.prompt, entry.prompt)
+            if mismatch is not None:
+                if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
+                    reason, best_score, best_id = mismatch, score, entry_id
+                continue
+            candidates.append((entry, score))
+        miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
+        return Screened(candidates, miss)
+
+    def choose(
+        self,
+        requests: Sequence[CacheRequest],
+        screened: Mapping[int, Screened],
+        vectors: Mapping[int, NDArray[np.float32]],
+    ) -> dict[int, Choice | Decision]:
+        """Per lookup (by position in ``requests``), the candidate to serve or the miss; one
+        verifier call for the candidates of every lookup of a batch."""
+        if self.verifier is None:
+            return {
+                i: Choice(*s.candidates[0], None) if s.candidates else s.miss
+                for i, s in screened.items()
+            }
+        pairs = [(i, entry, score) for i, s in screened.items() for entry, score in s.candidates]
+        outcomes: dict[int, Choice | Decision] = {
+            i: s.miss for i, s in screened.items() if not s.candidates
+        }
+        if not pairs:
+            return outcomes
+        probabilities = self.verifier.probabilities(
+            [requests[i].prompt for i, _, _ in pairs],
+            [entry.prompt for _, entry, _ in pairs],
+            np.stack([vectors[i] for i, _, _ in pairs]),
+            np.stack([_vector(entry) for _, entry, _ in pairs]),
+        )
+        best: dict[int, tuple[float, Entry, float]] = {}
+        for (i, entry, score), probability in zip(pairs, probabilities.tolist(), strict=True):
+            if i not in best or probability > best[i][0]:
+                best[i] = (probability, entry, score)
+        for i, (probability, entry, score) in best.items():
+            wanted = requests[i].min_confidence
+            if probability >= (self.verifier.min_confidence if wanted is None else wanted):
+                outcomes[i] = Choice(entry, score, probability)
+            else:
+                outcomes[i] = Decision(
+                    hit=None,
+                    reason=Reason.UNVERIFIED,
+                    score=min(1.0, score),
+                    entry_id=entry.entry_id,
+                    confidence=probability,
+                )
+        return outcomes
+
+
+def _vector(entry: Entry) -> NDArray[np.float32]:
+    assert entry.vector is not None  # only entries with a vector are in an index
+    return entry.vector
+
+
+__all__ = ["Choice", "Decision", "Hit", "HitDecider", "Screened"]

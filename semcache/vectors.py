@@ -1,0 +1,106 @@
+"""From prompts to vectors: what the model can see of each prompt, and unit vectors for the
+ones it can read, remembered per namespace.
+
+The cache asks this part three things: why a prompt's vector cannot stand for it (longer than
+the model's window, or illegible to it: it is then answered by the exact tier only), which
+spans of a stored prompt its vector does not reflect (they must match for a semantic hit), and
+the vectors themselves. Recent vectors are kept in a memo, so a miss is stored without
+embedding its prompt a second time; the memo is per namespace, so that no tenant's lookup is
+faster because another tenant asked the same thing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcache.embedding import Embedder, Reading, ReadingEmbedder
+from semcache.errors import SemcacheError
+from semcache.policy import Reason, generic_reading, illegible, with_unbroken_runs
+
+MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
+
+
+class Vectors:
+    """The embedding side of a cache, thread-safe."""
+
+    def __init__(self, embedder: Embedder, *, memo_size: int = MEMO_SIZE) -> None:
+        self.embedder = embedder
+        self.memo_size = memo_size
+        self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
+        self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.embedder.name
+
+    def readings(self, prompts: Sequence[str]) -> list[Reading]:
+        """What the model sees of each prompt (see :class:`semcache.embedding.Reading`)."""
+        if not prompts:
+            return []
+        if isinstance(self.embedder, ReadingEmbedder):
+            readings = self.embedder.read(prompts)
+        else:
+            readings = [generic_reading(p) for p in prompts]
+        return [with_unbroken_runs(r, p) for r, p in zip(readings, prompts, strict=True)]
+
+    def unembeddable(self, reading: Reading) -> Reason | None:
+        """Why a prompt's vector cannot stand for it (``None`` when it can): longer than the
+        model's window, or illegible to it (:func:`semcache.policy.illegible`). Such prompts
+        are answered and stored by the exact tier only."""
+        if isinstance(self.embedder, ReadingEmbedder) and reading.tokens > self.embedder.max_tokens:
+            return Reason.PROMPT_TOO_LONG
+        return Reason.PROMPT_ILLEGIBLE if illegible(reading) else None
+
+    def opaque(self, prompt: str) -> tuple[str, ...]:
+        """The spans of a stored prompt its vector does not reflect (memoised: candidates
+        recur)."""
+        with self._lock:
+            found = self._opaque_memo.get(prompt)
+            if found is not None:
+                self._opaque_memo.move_to_end(prompt)
+                return found
+        opaque = self.readings([prompt])[0].opaque
+        with self._lock:
+            self._opaque_memo[prompt] = opaque
+            while len(self._opaque_memo) > self.memo_size:
+                self._opaque_memo.popitem(last=False)
+        return opaque
+
+    def embed(self, texts: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
+        """Unit vectors for ``(namespace, text)`` pairs, computing only those not embedded
+        recently in the same namespace.
+
+        The memo is what lets a miss be stored without embedding its prompt a second time:
+        the lookup that missed has just computed the vector. It is kept per namespace, so a
+        tenant's lookup is never faster because another tenant asked the same thing (a timing
+        channel that would tell what others ask).
+        """
+        with self._lock:
+            known = {t: self._memo[t] for t in texts if t in self._memo}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            fresh = self.compute([text for _, text in missing])
+            with self._lock:
+                for key, vector in zip(missing, fresh, strict=True):
+                    self._memo[key] = known[key] = vector
+                while len(self._memo) > self.memo_size:
+                    self._memo.popitem(last=False)
+        return np.stack([known[t] for t in texts])
+
+    def compute(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise SemcacheError(
+                f"embedder {self.embedder.name!r} returned shape {vectors.shape} "
+                f"for {len(texts)} texts"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise SemcacheError(f"embedder {self.embedder.name!r} returned a zero or NaN vector")
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
