@@ -37,9 +37,10 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from semcache.catalog import Catalog, Item
+from semcache.catalog import Catalog
 from semcache.config import CacheConfig, default_models_dir
 from semcache.decision import Choice, Decision, Hit, HitDecider, Screened
+from semcache.derived import DerivedState
 from semcache.embedding import (
     Embedder,
     SentenceTransformerEmbedder,
@@ -170,9 +171,9 @@ class SemanticCache:
         self._closed = False
         try:
             self._store = DiskStore(self.directory / "entries")
-            self._catalog = Catalog()
-            self._index = ScopedIndex(
-                exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe
+            self._derived = DerivedState(
+                Catalog(),
+                ScopedIndex(exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe),
             )
             self._load_derived_state()
         except BaseException:
@@ -435,19 +436,15 @@ class SemanticCache:
                     )
         with self._lock:
             written = self._store.put_many(entries)
-            for entry, result in zip(entries, written, strict=True):
-                if result.replaced_id is not None:
-                    self._forget([result.replaced_id])
-                self._catalog.add(result.entry_id, _item(entry, result.size))
-            # Added after the loop, so an entry superseded by a later one of the same batch
-            # (same scope and prompt) never reaches the index.
-            by_scope: dict[str, list[tuple[int, NDArray[np.float32]]]] = {}
-            for entry, result in zip(entries, written, strict=True):
-                if entry.vector is not None and result.entry_id in self._catalog:
-                    by_scope.setdefault(entry.scope, []).append((result.entry_id, entry.vector))
-            for scope, members in by_scope.items():
-                ids = np.array([entry_id for entry_id, _ in members], np.int64)
-                self._index.add(scope, ids, np.stack([vector for _, vector in members]))
+            self._derived.apply(
+                added=[
+                    replace(entry, entry_id=result.entry_id, size=result.size)
+                    for entry, result in zip(entries, written, strict=True)
+                ],
+                # Also an entry superseded by a later one of the same batch (same scope and
+                # prompt), which so never reaches the index.
+                removed=[r.replaced_id for r in written if r.replaced_id is not None],
+            )
             self._counters["stored"] += len(entries)
             self._remove_expired(now)
             self._enforce_bounds()
@@ -651,6 +648,14 @@ class SemanticCache:
 
     # -- internals -------------------------------------------------------------------------
 
+    @property
+    def _catalog(self) -> Catalog:
+        return self._derived.catalog
+
+    @property
+    def _index(self) -> ScopedIndex:
+        return self._derived.index
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the cache in {self.directory} is closed")
@@ -747,10 +752,7 @@ class SemanticCache:
 
     def _forget(self, entry_ids: Sequence[int]) -> None:
         """Drop ids from the derived state (the caller has deleted them from the store)."""
-        for scope, ids in self._catalog.scopes_of(entry_ids).items():
-            self._index.remove(scope, ids)
-        for entry_id in entry_ids:
-            self._catalog.remove(entry_id)
+        self._derived.apply(removed=entry_ids)
 
     def _remove_expired(self, now: float) -> int:
         due = self._catalog.expired(now)
@@ -788,7 +790,7 @@ class SemanticCache:
             logger.info("rebuilding the index from the store: %s", exc)
             self._rebuild()
             return
-        self._catalog, self._index = snapshot.catalog(), index
+        self._derived = DerivedState(snapshot.catalog(), index)
         self._snapshot_version = snapshot.store_version
 
     def _rebuild(self) -> None:
@@ -822,16 +824,7 @@ class SemanticCache:
             self._store.rewrite_vectors(list(updated.values()))
             entries = [updated.get(e.entry_id, e) for e in entries]
         entries.sort(key=lambda e: (e.last_access, e.entry_id))
-        by_scope: dict[str, list[Entry]] = {}
-        for entry in entries:
-            self._catalog.add(entry.entry_id, _item(entry, entry.size))
-            if entry.vector is not None:
-                by_scope.setdefault(entry.scope, []).append(entry)
-        for scope, members in by_scope.items():
-            ids = np.array([e.entry_id for e in members], np.int64)
-            self._index.add(
-                scope, ids, np.stack([e.vector for e in members if e.vector is not None])
-            )
+        self._derived.apply(added=entries)
         self._counters["rebuild"] += 1
         try:
             self._write_snapshot()
@@ -856,16 +849,6 @@ class SemanticCache:
         if snapshot is not None:
             write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
             self._snapshot_version = snapshot.store_version
-
-
-def _item(entry: Entry, size: int) -> Item:
-    return Item(
-        scope=entry.scope,
-        namespace=entry.namespace,
-        size=size,
-        expires_at=entry.expires_at,
-        indexed=entry.vector is not None,
-    )
 
 
 def _replace_vector(entry: Entry, embedder: str, vector: NDArray[np.float32]) -> Entry:
