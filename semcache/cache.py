@@ -53,14 +53,14 @@ from semcache.errors import (
     InvalidRequestError,
     StoreError,
 )
-from semcache.index import ScopedIndex
+from semcache.index import IndexMaker, ScopedIndex
 from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
 from semcache.policy import (
     Reason,
 )
 from semcache.shadow import Verdict, compare_answers
 from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
-from semcache.store import DiskStore, Entry, encode_entry
+from semcache.store import DiskStore, Entry, EntryStore, encode_entry
 from semcache.vectors import Vectors
 from semcache.verification import Verifier, resolve_verifier
 
@@ -110,6 +110,10 @@ class SemanticCache:
             names.
         config: a :class:`CacheConfig`; or pass its fields as keyword options.
         clock: seconds since the epoch; tests pass a fake one to drive expiry.
+        store: opens the entry store in a folder (:class:`semcache.store.EntryStore`; the
+            embedded diskcache one by default).
+        index_maker: makes each scope's vector index (:class:`semcache.index.IndexMaker`;
+            FAISS by default).
 
     Raises:
         ConfigError: an option is unknown or invalid.
@@ -126,6 +130,8 @@ class SemanticCache:
         verifier: Verifier | str | _Unset | None = _UNSET,
         config: CacheConfig | None = None,
         clock: Callable[[], float] = time.time,
+        store: Callable[[Path], EntryStore] = DiskStore,
+        index_maker: IndexMaker | None = None,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -170,10 +176,14 @@ class SemanticCache:
         self._exact_executor = ThreadPoolExecutor(2, thread_name_prefix="semcache-exact")
         self._closed = False
         try:
-            self._store = DiskStore(self.directory / "entries")
+            self._store: EntryStore = store(self.directory / "entries")
             self._derived = DerivedState(
                 Catalog(),
-                ScopedIndex(exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe),
+                ScopedIndex(
+                    exact_max=self.config.exact_index_max,
+                    nprobe=self.config.ivf_nprobe,
+                    maker=index_maker,
+                ),
             )
             self._load_derived_state()
         except BaseException:
@@ -783,7 +793,10 @@ class SemanticCache:
             if snapshot.embedder != self._embedder.name:
                 raise StoreError(f"the snapshot was made with {snapshot.embedder!r}")
             index = ScopedIndex(
-                snapshot.dim, exact_max=self.config.exact_index_max, nprobe=self.config.ivf_nprobe
+                snapshot.dim,
+                exact_max=self.config.exact_index_max,
+                nprobe=self.config.ivf_nprobe,
+                maker=self._index.maker,
             )
             index.restore(snapshot.indexes)
         except StoreError as exc:

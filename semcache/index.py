@@ -28,7 +28,9 @@ Ids = NDArray[np.int64]
 
 
 class VectorIndex(Protocol):
-    """Inner-product search over unit vectors with caller-chosen integer ids."""
+    """One scope's inner-product search over unit vectors, with caller-chosen integer ids, and
+    what a snapshot needs of it. :class:`FaissIndex` is the one in use; another backend (a
+    vector-search server, say) implements this and a :class:`IndexMaker`."""
 
     def add(self, ids: Ids, vectors: Vectors) -> None: ...
 
@@ -37,6 +39,22 @@ class VectorIndex(Protocol):
     def search(self, vectors: Vectors, k: int) -> tuple[Vectors, Ids]: ...
 
     def __len__(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def trained_on(self) -> int: ...
+
+    def to_bytes(self) -> bytes: ...
+
+
+class IndexMaker(Protocol):
+    """Makes the :class:`VectorIndex` of a new scope, or loads one from a snapshot."""
+
+    def __call__(self, dim: int) -> VectorIndex: ...
+
+    def load(self, data: bytes, *, dim: int, trained_on: int) -> VectorIndex: ...
 
 
 class FaissIndex:
@@ -144,20 +162,42 @@ class FaissIndex:
         return self._trained_on
 
 
+class FaissMaker:
+    """Makes :class:`FaissIndex` es."""
+
+    def __init__(self, *, exact_max: int = 50_000, nprobe: int = 32) -> None:
+        self.exact_max = exact_max
+        self.nprobe = nprobe
+
+    def __call__(self, dim: int) -> VectorIndex:
+        return FaissIndex(dim, exact_max=self.exact_max, nprobe=self.nprobe)
+
+    def load(self, data: bytes, *, dim: int, trained_on: int) -> VectorIndex:
+        return FaissIndex.from_bytes(
+            data, dim=dim, trained_on=trained_on, exact_max=self.exact_max, nprobe=self.nprobe
+        )
+
+
 class ScopedIndex:
-    """A :class:`FaissIndex` per scope behind one lock.
+    """A :class:`VectorIndex` per scope behind one lock.
 
     ``dim`` may be left unset until the first vectors arrive, so opening an empty cache does
     not need the model.
     """
 
     def __init__(
-        self, dim: int | None = None, *, exact_max: int = 50_000, nprobe: int = 32
+        self,
+        dim: int | None = None,
+        *,
+        exact_max: int = 50_000,
+        nprobe: int = 32,
+        maker: IndexMaker | None = None,
     ) -> None:
         self.dim = dim
         self.exact_max = exact_max
         self.nprobe = nprobe
-        self._scopes: dict[str, FaissIndex] = {}
+        self.maker: IndexMaker = maker or FaissMaker(exact_max=exact_max, nprobe=nprobe)
+        self._scopes: dict[str, VectorIndex] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -175,9 +215,7 @@ class ScopedIndex:
                 self.dim = int(vectors.shape[1])
             index = self._scopes.get(scope)
             if index is None:
-                index = self._scopes[scope] = FaissIndex(
-                    self.dim, exact_max=self.exact_max, nprobe=self.nprobe
-                )
+                index = self._scopes[scope] = self.maker(self.dim)
             index.add(ids, vectors)
 
     def remove(self, scope: str, ids: Iterable[int]) -> int:
@@ -222,13 +260,7 @@ class ScopedIndex:
             raise StoreError("cannot restore an index whose dimension is unknown")
         dim = self.dim
         scopes = {
-            scope: FaissIndex.from_bytes(
-                data,
-                dim=dim,
-                trained_on=trained_on,
-                exact_max=self.exact_max,
-                nprobe=self.nprobe,
-            )
+            scope: self.maker.load(data, dim=dim, trained_on=trained_on)
             for scope, (trained_on, data) in dumped.items()
         }
         with self._lock:

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import diskcache
 import numpy as np
@@ -135,6 +135,39 @@ class Written:
     entry_id: int
     size: int
     replaced_id: int | None  # the entry with the same exact key that this one superseded
+
+
+class EntryStore(Protocol):
+    """Where entries live: the source of truth that everything else is derived from. Each
+    method is one transaction; ids are handed out by the store. :class:`DiskStore` is the
+    embedded one."""
+
+    @property
+    def version(self) -> int:
+        """Bumped by every change that adds or removes entries."""
+        ...
+
+    def get(self, entry_id: int) -> Entry | None: ...
+
+    def find_exact(self, exact_key: str) -> int | None: ...
+
+    def put_many(self, entries: Sequence[Entry]) -> list[Written]: ...
+
+    def delete_many(self, entry_ids: Sequence[int]) -> list[int]: ...
+
+    def quarantine(self, entry_id: int) -> bool: ...
+
+    def get_wrong(self, entry_id: int) -> Entry | None: ...
+
+    def wrong_ids(self) -> list[int]: ...
+
+    def record_hit(self, entry: Entry, at: float) -> None: ...
+
+    def scan(self) -> Iterator[Entry | CorruptEntryError]: ...
+
+    def rewrite_vectors(self, updates: Sequence[Entry]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class DiskStore:

@@ -1,0 +1,51 @@
+"""The core's parts are wired by constructor: an entry store and a vector index of one's own
+(a Redis store, a vector-search server) drop in without touching the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from semcache import SemanticCache
+from semcache.index import FaissMaker, VectorIndex
+from semcache.store import DiskStore, Written
+from tests.conftest import WordHashEmbedder
+
+
+class RecordingStore(DiskStore):
+    """The embedded store, noting what the cache asks of it."""
+
+    opened: ClassVar[list[RecordingStore]] = []
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.puts = 0
+        RecordingStore.opened.append(self)
+
+    def put_many(self, entries: Any) -> list[Written]:
+        self.puts += len(entries)
+        return super().put_many(entries)
+
+
+class RecordingMaker(FaissMaker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[int] = []
+
+    def __call__(self, dim: int) -> VectorIndex:
+        self.made.append(dim)
+        return super().__call__(dim)
+
+
+def test_a_store_and_an_index_of_ones_own_are_used(tmp_path: Path) -> None:
+    maker = RecordingMaker()
+    with SemanticCache(
+        tmp_path, embedder=WordHashEmbedder(), store=RecordingStore, index_maker=maker
+    ) as cache:
+        cache.put("red green blue colours", "colours")
+        cache.put("alpha beta gamma letters", "letters", namespace="other")
+        hit = cache.get("red green blue colours please", min_similarity=0.5)
+        assert hit is not None and hit.response == "colours"
+    (store,) = RecordingStore.opened
+    assert store.puts == 2
+    assert maker.made == [64, 64]  # one index per scope, of the embedder's dimension
