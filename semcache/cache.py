@@ -33,9 +33,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import diskcache
 import filelock
-import numpy as np
 import orjson
-from numpy.typing import NDArray
 
 from semcache.catalog import Catalog
 from semcache.config import CacheConfig, default_models_dir
@@ -55,11 +53,11 @@ from semcache.errors import (
 )
 from semcache.index import IndexMaker, ScopedIndex
 from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
+from semcache.persistence import Persistence
 from semcache.policy import (
     Reason,
 )
 from semcache.shadow import Verdict, compare_answers
-from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
 from semcache.store import DiskStore, Entry, EntryStore, encode_entry
 from semcache.vectors import Vectors
 from semcache.verification import Verifier, resolve_verifier
@@ -185,7 +183,11 @@ class SemanticCache:
                     maker=index_maker,
                 ),
             )
-            self._load_derived_state()
+            self._persistence = Persistence(
+                self.directory / _SNAPSHOT_FILE, self._store, self._vectors, self._clock
+            )
+            loaded = self._persistence.load(self._derived, self._counters)
+            self._derived, self._snapshot_version = loaded
         except BaseException:
             self._executor.shutdown(wait=False)
             self._exact_executor.shutdown(wait=False)
@@ -608,10 +610,10 @@ class SemanticCache:
             with self._lock:
                 if self._store.version == self._snapshot_version:
                     return False
-                snapshot = self._snapshot_state()
+                snapshot = self._persistence.capture(self._derived)
             if snapshot is None:
                 return False
-            write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
+            self._persistence.write(snapshot)
             self._snapshot_version = snapshot.store_version
             return True
 
@@ -622,7 +624,9 @@ class SemanticCache:
                 return
             self._closed = True
             try:
-                self._write_snapshot()
+                snapshot = self._persistence.capture(self._derived)
+                if snapshot is not None:
+                    self._persistence.write(snapshot)
             except OSError as exc:
                 logger.warning("could not save the index snapshot (rebuilt on next open): %s", exc)
             finally:
@@ -779,93 +783,6 @@ class SemanticCache:
             self._store.delete_many(victims)
             self._forget(victims)
             self._counters["evicted"] += len(victims)
-
-    # -- derived state: snapshot or rebuild -----------------------------------------------
-
-    def _load_derived_state(self) -> None:
-        path = self.directory / _SNAPSHOT_FILE
-        if self._store.version == 0:
-            return  # a new store: nothing to load or rebuild
-        try:
-            snapshot = read_snapshot(path)
-            if snapshot.store_version != self._store.version:
-                raise StoreError("the store changed after the snapshot was written")
-            if snapshot.embedder != self._embedder.name:
-                raise StoreError(f"the snapshot was made with {snapshot.embedder!r}")
-            index = ScopedIndex(
-                snapshot.dim,
-                exact_max=self.config.exact_index_max,
-                nprobe=self.config.ivf_nprobe,
-                maker=self._index.maker,
-            )
-            index.restore(snapshot.indexes)
-        except StoreError as exc:
-            logger.info("rebuilding the index from the store: %s", exc)
-            self._rebuild()
-            return
-        self._derived = DerivedState(snapshot.catalog(), index)
-        self._snapshot_version = snapshot.store_version
-
-    def _rebuild(self) -> None:
-        entries: list[Entry] = []
-        doomed: list[int] = []
-        now = self._clock()
-        for found in self._store.scan():
-            if isinstance(found, CorruptEntryError):
-                logger.error("removing corrupt entry %d: %s", found.entry_id, found)
-                self._counters["corrupt"] += 1
-                doomed.append(found.entry_id)
-            elif found.expired(now):
-                self._counters["expired"] += 1
-                doomed.append(found.entry_id)
-            else:
-                entries.append(found)
-        if doomed:
-            self._store.delete_many(doomed)
-        stale = [e for e in entries if e.embedder is not None and e.embedder != self._embedder.name]
-        if stale:
-            logger.warning(
-                "re-embedding %d entries stored with another model for %r",
-                len(stale),
-                self._embedder.name,
-            )
-            vectors = self._vectors.embed([(e.namespace, e.prompt) for e in stale])
-            updated = {
-                e.entry_id: _replace_vector(e, self._embedder.name, v)
-                for e, v in zip(stale, vectors, strict=True)
-            }
-            self._store.rewrite_vectors(list(updated.values()))
-            entries = [updated.get(e.entry_id, e) for e in entries]
-        entries.sort(key=lambda e: (e.last_access, e.entry_id))
-        self._derived.apply(added=entries)
-        self._counters["rebuild"] += 1
-        try:
-            self._write_snapshot()
-        except OSError as exc:
-            logger.warning("could not save the rebuilt index (rebuilt again on next open): %s", exc)
-
-    def _snapshot_state(self) -> Snapshot | None:
-        """A copy of the derived state (call with ``_lock`` held)."""
-        if self._index.dim is None:
-            return None
-        return Snapshot(
-            store_version=self._store.version,
-            embedder=self._embedder.name,
-            dim=self._index.dim,
-            items=list(self._catalog.items()),
-            indexes=self._index.dump(),
-        )
-
-    def _write_snapshot(self) -> None:
-        """Save the state now (the caller holds ``_snapshot_lock``, or is still opening)."""
-        snapshot = self._snapshot_state()
-        if snapshot is not None:
-            write_snapshot(self.directory / _SNAPSHOT_FILE, snapshot)
-            self._snapshot_version = snapshot.store_version
-
-
-def _replace_vector(entry: Entry, embedder: str, vector: NDArray[np.float32]) -> Entry:
-    return replace(entry, embedder=embedder, vector=vector)
 
 
 def _sequence(values: Any, name: str) -> Sequence[Any]:
