@@ -6,10 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
+from aiohttp import web
+
 from semcache import SemanticCache
 from semcache.index import FaissMaker, VectorIndex
+from semcache.server import create_app
+from semcache.settings import ServerConfig
 from semcache.store import DiskStore, Written
+from semcache.upstream.config import passthrough
+from semcache.upstream.router import Router
 from tests.conftest import WordHashEmbedder
+from tests.fake_openai import FakeOpenAI
 
 
 class RecordingStore(DiskStore):
@@ -49,3 +57,30 @@ def test_a_store_and_an_index_of_ones_own_are_used(tmp_path: Path) -> None:
     (store,) = RecordingStore.opened
     assert store.puts == 2
     assert maker.made == [64, 64]  # one index per scope, of the embedder's dimension
+
+
+async def test_the_app_takes_the_router_it_is_given(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    config = ServerConfig(upstream="http://127.0.0.1:9/v1", cache_dir=tmp_path / "cache")
+    router = Router(passthrough(upstream.url), policy=config.routing_policy())
+    cache = SemanticCache(
+        config.cache_dir, config=config.cache_config(), embedder=WordHashEmbedder()
+    )
+    runner = web.AppRunner(create_app(config, cache=cache, router=router))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hello there you"}]},
+                headers={"Authorization": "Bearer sk-a"},
+            ) as response,
+        ):
+            assert response.status == 200  # through the given router, not config.upstream
+        assert len(upstream.calls()) == 1
+    finally:
+        await runner.cleanup()
+        await router.close()  # the caller's to close
+        cache.close()

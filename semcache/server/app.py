@@ -37,12 +37,13 @@ def create_app(
     config: ServerConfig,
     *,
     cache: SemanticCache | None = None,
+    router: Router | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The sidecar as an aiohttp application.
 
-    ``cache`` defaults to one built from ``config`` and closed with the app; one passed in
-    belongs to the caller, who closes it. ``clock`` drives the rate limits (tests).
+    ``cache`` and ``router`` default to ones built from ``config`` and closed with the app; ones
+    passed in belong to the caller, who closes them. ``clock`` drives the rate limits (tests).
     """
     middlewares: list[Middleware] = [error_middleware]
     if config.clients:
@@ -61,7 +62,7 @@ def create_app(
         # second, not aiohttp's ten: a stalled client would hold its connection that long.
         handler_args={"lingering_time": 1.0},
     )
-    app.cleanup_ctx.append(_resources(config, cache, clock))
+    app.cleanup_ctx.append(_resources(config, cache, router, clock))
     for dialect in DIALECTS:
         app.router.add_post(dialect.path, proxy.cached_endpoint(dialect))
     app.router.add_get("/healthz", healthz)
@@ -95,6 +96,7 @@ def client_middleware(clients: Clients) -> Middleware:
 def _resources(
     config: ServerConfig,
     cache: SemanticCache | None,
+    given_router: Router | None,
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -106,7 +108,7 @@ def _resources(
             else cache
         )
         metrics_ = Metrics()
-        router = Router(
+        router = given_router or Router(
             config.upstreams or passthrough(config.upstream),
             policy=config.routing_policy(),
             timeout_s=config.upstream_timeout_s,
@@ -165,7 +167,8 @@ def _resources(
                     await checkpoints
             await batcher.close()
             await shadow.close()
-            await router.close()
+            if given_router is None:
+                await router.close()
             if ledger is not None:
                 ledger.close()
             if own_cache:

@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -43,7 +44,6 @@ from semcache.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from semcache.metrics import Metrics
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.client import Upstream, confined_path, forwardable_headers
 from semcache.upstream.config import KeySpec, UpstreamSpec
@@ -61,6 +61,18 @@ _CALLER_ACCOUNT = (
     "openai-project",
 )
 ANTHROPIC_VERSION = "2023-06-01"  # sent to an anthropic upstream when the caller sent none
+
+
+class RouterMetrics(Protocol):
+    """The Prometheus collectors the router reports to (the sidecar's ``Metrics`` has them);
+    the upstream layer depends on this shape, not on the sidecar."""
+
+    upstream_requests: Any  # Counter: upstream, key, status
+    upstream_latency: Any  # Histogram: upstream
+    upstream_retries: Any  # Counter: reason
+    queue_rejections: Any  # Counter: reason
+    queue_length: Any  # Gauge
+    queue_wait: Any  # Histogram
 
 
 @dataclass(frozen=True)
@@ -189,7 +201,7 @@ class Router:
         policy: RoutingPolicy | None = None,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
-        metrics: Metrics | None = None,
+        metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
