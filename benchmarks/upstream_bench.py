@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from semcache import SemanticCache
 from semcache.server import create_app
 from semcache.settings import ServerConfig
-from semcache.upstream.config import parse_upstreams
+from semcache.upstream.specs import parse_upstreams
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 

@@ -44,6 +44,7 @@ from semcache.embedding import (
     SentenceTransformerEmbedder,
     set_threads,
 )
+from semcache.entries import DiskStore, Entry, EntryStore, encode_entry
 from semcache.errors import (
     CacheLockedError,
     ConfigError,
@@ -58,7 +59,6 @@ from semcache.policy import (
     Reason,
 )
 from semcache.shadow import Verdict, compare_answers
-from semcache.store import DiskStore, Entry, EntryStore, encode_entry
 from semcache.vectors import Vectors
 from semcache.verification import Verifier, resolve_verifier
 
@@ -108,7 +108,7 @@ class SemanticCache:
             names.
         config: a :class:`CacheConfig`; or pass its fields as keyword options.
         clock: seconds since the epoch; tests pass a fake one to drive expiry.
-        store: opens the entry store in a folder (:class:`semcache.store.EntryStore`; the
+        store: opens the entry store in a folder (:class:`semcache.entries.EntryStore`; the
             embedded diskcache one by default).
         index_maker: makes each scope's vector index (:class:`semcache.index.IndexMaker`;
             FAISS by default).

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from semcache.errors import ConfigError
-from semcache.upstream.config import resolve_secret
+from semcache.upstream.specs import resolve_secret
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FIELDS = {"name", "api_keys"}

@@ -18,9 +18,9 @@ from numpy.typing import NDArray
 
 from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
 from semcache.embedding import Reading
+from semcache.entries import Entry
 from semcache.keys import CacheRequest
 from semcache.policy import Reason, guard_mismatch
-from semcache.store import Entry
 from semcache.vectors import Vectors
 from semcache.verification import Verifier
 

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcache.catalog import Catalog, Item
+from semcache.entries import Entry
 from semcache.index import ScopedIndex
-from semcache.store import Entry
 
 
 class DerivedState:

@@ -13,10 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from semcache.derived import DerivedState
+from semcache.entries import Entry, EntryStore
 from semcache.errors import CorruptEntryError, StoreError
 from semcache.index import ScopedIndex
 from semcache.snapshot import Snapshot, read_snapshot, write_snapshot
-from semcache.store import Entry, EntryStore
 from semcache.vectors import Vectors
 
 logger = logging.getLogger("semcache")

@@ -24,8 +24,8 @@ from semcache.clients import ClientSpec, parse_clients
 from semcache.config import CacheConfig, check_confidence, check_similarity, option
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
-from semcache.upstream.config import UpstreamSpec, parse_upstreams
 from semcache.upstream.router import RoutingPolicy
+from semcache.upstream.specs import UpstreamSpec, parse_upstreams
 
 ENV_PREFIX = "SEMCACHE_"
 

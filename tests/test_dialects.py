@@ -12,7 +12,7 @@ import anthropic
 import openai
 import pytest
 
-from semcache.upstream.config import parse_upstreams
+from semcache.upstream.specs import parse_upstreams
 from tests.conftest import CountingEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.sidecar import MODEL, Sidecar, start_sidecar

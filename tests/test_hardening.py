@@ -313,7 +313,7 @@ async def test_stalled_large_bodies_do_not_hold_up_small_requests(
 async def test_with_every_breaker_open_requests_get_503_at_once(
     tmp_path: Path, upstream: FakeOpenAI
 ) -> None:
-    from semcache.upstream.config import parse_upstreams
+    from semcache.upstream.specs import parse_upstreams
 
     specs = parse_upstreams([{"name": "main", "base_url": upstream.url, "api_keys": ["k"]}], {})
     upstream.default = Behaviour(status=500)
@@ -355,7 +355,7 @@ async def test_with_every_breaker_open_requests_get_503_at_once(
 async def test_a_path_that_escapes_v1_is_refused_and_never_forwarded(
     tmp_path: Path, upstream: FakeOpenAI, path: str
 ) -> None:
-    from semcache.upstream.config import parse_upstreams
+    from semcache.upstream.specs import parse_upstreams
 
     specs = parse_upstreams(
         [{"name": "main", "base_url": upstream.url, "api_keys": ["pool-key-1"]}], {}

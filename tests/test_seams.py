@@ -10,12 +10,12 @@ import aiohttp
 from aiohttp import web
 
 from semcache import SemanticCache
+from semcache.entries import DiskStore, Written
 from semcache.index import FaissMaker, VectorIndex
 from semcache.server import create_app
 from semcache.settings import ServerConfig
-from semcache.store import DiskStore, Written
-from semcache.upstream.config import passthrough
 from semcache.upstream.router import Router
+from semcache.upstream.specs import passthrough
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import FakeOpenAI
 

@@ -19,7 +19,7 @@ from semcache.errors import ConfigError
 from semcache.pricing import Price, PriceTable
 from semcache.settings import ServerConfig
 from semcache.tokens import count_messages, count_text
-from semcache.upstream.config import parse_upstreams
+from semcache.upstream.specs import parse_upstreams
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.sidecar import Sidecar, start_sidecar

@@ -17,10 +17,10 @@ import hmac
 
 from aiohttp import web
 
+from semcache.entries import Entry
 from semcache.errors import InvalidRequestError
-from semcache.server.errors import error_response
+from semcache.server.error_responses import error_response
 from semcache.server.state import STATE
-from semcache.store import Entry
 
 MAX_PAGE = 500
 

@@ -22,13 +22,13 @@ from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
 from semcache.server.bodies import body_middleware
 from semcache.server.controls import caller_key
-from semcache.server.errors import error_middleware, error_response
+from semcache.server.error_responses import error_middleware, error_response
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
 from semcache.upstream.breaker import CircuitBreaker
-from semcache.upstream.config import describe, passthrough
 from semcache.upstream.router import Router
+from semcache.upstream.specs import describe, passthrough
 
 logger = logging.getLogger("semcache.server")
 

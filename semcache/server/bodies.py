@@ -18,7 +18,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from semcache.server.errors import error_response
+from semcache.server.error_responses import error_response
 
 logger = logging.getLogger("semcache.server")
 

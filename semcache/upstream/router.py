@@ -46,8 +46,8 @@ from semcache.errors import (
 )
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.client import Upstream, confined_path, forwardable_headers
-from semcache.upstream.config import KeySpec, UpstreamSpec
 from semcache.upstream.limits import KeyLimiter, Reservation, retry_after
+from semcache.upstream.specs import KeySpec, UpstreamSpec
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
