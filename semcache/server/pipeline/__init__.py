@@ -1,10 +1,10 @@
 """The life of a request to a cached endpoint, one stage per module::
 
     parse      the body, the controls, the tenant; the dialect's cache request (or a bypass)
-    admit      the budgets: a spent budget downgrades to a cheaper model (re-keyed)
+    transform  rewrites: a spent budget's downgrade (re-keyed), usage in streams (outgoing only)
     look_up    exact tier, semantic tier, verifier; a hit is served here and ends the request
-    transform  rewrites of the outgoing body only (usage in streams; compression next)
-    send       a refusing budget, identical misses coalesced, the router: queue, retry, failover
+    admit      a miss may go upstream unless a spent budget refuses (429)
+    send       identical misses coalesced, the router: queue, retry, failover
     relay      the answer to the client as it arrives; the upstream connection released
     account    what the upstream charged: key limits, metrics, budgets
     store      a complete, valid answer under the request's key
@@ -32,7 +32,7 @@ from semcache.server.pipeline.transform import transform
 
 Stage = Callable[[Exchange], Awaitable[web.StreamResponse | None]]
 
-STAGES: tuple[Stage, ...] = (parse, admit, look_up, transform, send, relay, account, store)
+STAGES: tuple[Stage, ...] = (parse, transform, look_up, admit, send, relay, account, store)
 
 
 async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResponse:

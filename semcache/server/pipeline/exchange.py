@@ -1,6 +1,6 @@
 """The exchange: one request's journey through the cached endpoints, carried from stage to
 stage. It keeps two bodies apart: ``body``, what the cache keys on (the request as the client
-sent it, re-keyed only by a budget downgrade, see :mod:`.admit`), and ``outgoing``, what the
+sent it, re-keyed only by a budget downgrade, see :mod:`.transform`), and ``outgoing``, what the
 upstream receives (after the rewrites of :mod:`.transform`)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Stage ``send``: a miss goes upstream. A budget that refuses refuses here (a miss would cost
-money); identical concurrent misses share one upstream call (the first leads, the others wait
-for its answer); the router picks an upstream and a key, queues, retries and fails over (see
-:mod:`semcache.upstream.router`). The upstream answer stays open for :mod:`.relay`."""
+"""Stage ``send``: a miss goes upstream. Identical concurrent misses share one upstream call
+(the first leads, the others wait for its answer); the router picks an upstream and a key,
+queues, retries and fails over (see :mod:`semcache.upstream.router`). The upstream answer stays
+open for :mod:`.relay`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from semcache.server import accounting
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.lookup import count_savings
 from semcache.server.pipeline.relay import serve_stored
@@ -18,11 +17,9 @@ from semcache.server.pipeline.relay import serve_stored
 
 async def send(x: Exchange) -> web.StreamResponse | None:
     """Raises:
-    BudgetExceededError: a cap is reached and the budget refuses.
     CapacityError, UpstreamError: no key came free in time, or every attempt failed.
     """
     assert x.parsed is not None
-    accounting.admit(x.state, x.tenant, x.parsed.model, can_downgrade=False)
     request = x.cache_request
     if request is not None and not x.controls.no_cache:
         leading = x.state.coalescer.join(request.exact_key)
