@@ -42,6 +42,12 @@ class Reason(StrEnum):
     def is_hit(self) -> bool:
         return self in (Reason.EXACT, Reason.SEMANTIC)
 
+    @property
+    def near_miss(self) -> bool:
+        """A miss that a lower threshold could turn into a hit (what degraded mode relaxes):
+        a guard or an unreadable prompt stays in force whatever the threshold."""
+        return self in (Reason.BELOW_THRESHOLD, Reason.UNVERIFIED)
+
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,

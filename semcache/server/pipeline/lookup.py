@@ -13,15 +13,11 @@ from aiohttp import web
 
 from semcache.decision import Decision
 from semcache.keys import CacheRequest
-from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.relay import serve_stored
 from semcache.server.state import State
 
 logger = logging.getLogger("semcache.server")
-
-# Misses a lower threshold could turn into hits (not guards, which stay in force).
-_DEGRADABLE = frozenset({Reason.BELOW_THRESHOLD, Reason.UNVERIFIED})
 
 
 async def look_up(x: Exchange) -> web.StreamResponse | None:
@@ -113,7 +109,7 @@ async def _degraded(state: State, x: Exchange, decision: Decision) -> Decision |
         config.degraded_min_similarity is None
         or request is None
         or x.parsed is None
-        or decision.reason not in _DEGRADABLE
+        or not decision.reason.near_miss
         or not state.router.backlogged(x.parsed.model)
     ):
         return None
