@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,8 +11,10 @@ import aiohttp
 from aiohttp import web
 
 from semcache import SemanticCache
+from semcache.budgets import SpendLedger, parse_budgets
 from semcache.entries import DiskStore, Written
 from semcache.index import FaissMaker, VectorIndex
+from semcache.pricing import Price, PriceTable
 from semcache.server import create_app
 from semcache.settings import ServerConfig
 from semcache.upstream.router import Router
@@ -83,4 +86,37 @@ async def test_the_app_takes_the_router_it_is_given(tmp_path: Path, upstream: Fa
     finally:
         await runner.cleanup()
         await router.close()  # the caller's to close
+        cache.close()
+
+
+async def test_the_app_takes_the_spend_ledger_it_is_given(
+    tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    config = ServerConfig(
+        upstream=upstream.url,
+        cache_dir=tmp_path / "cache",
+        prices=PriceTable({"m": Price(1.0, 1.0)}),
+    )
+    budgets = parse_budgets({"daily_usd": 0.001, "on_exceeded": "reject"})
+    ledger = SpendLedger(tmp_path / "shared-ledger", budgets, clock=time.time)
+    cache = SemanticCache(
+        config.cache_dir, config=config.cache_config(), embedder=WordHashEmbedder()
+    )
+    runner = web.AppRunner(create_app(config, cache=cache, ledger=ledger))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-a"}) as session:
+            statuses = []
+            for text in ("first question here", "second question here"):
+                body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                async with session.post(url, json=body) as response:
+                    statuses.append(response.status)
+        # No budget in the config: the given ledger's cap refuses the second miss.
+        assert statuses == [200, 429]
+    finally:
+        await runner.cleanup()
+        ledger.close()  # the caller's to close
         cache.close()

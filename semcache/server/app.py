@@ -38,12 +38,14 @@ def create_app(
     *,
     cache: SemanticCache | None = None,
     router: Router | None = None,
+    ledger: SpendLedger | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The sidecar as an aiohttp application.
 
-    ``cache`` and ``router`` default to ones built from ``config`` and closed with the app; ones
-    passed in belong to the caller, who closes them. ``clock`` drives the rate limits (tests).
+    ``cache``, ``router`` and ``ledger`` (the budgets' spend) default to ones built from
+    ``config`` and closed with the app; ones passed in belong to the caller, who closes them.
+    ``clock`` drives the rate limits (tests).
     """
     middlewares: list[Middleware] = [error_middleware]
     if config.clients:
@@ -62,7 +64,7 @@ def create_app(
         # second, not aiohttp's ten: a stalled client would hold its connection that long.
         handler_args={"lingering_time": 1.0},
     )
-    app.cleanup_ctx.append(_resources(config, cache, router, clock))
+    app.cleanup_ctx.append(_resources(config, cache, router, ledger, clock))
     for dialect in DIALECTS:
         app.router.add_post(dialect.path, proxy.cached_endpoint(dialect))
     app.router.add_get("/healthz", healthz)
@@ -97,6 +99,7 @@ def _resources(
     config: ServerConfig,
     cache: SemanticCache | None,
     given_router: Router | None,
+    given_ledger: SpendLedger | None,
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -118,8 +121,8 @@ def _resources(
         )
         for name, breaker in router.breakers.items():
             metrics_.breaker_open.labels(name).set_function(_open(breaker))
-        ledger = None
-        if config.budgets is not None and config.budgets.active:
+        ledger = given_ledger
+        if ledger is None and config.budgets is not None and config.budgets.active:
             ledger = await asyncio.to_thread(
                 SpendLedger, Path(config.cache_dir) / "budgets", config.budgets, clock=time.time
             )
@@ -169,7 +172,7 @@ def _resources(
             await shadow.close()
             if given_router is None:
                 await router.close()
-            if ledger is not None:
+            if ledger is not None and given_ledger is None:
                 ledger.close()
             if own_cache:
                 await asyncio.to_thread(the_cache.close)
