@@ -55,24 +55,34 @@ class Sidecar:
 
 
 @asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free port of 127.0.0.1 for the ``with`` block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def start_sidecar(
     tmp_path: Path, embedder: Embedder, upstream: FakeOpenAI, **settings: Any
 ) -> AsyncIterator[Sidecar]:
     config = ServerConfig(upstream=upstream.url, cache_dir=tmp_path / "cache", **settings)
     cache = SemanticCache(config.cache_dir, config=config.cache_config(), embedder=embedder)
     app = create_app(config, cache=cache)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    running = Sidecar(f"http://127.0.0.1:{port}", app, cache, upstream)
     try:
-        yield running
+        async with serving(app) as url:
+            running = Sidecar(url, app, cache, upstream)
+            try:
+                yield running
+            finally:
+                for client in running.clients:
+                    await client.close()
     finally:
-        for client in running.clients:
-            await client.close()
-        await runner.cleanup()
         cache.close()
 
 

@@ -21,7 +21,7 @@ from semcache.pricing import Price, PriceTable
 from semcache.server.state import STATE
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import FakeOpenAI
-from tests.sidecar import MODEL, Sidecar, ask, start_sidecar
+from tests.sidecar import MODEL, Sidecar, ask, serving, start_sidecar
 
 ADMIN = {"Authorization": "Bearer s3cret"}
 
@@ -153,21 +153,15 @@ class SlowToStore(SemanticCache):
 async def test_the_upstream_is_released_and_billed_before_the_cache_is_written(
     tmp_path: Path, upstream: FakeOpenAI
 ) -> None:
-    from aiohttp import web
-
     from semcache.server import create_app
     from semcache.settings import ServerConfig
 
     config = ServerConfig(upstream=upstream.url, cache_dir=tmp_path / "cache")
     cache = SlowToStore(config.cache_dir, config=config.cache_config(), embedder=WordHashEmbedder())
     cache.gate = threading.Event()
-    runner = web.AppRunner(create_app(config, cache=cache))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    app = create_app(config, cache=cache)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with serving(app) as url, aiohttp.ClientSession() as session:
             pending = asyncio.create_task(
                 session.post(
                     url + "/v1/chat/completions",
@@ -175,7 +169,7 @@ async def test_the_upstream_is_released_and_billed_before_the_cache_is_written(
                     headers={"Authorization": "Bearer sk-a", "Content-Type": "application/json"},
                 )
             )
-            metrics = runner.app[STATE].metrics
+            metrics = app[STATE].metrics
             for _ in range(200):
                 if _billed(metrics) > 0:
                     break
@@ -187,7 +181,6 @@ async def test_the_upstream_is_released_and_billed_before_the_cache_is_written(
             response.release()
     finally:
         cache.gate.set()
-        await runner.cleanup()
         cache.close()
 
 

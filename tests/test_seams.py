@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
-from aiohttp import web
 
 from semcache import SemanticCache
 from semcache.budgets import SpendLedger, parse_budgets
@@ -21,6 +20,7 @@ from semcache.upstream.router import Router
 from semcache.upstream.specs import passthrough
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import FakeOpenAI
+from tests.sidecar import serving
 
 
 class RecordingStore(DiskStore):
@@ -68,15 +68,12 @@ async def test_the_app_takes_the_router_it_is_given(tmp_path: Path, upstream: Fa
     cache = SemanticCache(
         config.cache_dir, config=config.cache_config(), embedder=WordHashEmbedder()
     )
-    runner = web.AppRunner(create_app(config, cache=cache, router=router))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     try:
         async with (
+            serving(create_app(config, cache=cache, router=router)) as url,
             aiohttp.ClientSession() as session,
             session.post(
-                f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions",
+                f"{url}/v1/chat/completions",
                 json={"model": "m", "messages": [{"role": "user", "content": "hello there you"}]},
                 headers={"Authorization": "Bearer sk-a"},
             ) as response,
@@ -84,7 +81,6 @@ async def test_the_app_takes_the_router_it_is_given(tmp_path: Path, upstream: Fa
             assert response.status == 200  # through the given router, not config.upstream
         assert len(upstream.calls()) == 1
     finally:
-        await runner.cleanup()
         await router.close()  # the caller's to close
         cache.close()
 
@@ -102,13 +98,12 @@ async def test_the_app_takes_the_spend_ledger_it_is_given(
     cache = SemanticCache(
         config.cache_dir, config=config.cache_config(), embedder=WordHashEmbedder()
     )
-    runner = web.AppRunner(create_app(config, cache=cache, ledger=ledger))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
     try:
-        async with aiohttp.ClientSession(headers={"Authorization": "Bearer sk-a"}) as session:
+        async with (
+            serving(create_app(config, cache=cache, ledger=ledger)) as base,
+            aiohttp.ClientSession(headers={"Authorization": "Bearer sk-a"}) as session,
+        ):
+            url = f"{base}/v1/chat/completions"
             statuses = []
             for text in ("first question here", "second question here"):
                 body = {"model": "m", "messages": [{"role": "user", "content": text}]}
@@ -117,6 +112,5 @@ async def test_the_app_takes_the_spend_ledger_it_is_given(
         # No budget in the config: the given ledger's cap refuses the second miss.
         assert statuses == [200, 429]
     finally:
-        await runner.cleanup()
         ledger.close()  # the caller's to close
         cache.close()

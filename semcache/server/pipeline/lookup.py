@@ -51,7 +51,7 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
             return await _serve(x, decision, {})
         logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)
         x.state.metrics.cache_errors.labels("lookup").inc()
-    degraded = await _degraded(x.state, x, decision)
+    degraded = await _degraded(x, decision)
     if (
         degraded is not None
         and degraded.hit is not None
@@ -102,8 +102,9 @@ def count_savings(x: Exchange, stored: Any) -> None:
     metrics.cost_saved.inc(x.state.prices.cost(x.parsed.model, prompt, completion))
 
 
-async def _degraded(state: State, x: Exchange, decision: Decision) -> Decision | None:
+async def _degraded(x: Exchange, decision: Decision) -> Decision | None:
     """Under backlog, a second look at a lower similarity (and confidence), when configured."""
+    state = x.state
     config, request = state.config, x.cache_request
     if (
         config.degraded_min_similarity is None
