@@ -660,6 +660,11 @@ class SemanticCache:
     awarm_up = _offloaded(warm_up)
     acompare_answers = _offloaded(compare_answers)
 
+    @property
+    def vectors(self) -> Vectors:
+        """The embedding side: the model, what it can read of a text, recent vectors."""
+        return self._vectors
+
     # -- internals -------------------------------------------------------------------------
 
     @property

@@ -46,7 +46,8 @@ class Metrics:
         )
         self.upstream_tokens = Counter(
             "semcache_upstream_tokens",
-            "Tokens the upstreams' usage reported, by upstream, key and kind",
+            "Tokens the upstreams' usage reported, by upstream, key and kind (prompt, "
+            "completion, and cached_prompt: the part of prompt read from the provider's cache)",
             ["upstream", "key", "kind"],
             registry=self.registry,
         )
@@ -134,6 +135,33 @@ class Metrics:
         self.shadow_false_hit_rate = Gauge(
             "semcache_shadow_false_hit_rate",
             "Share of the last shadow checks whose answers disagreed (estimated false-hit rate)",
+            registry=self.registry,
+        )
+        self.compression_requests = Counter(
+            "semcache_compression_requests",
+            "Chat requests sent upstream with compression on, by mode asked and outcome "
+            "(compressed, unchanged: too short or nothing gained, fallback: summary failed)",
+            ["mode", "outcome"],
+            registry=self.registry,
+        )
+        self.compression_tokens_removed = Counter(
+            "semcache_compression_tokens_removed",
+            "Prompt tokens compression kept from the upstream, by mode",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.compression_latency = Histogram(
+            "semcache_compression_duration_seconds",
+            "Time to compress a request's history (summary calls included), by mode",
+            ["mode"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compression_saved = Counter(
+            "semcache_compression_saved_usd",
+            "Upstream spend avoided by compression, by the price table, after the provider's "
+            "cached-token discount",
+            ["mode"],
             registry=self.registry,
         )
         self.entries = Gauge(

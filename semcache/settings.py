@@ -21,6 +21,7 @@ from typing import Any
 
 from semcache.budgets import BudgetConfig, parse_budgets
 from semcache.clients import ClientSpec, parse_clients
+from semcache.compression import CompressionSettings, Mode
 from semcache.config import CacheConfig, check_confidence, check_similarity, option
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
@@ -28,6 +29,7 @@ from semcache.upstream.router import RoutingPolicy
 from semcache.upstream.specs import UpstreamSpec, parse_upstreams
 
 ENV_PREFIX = "SEMCACHE_"
+COMPRESSION_MODES = tuple(mode.value for mode in Mode)
 
 
 setting = option
@@ -90,6 +92,34 @@ class ServerConfig(CacheConfig):
     max_pending_bodies: int = setting(
         64, "large request bodies (over 64 KiB) read at once at most; others wait their turn"
     )
+    compression: str = setting(
+        "off",
+        "context compression of long chat histories: off, window, extractive or summary "
+        "(per request: X-Semcache-Compression)",
+    )
+    compression_min_tokens: int = setting(
+        1024, "chat histories of at most this many tokens are sent as they are"
+    )
+    compression_budget_tokens: int = setting(
+        4096, "a compressed history loses its oldest blocks until it fits this many tokens"
+    )
+    compression_keep_turns: int = setting(
+        2, "the last turns sent verbatim, the current user message counting as one"
+    )
+    compression_block_tokens: int = setting(
+        768,
+        "the history is compressed in blocks of this many tokens, closed at turn starts, so "
+        "that consecutive requests share a prefix for the provider's prompt cache",
+    )
+    compression_recall_tokens: int = setting(
+        256, "tokens of left-out text that the last message refers to, put back at most"
+    )
+    compression_model: str = setting(
+        "gpt-4o-mini", "the cheaper model that writes summaries in the summary mode"
+    )
+    compression_summary_timeout_s: float = setting(
+        20.0, "longest wait for a summary; then the block is compressed extractively"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
@@ -113,6 +143,15 @@ class ServerConfig(CacheConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.port > 65535:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
+        if self.compression not in COMPRESSION_MODES:
+            raise ConfigError(
+                f"compression must be one of {', '.join(COMPRESSION_MODES)}, "
+                f"got {self.compression!r}"
+            )
+        try:
+            self.compression_settings()
+        except ValueError as exc:
+            raise ConfigError(f"compression_{exc}") from None
         if self.max_retries < 0 or self.queue_max_length < 0:
             raise ConfigError("max_retries and queue_max_length must not be negative")
         for name in (
@@ -165,6 +204,17 @@ class ServerConfig(CacheConfig):
             breaker_reset_s=self.breaker_reset_s,
             queue_max_wait_s=self.queue_max_wait_s,
             queue_max_length=self.queue_max_length,
+        )
+
+    def compression_settings(self) -> CompressionSettings:
+        return CompressionSettings(
+            min_tokens=self.compression_min_tokens,
+            budget_tokens=self.compression_budget_tokens,
+            keep_turns=self.compression_keep_turns,
+            block_tokens=self.compression_block_tokens,
+            recall_tokens=self.compression_recall_tokens,
+            summary_model=self.compression_model,
+            summary_timeout_s=self.compression_summary_timeout_s,
         )
 
     def cache_config(self) -> CacheConfig:

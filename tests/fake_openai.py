@@ -35,6 +35,8 @@ class Behaviour:
     raw_body: bytes | None = None  # answer 200 with exactly these bytes (JSON or not)
     raw_events: list[bytes] | None = None  # stream exactly these SSE data payloads, then [DONE]
     body_fault: str | None = None  # "cut": half the body then close; "stall": half, then hang
+    prompt_tokens: int = 12  # the usage reported
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when set
 
 
 @dataclass
@@ -243,11 +245,13 @@ class FakeOpenAI:
             return raw
         last = body["messages"][-1].get("content")
         answer = behaviour.answer or f"Answer #{len(self.received)} to: {last}"
-        usage = {
-            "prompt_tokens": 12,
+        usage: dict[str, Any] = {
+            "prompt_tokens": behaviour.prompt_tokens,
             "completion_tokens": len(answer.split()),
-            "total_tokens": 12 + len(answer.split()),
+            "total_tokens": behaviour.prompt_tokens + len(answer.split()),
         }
+        if behaviour.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
         base = {
             "id": f"chatcmpl-fake-{next(self._ids)}",
             "created": int(time.time()),

@@ -53,6 +53,28 @@ class Sidecar:
         ):
             return response.status, await response.json(content_type=None), dict(response.headers)
 
+    async def post_stream(
+        self, path: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, dict[str, str]]:
+        """A streamed request, read to its end: status, the raw event text, headers."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                self.url + path,
+                data=data,
+                headers={"Authorization": "Bearer sk-raw", **(headers or {})},
+            ) as response,
+        ):
+            return response.status, await response.text(), dict(response.headers)
+
+    async def get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
+            return await response.json(content_type=None)
+
+    async def get_text(self, path: str) -> str:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
+            return await response.text()
+
 
 @asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[str]:

@@ -135,6 +135,30 @@ class Dialect:
         """``(prompt tokens, completion tokens)`` of an answer, zeros when absent."""
         raise NotImplementedError
 
+    def cached_prompt_tokens(self, answer: object) -> int:
+        """The prompt tokens the provider read from its prompt cache (billed at a discount)."""
+        return 0
+
+    # A chat history, for context compression (:mod:`semcache.compression`). ``note_role`` is
+    # the role of the messages compression adds; ``None``: this API has no chat history.
+    note_role: str | None = None
+
+    def history(self, body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """The messages of a chat request, ``None`` when there is nothing to compress."""
+        return None
+
+    def with_history(
+        self, body: Mapping[str, Any], messages: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {**body, "messages": messages}
+
+    def summary_request(
+        self, model: str, messages: list[dict[str, str]], max_tokens: int
+    ) -> tuple[str, dict[str, Any]]:
+        """The path and body that ask ``model`` for a summary (``messages``: a system
+        instruction and a user message), in this API."""
+        raise NotImplementedError
+
     def generated_texts(self, answer: object) -> list[str]:
         """Everything the model wrote in an answer, whole or cut (for the bill of a cut one)."""
         raise NotImplementedError
@@ -248,6 +272,20 @@ def positive_int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
+
+
+def chat_history(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
+        return messages
+    return None
+
+
+def nested_int(value: object, *path: str) -> int:
+    """The integer at ``path`` in nested objects, 0 when absent or not an integer."""
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def counts(usage: object, prompt: str, completion: str) -> tuple[int, int]:

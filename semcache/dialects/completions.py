@@ -17,10 +17,12 @@ from semcache.dialects.base import (
     Event,
     Keying,
     Parsed,
+    chat_history,
     counts,
     json_object,
     messages_of,
     model_of,
+    nested_int,
     now_s,
     optional,
     optional_int,
@@ -105,6 +107,9 @@ class _Choices(Dialect):
             isinstance(choice, dict) and choice.get("finish_reason") in _STORABLE_FINISH
             for choice in choices
         )
+
+    def cached_prompt_tokens(self, answer: object) -> int:
+        return nested_int(answer, "usage", "prompt_tokens_details", "cached_tokens")
 
     def usage(self, answer: object) -> tuple[int, int]:
         usage = answer.get("usage") if isinstance(answer, dict) else None
@@ -242,6 +247,16 @@ class ChatCompletions(_Choices):
                 if isinstance(function, dict):
                     texts += [function.get("name") or "", function.get("arguments") or ""]
         return [t for t in texts if isinstance(t, str) and t]
+
+    note_role = "system"
+
+    def history(self, body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        return chat_history(body)
+
+    def summary_request(
+        self, model: str, messages: list[dict[str, str]], max_tokens: int
+    ) -> tuple[str, dict[str, Any]]:
+        return self.path, {"model": model, "messages": messages, "max_tokens": max_tokens}
 
     def answer_text(self, answer: object) -> str:
         """The content of the first choice."""

@@ -22,9 +22,11 @@ from semcache.dialects.base import (
     Event,
     Keying,
     Parsed,
+    chat_history,
     json_object,
     messages_of,
     model_of,
+    nested_int,
     optional,
     optional_int,
     pieces,
@@ -157,6 +159,24 @@ class Messages(Dialect):
 
     def stream_error(self, message: str, code: str) -> bytes:
         return sse({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
+
+    note_role = "user"  # the Messages API has no system messages in the list
+
+    def history(self, body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        return chat_history(body)
+
+    def summary_request(
+        self, model: str, messages: list[dict[str, str]], max_tokens: int
+    ) -> tuple[str, dict[str, Any]]:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        rest = [m for m in messages if m["role"] != "system"]
+        body = {"model": model, "max_tokens": max_tokens, "messages": rest}
+        if system:
+            body["system"] = "\n\n".join(system)
+        return self.path, body
+
+    def cached_prompt_tokens(self, answer: object) -> int:
+        return nested_int(answer, "usage", "cache_read_input_tokens")
 
     def usage(self, answer: object) -> tuple[int, int]:
         usage = answer.get("usage") if isinstance(answer, dict) else None

@@ -28,6 +28,7 @@ from semcache.dialects.base import (
     counts,
     json_object,
     model_of,
+    nested_int,
     now_s,
     optional,
     pieces,
@@ -172,6 +173,9 @@ class Responses(Dialect):
     def stream_error(self, message: str, code: str) -> bytes:
         error = {"type": "error", "code": code, "message": message, "param": None}
         return sse({**error, "sequence_number": 0}, event="error")
+
+    def cached_prompt_tokens(self, answer: object) -> int:
+        return nested_int(answer, "usage", "input_tokens_details", "cached_tokens")
 
     def usage(self, answer: object) -> tuple[int, int]:
         usage = answer.get("usage") if isinstance(answer, dict) else None

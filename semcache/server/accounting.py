@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from semcache.compression import Compressed
 from semcache.dialects import Dialect
 from semcache.errors import BudgetExceededError
 from semcache.server.state import State
@@ -28,7 +29,8 @@ def account(
     (a tool call or a filtered answer is paid for like any other), or ``None`` (an error).
     Its ``usage`` is the bill; without one (a stream cut before its usage chunk), ``estimate``
     (prompt and completion tokens counted by the tokenizer) is billed instead and the key's
-    reservation stands as it was made. ``dialect`` reads the usage of its API's answers."""
+    reservation stands as it was made. ``dialect`` reads the usage of its API's answers,
+    prompt tokens read from the provider's prompt cache included (billed at their price)."""
     prompt, completion = dialect.usage(answer)
     if prompt + completion > 0:
         attempt.settle(prompt + completion)
@@ -37,13 +39,17 @@ def account(
         if estimate is None or sum(estimate) == 0:
             return
         prompt, completion = estimate
+    cached = min(dialect.cached_prompt_tokens(answer), prompt)
     answer = answer or {}
     upstream, key = attempt.target.upstream.name, attempt.target.id
     metrics = state.metrics
     metrics.upstream_tokens.labels(upstream, key, "prompt").inc(prompt)
     metrics.upstream_tokens.labels(upstream, key, "completion").inc(completion)
+    if cached:
+        metrics.upstream_tokens.labels(upstream, key, "cached_prompt").inc(cached)
+        state.compression.totals.cached_prompt_tokens += cached
     answered_by = answer.get("model") if isinstance(answer.get("model"), str) else model
-    cost = state.prices.cost(model, prompt, completion)
+    cost = state.prices.cost(model, prompt, completion, cached)
     metrics.upstream_cost.labels(upstream, answered_by).inc(cost)
     if state.ledger is None:
         return
@@ -91,3 +97,25 @@ def cheaper_model(state: State, tenant: str, model: str) -> str | None:
         return None
     state.metrics.budget_actions.labels("downgraded").inc()
     return admission.model
+
+
+def count_compression_savings(
+    state: State,
+    model: str,
+    compressed: Compressed,
+    answer: dict[str, Any] | None,
+    dialect: Dialect,
+) -> float:
+    """What the tokens compression removed would have cost: at the input price, discounted as
+    the provider discounted this answer's prompt (the removed tokens would have been read from
+    its cache in the same proportion as the ones sent)."""
+    removed = compressed.removed_tokens
+    if removed <= 0:
+        return 0.0
+    prompt, _ = dialect.usage(answer)
+    cached_share = min(dialect.cached_prompt_tokens(answer), prompt) / prompt if prompt else 0.0
+    cached = round(removed * cached_share)
+    saved = state.prices.cost(model, removed, 0, cached)
+    state.metrics.compression_saved.labels(compressed.requested.value).inc(saved)
+    state.compression.totals.saved_usd += saved
+    return saved

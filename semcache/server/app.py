@@ -17,10 +17,12 @@ from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.clients import Clients
 from semcache.coalescing import Coalescer
+from semcache.compression import Compressor
 from semcache.dialects import DIALECTS
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
 from semcache.server.bodies import body_middleware
+from semcache.server.compression import ContextCompression
 from semcache.server.controls import caller_key
 from semcache.server.error_responses import error_middleware, error_response
 from semcache.server.shadow_checks import ShadowChecks
@@ -143,6 +145,9 @@ def _resources(
                 app[STATE], attempt, model, answer, tenant, dialect=dialect
             ),
         )
+        compression = ContextCompression(
+            config, Compressor(the_cache.vectors.embedder, config.compression_settings())
+        )
         app[STATE] = State(
             config=config,
             cache=the_cache,
@@ -153,6 +158,7 @@ def _resources(
             metrics=metrics_,
             prices=config.prices,
             shadow=shadow,
+            compression=compression,
         )
         checkpoints = None
         try:
@@ -170,6 +176,7 @@ def _resources(
                     await checkpoints
             await batcher.close()
             await shadow.close()
+            await asyncio.to_thread(compression.close)
             if given_router is None:
                 await router.close()
             if ledger is not None and given_ledger is None:
@@ -224,6 +231,10 @@ async def stats(request: web.Request) -> web.Response:
             "keys": state.router.describe(),
             "queue_length": state.router.queue_length,
             "budgets": None if state.ledger is None else state.ledger.describe(),
+            "compression": {
+                "mode": state.config.compression,
+                **state.compression.totals.describe(),
+            },
             "clients": [client.name for client in state.config.clients],
         }
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from semcache.compression import Mode
 from semcache.config import check_confidence, check_similarity, check_ttl
 from semcache.errors import InvalidRequestError
 from semcache.keys import check_namespace
@@ -130,4 +131,23 @@ def parse_priority(raw: str | None) -> int:
         raise InvalidRequestError(
             f"X-Semcache-Priority must be high, normal or low, got {raw!r}",
             field="X-Semcache-Priority",
+        ) from None
+
+
+def parse_compression(raw: str | None, default: str) -> Mode:
+    """``X-Semcache-Compression``: off, window, extractive or summary (default: the setting).
+
+    Raises:
+        InvalidRequestError: any other value.
+    """
+    if raw is None:
+        return Mode(default)
+    try:
+        return Mode(raw.strip().lower())
+    except ValueError:
+        raise InvalidRequestError(
+            "X-Semcache-Compression must be one of "
+            + ", ".join(m.value for m in Mode)
+            + f", got {raw!r}",
+            field="X-Semcache-Compression",
         ) from None

@@ -12,6 +12,7 @@ from semcache.cache import SemanticCache
 from semcache.coalescing import Coalescer
 from semcache.metrics import Metrics
 from semcache.pricing import PriceTable
+from semcache.server.compression import ContextCompression
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.settings import ServerConfig
 from semcache.upstream.router import Router
@@ -28,6 +29,7 @@ class State:
     metrics: Metrics
     prices: PriceTable
     shadow: ShadowChecks
+    compression: ContextCompression
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

@@ -4,6 +4,7 @@
     transform  rewrites: a spent budget's downgrade (re-keyed), usage in streams (outgoing only)
     look_up    exact tier, semantic tier, verifier; a hit is served here and ends the request
     admit      a miss may go upstream unless a spent budget refuses (429)
+    compress   a long chat history shortened for the upstream (outgoing only)
     send       identical misses coalesced, the router: queue, retry, failover
     relay      the answer to the client as it arrives; the upstream connection released
     account    what the upstream charged: key limits, metrics, budgets
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from semcache.server.pipeline.account import account
 from semcache.server.pipeline.admit import admit
+from semcache.server.pipeline.compress import compress
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.lookup import look_up
 from semcache.server.pipeline.parse import parse
@@ -32,7 +34,17 @@ from semcache.server.pipeline.transform import transform
 
 Stage = Callable[[Exchange], Awaitable[web.StreamResponse | None]]
 
-STAGES: tuple[Stage, ...] = (parse, transform, look_up, admit, send, relay, account, store)
+STAGES: tuple[Stage, ...] = (
+    parse,
+    transform,
+    look_up,
+    admit,
+    compress,
+    send,
+    relay,
+    account,
+    store,
+)
 
 
 async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResponse:

@@ -19,6 +19,10 @@ async def account(x: Exchange) -> web.StreamResponse | None:
         x.state, x.attempt, x.parsed.model, x.received, x.tenant,
         dialect=x.dialect, estimate=_estimate(x),
     )  # fmt: skip
+    if x.compressed is not None:
+        accounting.count_compression_savings(
+            x.state, x.parsed.model, x.compressed, x.received, x.dialect
+        )
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from semcache.compression import Compressed, Mode
 from semcache.decision import Decision
 from semcache.dialects import Dialect, Parsed
 from semcache.keys import CacheRequest
@@ -31,6 +32,8 @@ class Exchange:
     controls: Controls = field(default_factory=Controls)
     tenant: str = ANONYMOUS
     priority: int = PRIORITIES["normal"]
+    compression: Mode = Mode.OFF  # asked for by the header, else the setting
+    compressed: Compressed | None = None  # what compression made of the history
     headers: dict[str, str] = field(default_factory=dict)  # what semcache says of the request
     outcome: str = "error"  # hit | miss | bypass, for the metrics
     decision: Decision | None = None

@@ -13,6 +13,7 @@ from semcache.errors import InvalidRequestError
 from semcache.server.controls import (
     ANONYMOUS,
     Controls,
+    parse_compression,
     parse_priority,
     tenant_namespace,
     tenant_of,
@@ -32,6 +33,9 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
     headers = x.request.headers
     x.controls = Controls.from_headers(headers)
     x.priority = parse_priority(headers.get("X-Semcache-Priority"))
+    x.compression = parse_compression(
+        headers.get("X-Semcache-Compression"), x.state.config.compression
+    )
     tenant = tenant_of(headers, x.request.get(CLIENT))
     if tenant is None and x.state.config.anonymous_cache:
         tenant = ANONYMOUS

@@ -1,7 +1,8 @@
 """Stage ``transform``: the rewrites of a request before it is looked up and sent, in order.
 
 Most rewrites change only ``outgoing``, what the upstream receives, while the cache keys on
-``body``: asking a stream for its usage now, compressing a long history next. A spent budget's
+``body``: asking a stream for its usage here, compressing a long history in :mod:`.compress`
+(after the lookup: a hit never pays for it). A spent budget's
 downgrade is the one rewrite that changes the key too, on purpose: the answer of the cheaper
 model is stored (and so looked up) under the cheaper model, never served later to a request
 for the model asked for.

@@ -1,0 +1,481 @@
+"""The compressor: a long chat history made shorter before it is sent, in one of three modes.
+
+``window``
+    The oldest closed blocks are dropped until the history fits ``budget_tokens``.
+``extractive``
+    Each plain-text message of the body is cut to its most salient units (a pure function of
+    the message: the same cut every turn), and units that the last user message refers back to
+    are put back where they were (*recall*: its rare tokens, its content words and the cosine
+    of the embedding model). Local: no upstream call.
+``summary``
+    Each closed block is replaced by a summary that a cheaper model writes once per block; the
+    open block is shortened as in ``extractive``. A block whose summary cannot be had (the
+    call fails or times out) is shortened as in ``extractive`` instead, and the request goes on.
+
+In every mode the head (system prompt), the tail (the last ``keep_turns`` turns) and every
+message that is not plain text (tool calls and results, images) are sent byte for byte; a
+history that is still over ``budget_tokens`` loses its oldest closed blocks, two or more at a
+time so that the prefix changes seldom; a note marks where they were.
+
+Only recall depends on the question; it changes the history where the recalled units are, and
+only when the question refers back with some certainty, so most turns keep the previous turn's
+prefix. Embedding units costs time (about 7 ms each on two cores), so units are embedded once
+and remembered; :meth:`Compressor.warm` embeds a conversation's units off the request path, and
+``embed_limit`` bounds how many a request embeds itself (those without a vector are recalled
+by their words alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcache.compression.history import (
+    Block,
+    History,
+    Slot,
+    compressible_texts,
+    count_history,
+    message_tokens,
+    starts_turn,
+    with_texts,
+)
+from semcache.compression.summaries import Summaries, Summarise, fingerprint, summary_text
+from semcache.compression.texts import (
+    ELISION,
+    cues_of,
+    kept_units,
+    lexical_match,
+    render,
+    tokens_in,
+    units_of,
+)
+from semcache.embedding import Embedder
+
+
+class Mode(enum.StrEnum):
+    OFF = "off"
+    WINDOW = "window"
+    EXTRACTIVE = "extractive"
+    SUMMARY = "summary"
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    min_tokens: int = 1024  # histories up to this many tokens are sent as they are
+    budget_tokens: int = 4096  # what a history is cut down to, at most
+    keep_turns: int = 2  # the last turns, sent verbatim (the current user message is one)
+    block_tokens: int = 768  # blocks close at the first turn start after this many tokens
+    recall_tokens: int = 256  # the most tokens of units recall puts back
+    summary_model: str = "gpt-4o-mini"
+    summary_max_tokens: int = 300
+    summary_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_tokens", "budget_tokens", "block_tokens", "summary_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.keep_turns < 1:
+            raise ValueError("keep_turns must be at least 1 (the current user message)")
+        if self.recall_tokens < 0:
+            raise ValueError("recall_tokens must not be negative")
+        if not 0 < self.summary_timeout_s < float("inf"):
+            raise ValueError("summary_timeout_s must be a positive number of seconds")
+
+
+# Recall puts a unit back when its words and its cosine to the question add up to this, or to
+# the lower bar when the question says that it points back ("again", "remember", "I said").
+# Tuned on planted facts with the questions of the training templates (benchmarks/
+# compression_bench.py --split train); an unrelated question scores under 0.5 nearly always.
+RECALL_THRESHOLD = 0.85
+RECALL_THRESHOLD_REFERRING = 0.6
+DROPPED_NOTE = f"{ELISION} Earlier turns of this conversation are omitted."
+ASIDES = "From those turns, what bears on the latest message:"
+
+
+@dataclass(frozen=True)
+class Compressed:
+    messages: list[dict[str, Any]]
+    requested: Mode
+    applied: Mode  # OFF when the history was left as it was
+    original_tokens: int
+    sent_tokens: int
+    recalled: int = 0  # units put back because the question refers to them
+    dropped_blocks: int = 0
+    summarised_blocks: int = 0
+    fallback: str | None = None  # why some blocks were shortened, not summarised
+    seconds: float = 0.0
+
+    @property
+    def removed_tokens(self) -> int:
+        return self.original_tokens - self.sent_tokens
+
+
+@dataclass
+class _Layout:
+    """What each block of the body becomes: sent as it is (the open block, and every block in
+    ``window``), cut to ``cut``'s units, replaced by its summary, or dropped (the first
+    ``dropped`` closed blocks, a note in their place)."""
+
+    blocks: list[Block]
+    cut: dict[int, list[set[int]]]  # slot position -> per text part: units kept
+    summaries: dict[int, str]  # block index -> its summary
+    dropped: int
+    note_role: str
+
+    def render(self, recalled: dict[int, list[set[int]]]) -> list[dict[str, Any]]:
+        body: list[dict[str, Any]] = []
+        if self.dropped:
+            asides = _asides(self.blocks[: self.dropped], recalled)
+            body.append({"role": self.note_role, "content": DROPPED_NOTE + asides})
+            body += [dict(s.message) for b in self.blocks[: self.dropped] for s in b.slots
+                     if s.texts is None]  # fmt: skip
+        for i in range(self.dropped, len(self.blocks)):
+            body += self.block(i, recalled)
+        return body
+
+    def block(self, i: int, recalled: dict[int, list[set[int]]]) -> list[dict[str, Any]]:
+        block = self.blocks[i]
+        if i in self.summaries:
+            content = summary_text(self.summaries[i]) + _asides([block], recalled)
+            out = [{"role": self.note_role, "content": content}]
+            return out + [dict(s.message) for s in block.slots if s.texts is None]
+        out = []
+        for slot in block.slots:
+            cut = self.cut.get(slot.position)
+            if cut is None:
+                out.append(dict(slot.message))
+                continue
+            extra = recalled.get(slot.position)
+            kept = cut if extra is None else [c | e for c, e in zip(cut, extra, strict=True)]
+            out.append(_rendered(slot, kept))
+        return out
+
+
+def _asides(blocks: Sequence[Block], recalled: dict[int, list[set[int]]]) -> str:
+    """The recalled units of blocks that are not sent, quoted with who said them."""
+    lines = []
+    for block in blocks:
+        for slot in block.slots:
+            parts = recalled.get(slot.position)
+            if parts is None or slot.texts is None:
+                continue
+            speaker = "User" if slot.role == "user" else "Assistant"
+            for text, units in zip(slot.texts, parts, strict=True):
+                if units:
+                    lines.append(f"{speaker}: {render(text, units_of(text), units)}")
+    return ("\n" + ASIDES + "\n" + "\n".join(lines)) if lines else ""
+
+
+class Compressor:
+    """Thread-safe; one per process is enough (it remembers unit vectors and summaries)."""
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        settings: CompressionSettings | None = None,
+        *,
+        summaries: Summaries | None = None,
+        memo_size: int = 20_000,
+    ) -> None:
+        self.embedder = embedder
+        self.settings = settings or CompressionSettings()
+        self.summaries = summaries or Summaries()
+        self.memo_size = memo_size
+        self._vectors: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- the modes ---------------------------------------------------------------------------
+
+    def compress(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        mode: Mode | str = Mode.EXTRACTIVE,
+        *,
+        scope: str = "",
+        note_role: str = "system",
+        question_vector: NDArray[np.float32] | None = None,
+        embed_limit: int | None = None,
+    ) -> Compressed:
+        """``messages`` shortened in ``mode`` (``summary`` needs :meth:`acompress`; here it
+        uses the summaries already written and shortens the other blocks).
+
+        ``scope`` keeps remembered vectors apart (one per tenant); ``note_role`` is the role of
+        the messages compression adds ("system" for OpenAI, "user" for Anthropic, which has no
+        system messages in the list); ``embed_limit`` bounds the units embedded now (``None``:
+        all that recall may need)."""
+        return self._compress(
+            messages, Mode(mode), {}, None, scope, note_role, question_vector, embed_limit
+        )
+
+    async def acompress(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        mode: Mode | str = Mode.EXTRACTIVE,
+        *,
+        summarise: Summarise | None = None,
+        scope: str = "",
+        note_role: str = "system",
+        question_vector: NDArray[np.float32] | None = None,
+        embed_limit: int | None = None,
+    ) -> Compressed:
+        """As :meth:`compress`; in ``summary`` mode the closed blocks' summaries that are not
+        known yet are written by ``summarise``. The local work runs on a worker thread."""
+        mode = Mode(mode)
+        written: dict[int, str] = {}
+        fallback = None
+        if mode is Mode.SUMMARY and (plan := self._plan(messages)) is not None:
+            _, blocks = plan
+            closed = [(i, b) for i, b in enumerate(blocks) if b.closed and _has_text(b)]
+            if closed and summarise is None:
+                fallback = "no summariser"
+            elif closed:
+                assert summarise is not None
+                results = await asyncio.gather(
+                    *(self._summary(block, summarise) for _, block in closed),
+                    return_exceptions=True,
+                )
+                for (i, _), result in zip(closed, results, strict=True):
+                    if isinstance(result, BaseException):
+                        fallback = f"summary failed: {type(result).__name__}: {result}"[:200]
+                    else:
+                        written[i] = result
+        return await asyncio.to_thread(
+            self._compress,
+            messages, mode, written, fallback, scope, note_role, question_vector, embed_limit,
+        )  # fmt: skip
+
+    async def _summary(self, block: Block, summarise: Summarise) -> str:
+        s = self.settings
+        return await self.summaries.get(
+            s.summary_model,
+            block,
+            summarise,
+            max_tokens=s.summary_max_tokens,
+            timeout_s=s.summary_timeout_s,
+        )
+
+    def _plan(self, messages: Sequence[Mapping[str, Any]]) -> tuple[History, list[Block]] | None:
+        history = History.of(messages, self.settings.keep_turns)
+        if history.tokens <= self.settings.min_tokens or not history.body:
+            return None
+        return history, history.blocks(self.settings.block_tokens)
+
+    def _compress(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        mode: Mode,
+        summaries: dict[int, str],
+        fallback: str | None,
+        scope: str,
+        note_role: str,
+        question_vector: NDArray[np.float32] | None,
+        embed_limit: int | None,
+    ) -> Compressed:
+        started = time.perf_counter()
+        plan = self._plan(messages) if mode is not Mode.OFF else None
+        if plan is None:
+            tokens = History.of(messages, self.settings.keep_turns).tokens
+            return Compressed(list(map(dict, messages)), mode, Mode.OFF, tokens, tokens)
+        history, blocks = plan
+        if mode is Mode.SUMMARY:
+            known = {
+                i: self.summaries.known(fingerprint(self.settings.summary_model, b))
+                for i, b in enumerate(blocks)
+                if b.closed and i not in summaries and _has_text(b)
+            }
+            summaries = {**summaries, **{i: t for i, t in known.items() if t is not None}}
+        else:
+            summaries = {}
+        cut: dict[int, list[set[int]]] = {}  # slot position -> per text part: the units kept
+        if mode is not Mode.WINDOW:
+            for i, block in enumerate(blocks):
+                if block.closed and i not in summaries:
+                    for slot in block.slots:
+                        if slot.texts is not None:
+                            cut[slot.position] = [
+                                kept_units(text, user=slot.role == "user") for text in slot.texts
+                            ]
+        layout = _Layout(blocks, cut, summaries, 0, note_role)
+        layout.dropped = self._dropped(history, layout)
+        recalled = self._recall(history, layout, scope, question_vector, embed_limit)
+        body = layout.render(recalled)
+        out = [dict(m) for m in history.head] + body + [dict(m) for m in history.tail]
+        sent = count_history(out)
+        if sent >= history.tokens:  # nothing gained: send the original, prefix and all
+            return Compressed(
+                list(map(dict, messages)), mode, Mode.OFF, history.tokens, history.tokens,
+                seconds=time.perf_counter() - started,
+            )  # fmt: skip
+        return Compressed(
+            out,
+            mode,
+            mode,
+            history.tokens,
+            sent,
+            recalled=sum(len(u) for parts in recalled.values() for u in parts),
+            dropped_blocks=layout.dropped,
+            summarised_blocks=sum(1 for i in summaries if i >= layout.dropped),
+            fallback=fallback,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _dropped(self, history: History, layout: _Layout) -> int:
+        """How many of the oldest closed blocks to drop for the history to fit the budget: in
+        steps of several blocks, so that the prefix changes once per step, not per block."""
+        s = self.settings
+        fixed = _count(history.head) + _count(history.tail)
+        sizes = [_count(layout.block(i, {})) for i in range(len(layout.blocks))]
+        closed = sum(1 for b in layout.blocks if b.closed)
+        step = max(1, s.budget_tokens // (2 * s.block_tokens))
+        dropped = 0
+        while fixed + sum(sizes[dropped:]) > s.budget_tokens and dropped < closed:
+            dropped = min(closed, dropped + step)
+        return dropped
+
+    def _recall(
+        self,
+        history: History,
+        layout: _Layout,
+        scope: str,
+        question_vector: NDArray[np.float32] | None,
+        embed_limit: int | None,
+    ) -> dict[int, list[set[int]]]:
+        """The left-out units the question refers to, per slot position and text part: from
+        the cut of closed blocks (put back in place), and from dropped and summarised blocks
+        (quoted after the note or the summary that stands for them)."""
+        question = _question(history)
+        if question is None or self.settings.recall_tokens == 0:
+            return {}
+        candidates: list[tuple[Slot, int, int, str]] = []  # slot, part, unit, text
+        for i, block in enumerate(layout.blocks):
+            if not block.closed:
+                continue
+            for slot in block.slots:
+                cut = layout.cut.get(slot.position)
+                for part, text in enumerate(slot.texts or ()):
+                    for u, unit in enumerate(units_of(text)):
+                        aside = i < layout.dropped or i in layout.summaries
+                        if aside or (cut is not None and u not in cut[part]):
+                            candidates.append((slot, part, u, text[unit.start : unit.end]))
+        if not candidates:
+            return {}
+        cues = cues_of(question)
+        cosines = self._cosines(
+            question, [c[3] for c in candidates], scope, question_vector, embed_limit
+        )
+        newest = max(1, history.body[-1].position)
+        bar = RECALL_THRESHOLD_REFERRING if cues.refers_back else RECALL_THRESHOLD
+        scored = []
+        for (slot, part, u, text), cosine in zip(candidates, cosines, strict=True):
+            score = lexical_match(cues, text) + cosine + 0.05 * slot.position / newest
+            if score >= bar:
+                scored.append((score, slot, part, u, text))
+        spent = 0
+        recalled: dict[int, list[set[int]]] = {}
+        for _, slot, part, u, text in sorted(scored, key=lambda s: (-s[0], -s[1].position)):
+            cost = tokens_in(text)
+            if spent + cost > self.settings.recall_tokens:
+                continue
+            parts = recalled.setdefault(slot.position, [set() for _ in slot.texts or ()])
+            parts[part].add(u)
+            spent += cost
+        return recalled
+
+    def _cosines(
+        self,
+        question: str,
+        texts: list[str],
+        scope: str,
+        question_vector: NDArray[np.float32] | None,
+        embed_limit: int | None,
+    ) -> list[float]:
+        if self.embedder is None:
+            return [0.0] * len(texts)
+        if question_vector is None:
+            question_vector = self.embedder.embed([question])[0]
+        vectors = self._vectors_for(texts, scope, embed_limit)
+        return [0.0 if v is None else float(v @ question_vector) for v in vectors]
+
+    def _vectors_for(
+        self, texts: list[str], scope: str, embed_limit: int | None
+    ) -> list[NDArray[np.float32] | None]:
+        with self._lock:
+            found = [self._vectors.get((scope, t)) for t in texts]
+        missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))
+        if embed_limit is not None:
+            missing = missing[:embed_limit]
+        if missing:
+            fresh = self._embed(scope, missing)
+            found = [fresh.get(t) if v is None else v for t, v in zip(texts, found, strict=True)]
+        return found
+
+    def _embed(self, scope: str, texts: list[str]) -> dict[str, NDArray[np.float32]]:
+        assert self.embedder is not None
+        vectors = self.embedder.embed(texts)
+        fresh = dict(zip(texts, vectors, strict=True))
+        with self._lock:
+            for text, vector in fresh.items():
+                self._vectors[(scope, text)] = vector
+                self._vectors.move_to_end((scope, text))
+            while len(self._vectors) > self.memo_size:
+                self._vectors.popitem(last=False)
+        return fresh
+
+    def warm(
+        self, messages: Sequence[Mapping[str, Any]], *, scope: str = "", chunk: int = 8
+    ) -> int:
+        """Embed the units of ``messages`` that recall may weigh later and have no vector yet,
+        a few at a time (so that lookups waiting for the model get their turn). Returns how
+        many were embedded."""
+        if self.embedder is None:
+            return 0
+        texts: dict[str, None] = {}
+        for message in messages:
+            if not starts_turn(message) and message.get("role") != "assistant":
+                continue
+            for text in compressible_texts(message) or ():
+                for unit in units_of(text):
+                    texts[text[unit.start : unit.end]] = None
+        with self._lock:
+            missing = [t for t in texts if (scope, t) not in self._vectors]
+        for i in range(0, len(missing), chunk):
+            self._embed(scope, missing[i : i + chunk])
+        return len(missing)
+
+
+def _rendered(slot: Slot, kept: list[set[int]] | None) -> dict[str, Any]:
+    if slot.texts is None or kept is None:
+        return dict(slot.message)
+    texts = [render(t, units_of(t), k) for t, k in zip(slot.texts, kept, strict=True)]
+    if list(texts) == list(slot.texts):
+        return dict(slot.message)
+    return with_texts(slot.message, texts)
+
+
+def _question(history: History) -> str | None:
+    for message in reversed(history.tail):
+        if starts_turn(message):
+            texts = compressible_texts(message)
+            return "\n".join(texts) if texts else None
+    return None
+
+
+def _has_text(block: Block) -> bool:
+    return any(slot.texts is not None for slot in block.slots)
+
+
+def _count(messages: Sequence[Mapping[str, Any]]) -> int:
+    return sum(message_tokens(m) for m in messages)
+
+
+__all__ = ["Compressed", "CompressionSettings", "Compressor", "Mode"]

@@ -1,0 +1,249 @@
+"""Texts cut into units (sentences, lines of code or lists), what each unit holds that is
+worth keeping, and a text rendered with only some of its units, the elisions marked.
+
+Everything here is a pure function of the text it is given, memoised: the same message is
+shortened the same way on every turn of a conversation, which is what keeps the compressed
+history a stable prefix for the provider's prompt cache.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from semcache.policy import content_words
+from semcache.tokens import count_text
+
+ELISION = "[…]"
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_LIST_OR_HEADING = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|#{1,6})\s")
+# A sentence ends at . ! ? (or their CJK forms) followed by space and what may open a sentence;
+# "e.g. the", "3.5" and "Dr. Smith" do not end one.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"”')\]]?\s+(?=[\"“'(\[]?[A-Z0-9])|(?<=[。！？])")
+_ABBREVIATION = re.compile(
+    r"(?:\b(?:e\.g|i\.e|etc|vs|Mr|Mrs|Ms|Dr|Prof|St|No|approx|cf)\.|\b[A-Z]\.)$"
+)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:/-]\d+)*(?![\w])|\b\w*\d\w*\b")
+_IDENTIFIER = re.compile(
+    r"\b[A-Za-z]+_[A-Za-z0-9_]+\b|\b[a-z]+[A-Z][A-Za-z0-9]*\b|\b\w+\(\)|`[^`\n]{1,80}`"
+)
+_LINK = re.compile(r"https?://\S+|\b[\w.+-]+@[\w-]+\.[\w.]+\b")
+_WORD_CAPITALISED = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*\b")
+_CODE_HEADER = re.compile(
+    r"^\s*(?:def|class|function|fn|func|async|export|public|private|struct|interface|impl|"
+    r"module|package|import|from|#include|CREATE|SELECT)\b"
+)
+
+
+@lru_cache(maxsize=65536)
+def tokens_in(text: str) -> int:
+    """Tokens of ``text`` by the real tokenizer (memoised: histories are resent each turn)."""
+    return count_text(text)
+
+
+@dataclass(frozen=True)
+class Unit:
+    start: int
+    end: int
+    kind: str  # prose | line | code
+    opens: str  # message | paragraph | "" (neither)
+
+
+@lru_cache(maxsize=16384)
+def units_of(text: str) -> tuple[Unit, ...]:
+    units: list[Unit] = []
+    in_code = False
+    offset = 0
+    paragraph_start = True
+    for raw in text.splitlines(keepends=True):
+        line = raw.rstrip("\r\n")
+        stripped = line.strip()
+        start = offset + (len(line) - len(line.lstrip()))
+        end = offset + len(line.rstrip())
+        offset += len(raw)
+        if _FENCE.match(line):
+            in_code = not in_code
+            units.append(Unit(start, end, "code", _opens(units, paragraph_start)))
+            paragraph_start = False
+            continue
+        if not stripped:
+            paragraph_start = True
+            continue
+        if in_code or line.startswith(("    ", "\t")):
+            units.append(Unit(start, end, "code", _opens(units, paragraph_start)))
+        elif _LIST_OR_HEADING.match(line) or stripped.startswith("|"):
+            units.append(Unit(start, end, "line", _opens(units, paragraph_start)))
+        else:
+            for s, e in _sentences(text, start, end):
+                units.append(Unit(s, e, "prose", _opens(units, paragraph_start)))
+                paragraph_start = False
+        paragraph_start = False
+    return tuple(units)
+
+
+def _opens(units: list[Unit], paragraph_start: bool) -> str:
+    if not units:
+        return "message"
+    return "paragraph" if paragraph_start else ""
+
+
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    spans = []
+    cursor = start
+    for match in _SENTENCE_BREAK.finditer(text, start, end):
+        if _ABBREVIATION.search(text[cursor : match.start()].rstrip("\"”')]")):
+            continue
+        piece_end = len(text[: match.start()].rstrip())
+        if piece_end > cursor:
+            spans.append((cursor, piece_end))
+        cursor = match.end()
+    if cursor < end:
+        spans.append((cursor, end))
+    return spans
+
+
+def names_in(text: str) -> list[str]:
+    """Capitalised words that do not open a sentence: names, mostly."""
+    found = []
+    for match in _WORD_CAPITALISED.finditer(text):
+        before = text[: match.start()].rstrip(" \"“'(")
+        if before and before[-1] not in ".!?:\n-*•#" and not before[-1].isdigit():
+            found.append(match.group())
+    return found
+
+
+@lru_cache(maxsize=65536)
+def salience(unit_text: str, kind: str, opens: str, user: bool) -> float:
+    """How much a unit is worth keeping whatever is asked next: the sentence that opens a
+    message or paragraph, and units that carry facts (numbers, names, identifiers, links)."""
+    score = {"message": 2.0, "paragraph": 0.6}.get(opens, 0.0)
+    if user:
+        score += 1.0
+    if kind == "code":
+        return score + (0.8 if _CODE_HEADER.match(unit_text) else -1.0)
+    if _NUMBER.search(unit_text):
+        score += 1.2
+    if _LINK.search(unit_text):
+        score += 1.0
+    if _IDENTIFIER.search(unit_text):
+        score += 0.8
+    if names_in(unit_text):
+        score += 0.8
+    if len(unit_text) < 16:
+        score -= 0.5
+    return score
+
+
+# (tokens kept whole, share kept of a longer text): users state facts in few words and the
+# question often comes back to them; answers are long and restate what was asked.
+USER_KEEP = (128, 0.5)
+ASSISTANT_KEEP = (48, 0.15)
+
+
+def kept_units(text: str, *, user: bool) -> set[int]:
+    """The units of ``text`` worth sending whatever is asked next: all of a short text, the
+    most salient of a longer one up to its share of tokens."""
+    units = units_of(text)
+    whole, share = USER_KEEP if user else ASSISTANT_KEEP
+    total = tokens_in(text)
+    if total <= whole or len(units) <= 1:
+        return set(range(len(units)))
+    return chosen(text, units, user=user, budget=max(whole // 2, int(total * share)))
+
+
+def chosen(text: str, units: tuple[Unit, ...], *, user: bool, budget: int) -> set[int]:
+    ranked = sorted(
+        range(len(units)),
+        key=lambda i: (-salience(_span(text, units[i]), units[i].kind, units[i].opens, user), i),
+    )
+    kept: set[int] = set()
+    spent = 0
+    for i in ranked:
+        cost = tokens_in(_span(text, units[i]))
+        if kept and spent + cost > budget:
+            continue
+        kept.add(i)
+        spent += cost
+    return kept
+
+
+def render(text: str, units: tuple[Unit, ...], kept: set[int]) -> str:
+    if len(kept) == len(units):
+        return text
+    out: list[str] = []
+    previous: int | None = None
+    for i, unit in enumerate(units):
+        if i not in kept:
+            continue
+        if previous is None:
+            if i > 0:
+                out.append(ELISION + ("\n" if "\n" in text[: unit.start] else " "))
+        elif previous == i - 1:
+            out.append(text[units[previous].end : unit.start])
+        else:
+            gap = text[units[previous].end : unit.start]
+            out.append(f"\n{ELISION}\n" if "\n" in gap else f" {ELISION} ")
+        out.append(_span(text, unit))
+        previous = i
+    if previous is not None and previous < len(units) - 1:
+        gap = text[units[previous].end :]
+        out.append(f"\n{ELISION}" if "\n" in gap else f" {ELISION}")
+    return "".join(out)
+
+
+def _span(text: str, unit: Unit) -> str:
+    return text[unit.start : unit.end]
+
+
+# Words with which a message points back at the conversation ("what was my order number
+# again?", "as I mentioned"): they say that something earlier is wanted, not what it is about.
+_REFERRING = frozenset(
+    ("remember", "remembered", "recall", "again", "earlier", "mentioned", "said", "told",
+     "repeat", "remind", "previously", "forgot", "forget")
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cues:
+    """What a question refers back with: rare tokens (numbers, names, identifiers), its
+    content words, and whether it says that it refers back."""
+
+    rare: frozenset[str]
+    words: frozenset[str]
+    refers_back: bool
+
+
+@lru_cache(maxsize=4096)
+def cues_of(text: str) -> Cues:
+    rare = {m.group().lower().strip("`") for m in _NUMBER.finditer(text)}
+    rare |= {m.group().lower().strip("`") for m in _IDENTIFIER.finditer(text)}
+    rare |= {name.lower() for name in names_in(text)}
+    words = [w for w in content_words(text) if len(w) > 2]
+    return Cues(
+        frozenset(r for r in rare if len(r) > 1),
+        frozenset(stem(w) for w in words if w not in _REFERRING),
+        any(w in _REFERRING for w in words),
+    )
+
+
+def stem(word: str) -> str:
+    """A crude English stem, enough to match "orders" with "order" and "booked" with "book"."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def lexical_match(question: Cues, unit_text: str) -> float:
+    """0 to 1.5: the share of the question's content words the unit has, plus 0.5 when it has
+    one of the question's rare tokens."""
+    if not question.words and not question.rare:
+        return 0.0
+    lowered = unit_text.lower()
+    rare = 0.5 if any(r in lowered for r in question.rare) else 0.0
+    if not question.words:
+        return rare
+    words = {stem(w) for w in content_words(unit_text)}
+    return rare + len(question.words & words) / len(question.words)
