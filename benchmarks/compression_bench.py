@@ -46,11 +46,11 @@ import orjson
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from semcache.compression import Compressor, CompressionSettings, Mode  # noqa: E402
-from semcache.compression.history import count_history, message_tokens  # noqa: E402
-from semcache.compression.texts import kept_units, render, units_of  # noqa: E402
-from semcache.embedding import SentenceTransformerEmbedder, set_threads  # noqa: E402
-from semcache.pricing import PriceTable  # noqa: E402
+from semcache.compression import CompressionSettings, Compressor, Mode
+from semcache.compression.history import count_history, message_tokens
+from semcache.compression.texts import kept_units, render, units_of
+from semcache.embedding import SentenceTransformerEmbedder, set_threads
+from semcache.pricing import PriceTable
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "compression_bench.txt"
@@ -76,8 +76,38 @@ TEST_FACTS = [
     ("The ticket I opened is {v}.", "What was the number of the ticket I opened?", "ticket"),
     ("My daughter {v} is turning ten next week.", "What's my daughter's name?", "first"),
 ]  # fmt: skip
-FIRST = ["Amara", "Bartek", "Chiara", "Dmitri", "Elif", "Farouk", "Greta", "Hiroshi", "Ingrid",
-         "Jalen", "Kasia", "Lorenzo", "Mireille", "Nnamdi", "Oona", "Pablo", "Quentin", "Rosalind"]
+# Looked at while the mechanisms were developed (the test templates never were, until the
+# reported run): a third set, so that tuning on train can be checked on unseen questions.
+DEV_FACTS = [
+    ("I drive a {v}, if that matters.", "What car do I drive?", "car"),
+    ("My son's teacher is Mrs {v}.", "What's the name of my son's teacher?", "last"),
+    ("The invoice in question is {v}.", "Which invoice was it about?", "ticket"),
+    ("My appointment is on {v}.", "When is my appointment?", "date"),
+    ("We are flying to {v} in May.", "Where are we flying to?", "city"),
+    ("My favourite colour is {v}.", "Do you recall my favourite colour?", "colour"),
+]
+CARS = ["Skoda Octavia", "Volvo V60", "Fiat Panda", "Toyota Yaris", "Renault Clio"]
+COLOURS = ["teal", "crimson", "ochre", "lavender", "olive"]
+FIRST = [
+    "Amara",
+    "Bartek",
+    "Chiara",
+    "Dmitri",
+    "Elif",
+    "Farouk",
+    "Greta",
+    "Hiroshi",
+    "Ingrid",
+    "Jalen",
+    "Kasia",
+    "Lorenzo",
+    "Mireille",
+    "Nnamdi",
+    "Oona",
+    "Pablo",
+    "Quentin",
+    "Rosalind",
+]
 LAST = ["Okafor", "Lindqvist", "Moreau", "Tanaka", "Kowalski", "Haddad", "Brennan", "Ferreira"]
 CITIES = ["Ljubljana", "Tampere", "Valparaíso", "Bergen", "Kraków", "Porto", "Tbilisi", "Ghent"]
 ALLERGENS = ["penicillin", "shellfish", "latex", "sesame", "bee stings", "walnuts"]
@@ -104,6 +134,12 @@ def value(kind: str, rng: random.Random) -> str:
             return rng.choice(CITIES)
         case "amount":
             return f"{rng.randint(12, 95) * 50}"
+        case "car":
+            return rng.choice(CARS)
+        case "last":
+            return rng.choice(LAST)
+        case "colour":
+            return rng.choice(COLOURS)
         case "ticket":
             return f"#{rng.randint(10000, 99999)}"
     raise ValueError(kind)
@@ -156,8 +192,10 @@ def shared_prefix_tokens(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str
         if orjson.dumps(x) == orjson.dumps(y):
             tokens += message_tokens(x)
             continue
-        if x.get("role") == y.get("role") and isinstance(x.get("content"), str) and isinstance(
-            y.get("content"), str
+        if (
+            x.get("role") == y.get("role")
+            and isinstance(x.get("content"), str)
+            and isinstance(y.get("content"), str)
         ):
             cx, cy = x["content"], y["content"]
             n = 0
@@ -219,7 +257,8 @@ async def run_mode(
             recalled_turns += result.recalled > 0
             totals["original"] += result.original_tokens
             totals["sent"] += result.sent_tokens
-            answer = conversation[len(request)]["content"] if len(request) < len(conversation) else ""
+            following = conversation[len(request) : len(request) + 1]
+            answer = following[0]["content"] if following else ""
             completion = message_tokens({"content": answer})
             for label, messages, previous, prompt in (
                 ("with", sent, previous_sent, result.sent_tokens),
@@ -253,7 +292,9 @@ async def run_mode(
 
 
 def timings(
-    conversations: list[tuple[list[dict[str, str]], str]], embedder: Any, settings: CompressionSettings
+    conversations: list[tuple[list[dict[str, str]], str]],
+    embedder: Any,
+    settings: CompressionSettings,
 ) -> dict[str, list[float]]:
     """Compression time for the last request of 8k-token conversations."""
     out: dict[str, list[float]] = {"cold": [], "sidecar": [], "sidecar+question": []}
@@ -279,7 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--conversations", type=int, default=60)
-    parser.add_argument("--split", choices=("train", "test"), default="test")
+    parser.add_argument("--split", choices=("train", "dev", "test"), default="test")
     parser.add_argument("--modes", default="window,extractive,summary")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--no-timings", action="store_true")
@@ -291,18 +332,17 @@ def main() -> None:
     embedder = SentenceTransformerEmbedder()
     embedder.embed(["warm up"])
     pool = load_conversations(args.data)
-    rng = random.Random(args.seed + (0 if args.split == "test" else 1000))
+    rng = random.Random(args.seed + {"test": 0, "train": 1000, "dev": 2000}[args.split])
     # Chained conversations are cut from the pool's two halves: train from one, test from the
     # other, so tuning never sees the reported conversations.
-    half = pool[: len(pool) // 2] if args.split == "train" else pool[len(pool) // 2 :]
-    facts = TRAIN_FACTS if args.split == "train" else TEST_FACTS
+    half = pool[len(pool) // 2 :] if args.split == "test" else pool[: len(pool) // 2]
+    facts = {"train": TRAIN_FACTS, "dev": DEV_FACTS, "test": TEST_FACTS}[args.split]
     conversations = [
         build(half, rng, rng.randint(4_200, 9_000), facts) for _ in range(args.conversations)
     ]
     long8k = [build(half, rng, 8_000, facts) for _ in range(max(20, args.conversations // 3))]
-    settings = CompressionSettings(
-        **{k: getattr(args, k) for k, v in vars(CompressionSettings()).items() if isinstance(v, int)}
-    )
+    numbers = [k for k, v in vars(CompressionSettings()).items() if isinstance(v, int)]
+    settings = CompressionSettings(**{k: getattr(args, k) for k in numbers})
     lines = [
         f"compression_bench: {len(conversations)} chained conversations, "
         f"{statistics.mean(count_history(c) for c, _ in conversations):.0f} tokens on average "
@@ -310,7 +350,8 @@ def main() -> None:
         f"{sum(len(requests_of(c)) for c, _ in conversations)} requests; settings {settings}",
         "",
         f"{'mode':<11} {'sent/orig':>9} {'last':>6} {'fact kept':>9} {'prefix reuse':>12} "
-        f"{'recall turns':>12} {'cost without':>12} {'cost with':>10} {'saved':>6} {'summaries':>9}",
+        f"{'recall turns':>12} {'cost without':>12} {'cost with':>10} {'saved':>6} "
+        f"{'summaries':>9}",
     ]
     print(lines[0], flush=True)
     for name in args.modes.split(","):
@@ -326,8 +367,12 @@ def main() -> None:
     if args.no_timings:
         return
     times = timings(long8k, embedder, settings)
-    lines += ["", f"extractive compression time, last request of {len(long8k)} conversations of "
-              f"{statistics.mean(count_history(requests_of(c)[-1]) for c, _ in long8k):.0f} tokens:"]  # fmt: skip
+    mean_tokens = statistics.mean(count_history(requests_of(c)[-1]) for c, _ in long8k)
+    lines += [
+        "",
+        f"extractive compression time, last request of {len(long8k)} conversations of "
+        f"{mean_tokens:.0f} tokens:",
+    ]
     for label, values in times.items():
         lines.append(
             f"  {label:<17} p50 {percentile(values, 0.5) * 1000:7.1f} ms   "

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from semcache.compression import CompressionSettings, Compressor, Mode, Summaries
+from semcache.compression.compressor import RECALLED
 from semcache.compression.history import count_history, message_tokens
 from semcache.embedding import SentenceTransformerEmbedder
 from tests.conftest import WordHashEmbedder
@@ -201,11 +202,16 @@ def test_a_fact_the_last_turn_asks_for_reaches_the_upstream(
     result = compressor.compress(messages, mode)
     assert result.applied is mode
     assert fact in orjson.dumps(result.messages).decode()
+    # Whatever is recalled goes in one note before the last turns: everything before it is
+    # what an unrelated question gets, so the provider's cached prefix is kept.
+    messages[-1] = {"role": "user", "content": "Write a haiku about autumn leaves."}
+    other = compressor.compress(messages, mode)
+    assert other.recalled == 0
+    notes = [m for m in result.messages if str(m["content"]).startswith(RECALLED)]
     if mode is Mode.WINDOW:  # the fact was dropped with its block and recalled for the question
-        assert result.dropped_blocks >= 1
-        messages[-1] = {"role": "user", "content": "Write a haiku about autumn leaves."}
-        other = compressor.compress(messages, mode)
+        assert result.dropped_blocks >= 1 and result.recalled >= 1 and len(notes) == 1
         assert fact not in orjson.dumps(other.messages).decode()
+    assert [m for m in result.messages[:-1] if m not in notes] == other.messages[:-1]
 
 
 async def test_summaries_are_written_once_per_block_and_reused() -> None:
@@ -363,7 +369,12 @@ async def test_the_sidecar_sends_the_compressed_history_and_stores_under_the_ori
         received = upstream.calls()[-1].body
         assert count_history(received["messages"]) == sent
         assert received["messages"][0] == SYSTEM and received["messages"][-1] == messages[-1]
-        # Stored under the request as the client sent it: asking it again is an exact hit.
+        # Stored (once the stream has ended) under the request as the client sent it: asking
+        # it again is an exact hit.
+        for _ in range(100):
+            if len(sidecar.cache):
+                break
+            await asyncio.sleep(0.05)
         status, _, headers = await sidecar.post("/v1/chat/completions", chat(messages))
         assert status == 200 and headers["X-Semcache"] == "hit"
         assert len(upstream.calls()) == 1

@@ -4,23 +4,25 @@
     The oldest closed blocks are dropped until the history fits ``budget_tokens``.
 ``extractive``
     Each plain-text message of the body is cut to its most salient units (a pure function of
-    the message: the same cut every turn), and units that the last user message refers back to
-    are put back where they were (*recall*: its rare tokens, its content words and the cosine
-    of the embedding model). Local: no upstream call.
+    the message: the same cut every turn). Local: no upstream call.
 ``summary``
-    Each closed block is replaced by a summary that a cheaper model writes once per block; the
-    open block is shortened as in ``extractive``. A block whose summary cannot be had (the
-    call fails or times out) is shortened as in ``extractive`` instead, and the request goes on.
+    Each closed block is replaced by a summary that a cheaper model writes once per block. A
+    block whose summary cannot be had (the call fails or times out) is cut as in
+    ``extractive`` instead, and the request goes on.
 
 In every mode the head (system prompt), the tail (the last ``keep_turns`` turns) and every
 message that is not plain text (tool calls and results, images) are sent byte for byte; a
 history that is still over ``budget_tokens`` loses its oldest closed blocks, two or more at a
 time so that the prefix changes seldom; a note marks where they were.
 
-Only recall depends on the question; it changes the history where the recalled units are, and
-only when the question refers back with some certainty, so most turns keep the previous turn's
-prefix. Embedding units costs time (about 7 ms each on two cores), so units are embedded once
-and remembered; :meth:`Compressor.warm` embeds a conversation's units off the request path, and
+In every mode, the units left out (cut, summarised or dropped) that the last user message
+refers to are *recalled*: quoted, in their order and with who said them, in a note just before
+the last turns (its rare tokens, its content words and the cosine of the embedding model pick
+them). Only that note depends on the question, and it comes after everything that does not,
+so consecutive requests keep sharing their prefix.
+
+Embedding units costs time (about 7 ms each on two cores), so units are embedded once and
+remembered; :meth:`Compressor.warm` embeds a conversation's units off the request path, and
 ``embed_limit`` bounds how many a request embeds itself (those without a vector are recalled
 by their words alone).
 """
@@ -53,6 +55,7 @@ from semcache.compression.summaries import Summaries, Summarise, fingerprint, su
 from semcache.compression.texts import (
     ELISION,
     cues_of,
+    digest,
     kept_units,
     lexical_match,
     render,
@@ -92,14 +95,16 @@ class CompressionSettings:
             raise ValueError("summary_timeout_s must be a positive number of seconds")
 
 
-# Recall puts a unit back when its words and its cosine to the question add up to this, or to
-# the lower bar when the question says that it points back ("again", "remember", "I said").
+# Recall puts a unit back when its words and its cosine to the question add up to this. A
+# question that says it points back ("again", "did I say", "what's my …?") also gets its best
+# few matches, whatever their score: it asks for something earlier, and these are the likeliest.
 # Tuned on planted facts with the questions of the training templates (benchmarks/
 # compression_bench.py --split train); an unrelated question scores under 0.5 nearly always.
 RECALL_THRESHOLD = 0.85
-RECALL_THRESHOLD_REFERRING = 0.6
+RECALL_BEST_WHEN_REFERRING = 3
+RECALL_FLOOR = 0.25  # under this, not even the best match of a referring question
 DROPPED_NOTE = f"{ELISION} Earlier turns of this conversation are omitted."
-ASIDES = "From those turns, what bears on the latest message:"
+RECALLED = "Left out above, and bearing on the latest message:"
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ class Compressed:
 class _Layout:
     """What each block of the body becomes: sent as it is (the open block, and every block in
     ``window``), cut to ``cut``'s units, replaced by its summary, or dropped (the first
-    ``dropped`` closed blocks, a note in their place)."""
+    ``dropped`` closed blocks, a note in their place). None of it depends on the question, so
+    consecutive requests share it; what is recalled for the question comes after it."""
 
     blocks: list[Block]
     cut: dict[int, list[set[int]]]  # slot position -> per text part: units kept
@@ -132,48 +138,39 @@ class _Layout:
     dropped: int
     note_role: str
 
-    def render(self, recalled: dict[int, list[set[int]]]) -> list[dict[str, Any]]:
+    def render(self) -> list[dict[str, Any]]:
         body: list[dict[str, Any]] = []
         if self.dropped:
-            asides = _asides(self.blocks[: self.dropped], recalled)
-            body.append({"role": self.note_role, "content": DROPPED_NOTE + asides})
+            body.append({"role": self.note_role, "content": DROPPED_NOTE})
             body += [dict(s.message) for b in self.blocks[: self.dropped] for s in b.slots
                      if s.texts is None]  # fmt: skip
         for i in range(self.dropped, len(self.blocks)):
-            body += self.block(i, recalled)
+            body += self.block(i)
         return body
 
-    def block(self, i: int, recalled: dict[int, list[set[int]]]) -> list[dict[str, Any]]:
+    def block(self, i: int) -> list[dict[str, Any]]:
         block = self.blocks[i]
         if i in self.summaries:
-            content = summary_text(self.summaries[i]) + _asides([block], recalled)
-            out = [{"role": self.note_role, "content": content}]
+            out = [{"role": self.note_role, "content": summary_text(self.summaries[i])}]
             return out + [dict(s.message) for s in block.slots if s.texts is None]
-        out = []
-        for slot in block.slots:
-            cut = self.cut.get(slot.position)
-            if cut is None:
-                out.append(dict(slot.message))
-                continue
-            extra = recalled.get(slot.position)
-            kept = cut if extra is None else [c | e for c, e in zip(cut, extra, strict=True)]
-            out.append(_rendered(slot, kept))
-        return out
+        return [_rendered(slot, self.cut.get(slot.position)) for slot in block.slots]
 
-
-def _asides(blocks: Sequence[Block], recalled: dict[int, list[set[int]]]) -> str:
-    """The recalled units of blocks that are not sent, quoted with who said them."""
-    lines = []
-    for block in blocks:
-        for slot in block.slots:
-            parts = recalled.get(slot.position)
-            if parts is None or slot.texts is None:
-                continue
-            speaker = "User" if slot.role == "user" else "Assistant"
-            for text, units in zip(slot.texts, parts, strict=True):
-                if units:
-                    lines.append(f"{speaker}: {render(text, units_of(text), units)}")
-    return ("\n" + ASIDES + "\n" + "\n".join(lines)) if lines else ""
+    def recalled_note(self, recalled: dict[int, list[set[int]]]) -> dict[str, Any] | None:
+        """The recalled units, in their order, quoted with who said them, in one note that
+        goes just before the last turns (in place they would change the shared prefix)."""
+        lines = []
+        for block in self.blocks:
+            for slot in block.slots:
+                parts = recalled.get(slot.position)
+                if parts is None or slot.texts is None:
+                    continue
+                speaker = "User" if slot.role == "user" else "Assistant"
+                for text, units in zip(slot.texts, parts, strict=True):
+                    if units:
+                        lines.append(f"{speaker}: {render(text, units_of(text), units)}")
+        if not lines:
+            return None
+        return {"role": self.note_role, "content": RECALLED + "\n" + "\n".join(lines)}
 
 
 class Compressor:
@@ -191,7 +188,8 @@ class Compressor:
         self.settings = settings or CompressionSettings()
         self.summaries = summaries or Summaries()
         self.memo_size = memo_size
-        self._vectors: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
+        # (scope, digest of a unit) -> its vector: no client text is held
+        self._vectors: OrderedDict[tuple[str, bytes], NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- the modes ---------------------------------------------------------------------------
@@ -308,7 +306,10 @@ class Compressor:
         layout = _Layout(blocks, cut, summaries, 0, note_role)
         layout.dropped = self._dropped(history, layout)
         recalled = self._recall(history, layout, scope, question_vector, embed_limit)
-        body = layout.render(recalled)
+        body = layout.render()
+        note = layout.recalled_note(recalled)
+        if note is not None:
+            body.append(note)
         out = [dict(m) for m in history.head] + body + [dict(m) for m in history.tail]
         sent = count_history(out)
         if sent >= history.tokens:  # nothing gained: send the original, prefix and all
@@ -334,7 +335,7 @@ class Compressor:
         steps of several blocks, so that the prefix changes once per step, not per block."""
         s = self.settings
         fixed = _count(history.head) + _count(history.tail)
-        sizes = [_count(layout.block(i, {})) for i in range(len(layout.blocks))]
+        sizes = [_count(layout.block(i)) for i in range(len(layout.blocks))]
         closed = sum(1 for b in layout.blocks if b.closed)
         step = max(1, s.budget_tokens // (2 * s.block_tokens))
         dropped = 0
@@ -350,9 +351,8 @@ class Compressor:
         question_vector: NDArray[np.float32] | None,
         embed_limit: int | None,
     ) -> dict[int, list[set[int]]]:
-        """The left-out units the question refers to, per slot position and text part: from
-        the cut of closed blocks (put back in place), and from dropped and summarised blocks
-        (quoted after the note or the summary that stands for them)."""
+        """The left-out units the question refers to, per slot position and text part: what
+        the cut of closed blocks left out, and all of dropped and summarised blocks."""
         question = _question(history)
         if question is None or self.settings.recall_tokens == 0:
             return {}
@@ -374,15 +374,22 @@ class Compressor:
             question, [c[3] for c in candidates], scope, question_vector, embed_limit
         )
         newest = max(1, history.body[-1].position)
-        bar = RECALL_THRESHOLD_REFERRING if cues.refers_back else RECALL_THRESHOLD
-        scored = []
-        for (slot, part, u, text), cosine in zip(candidates, cosines, strict=True):
-            score = lexical_match(cues, text) + cosine + 0.05 * slot.position / newest
-            if score >= bar:
-                scored.append((score, slot, part, u, text))
+        scored = sorted(
+            (
+                (lexical_match(cues, text) + cosine + 0.05 * slot.position / newest,
+                 slot, part, u, text)
+                for (slot, part, u, text), cosine in zip(candidates, cosines, strict=True)
+            ),
+            key=lambda s: (-s[0], -s[1].position),
+        )  # fmt: skip
+        best = RECALL_BEST_WHEN_REFERRING if cues.refers_back else 0
+        scored = [
+            s for rank, s in enumerate(scored)
+            if s[0] >= RECALL_THRESHOLD or (rank < best and s[0] >= RECALL_FLOOR)
+        ]  # fmt: skip
         spent = 0
         recalled: dict[int, list[set[int]]] = {}
-        for _, slot, part, u, text in sorted(scored, key=lambda s: (-s[0], -s[1].position)):
+        for _, slot, part, u, text in scored:
             cost = tokens_in(text)
             if spent + cost > self.settings.recall_tokens:
                 continue
@@ -410,7 +417,7 @@ class Compressor:
         self, texts: list[str], scope: str, embed_limit: int | None
     ) -> list[NDArray[np.float32] | None]:
         with self._lock:
-            found = [self._vectors.get((scope, t)) for t in texts]
+            found = [self._vectors.get((scope, digest(t))) for t in texts]
         missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))
         if embed_limit is not None:
             missing = missing[:embed_limit]
@@ -425,8 +432,9 @@ class Compressor:
         fresh = dict(zip(texts, vectors, strict=True))
         with self._lock:
             for text, vector in fresh.items():
-                self._vectors[(scope, text)] = vector
-                self._vectors.move_to_end((scope, text))
+                key = (scope, digest(text))
+                self._vectors[key] = vector
+                self._vectors.move_to_end(key)
             while len(self._vectors) > self.memo_size:
                 self._vectors.popitem(last=False)
         return fresh
@@ -447,7 +455,7 @@ class Compressor:
                 for unit in units_of(text):
                     texts[text[unit.start : unit.end]] = None
         with self._lock:
-            missing = [t for t in texts if (scope, t) not in self._vectors]
+            missing = [t for t in texts if (scope, digest(t)) not in self._vectors]
         for i in range(0, len(missing), chunk):
             self._embed(scope, missing[i : i + chunk])
         return len(missing)

@@ -8,9 +8,14 @@ history a stable prefix for the provider's prompt cache.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import wraps
+from typing import TypeVar
 
 from semcache.policy import content_words
 from semcache.tokens import count_text
@@ -37,7 +42,42 @@ _CODE_HEADER = re.compile(
 )
 
 
-@lru_cache(maxsize=65536)
+_T = TypeVar("_T")
+
+
+def digest(text: str) -> bytes:
+    """A short digest that stands for a text in memos."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def memoised(size: int) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Like ``lru_cache``, but keyed by a digest of the text (the first argument), so that the
+    memo holds no client text: its size stays bounded however long the messages are."""
+
+    def decorate(function: Callable[..., _T]) -> Callable[..., _T]:
+        memo: OrderedDict[tuple[object, ...], _T] = OrderedDict()
+        lock = threading.Lock()
+
+        @wraps(function)
+        def wrapper(text: str, *rest: object) -> _T:
+            key = (digest(text), *rest)
+            with lock:
+                if key in memo:
+                    memo.move_to_end(key)
+                    return memo[key]
+            value = function(text, *rest)
+            with lock:
+                memo[key] = value
+                if len(memo) > size:
+                    memo.popitem(last=False)
+            return value
+
+        return wrapper
+
+    return decorate
+
+
+@memoised(65536)
 def tokens_in(text: str) -> int:
     """Tokens of ``text`` by the real tokenizer (memoised: histories are resent each turn)."""
     return count_text(text)
@@ -51,7 +91,7 @@ class Unit:
     opens: str  # message | paragraph | "" (neither)
 
 
-@lru_cache(maxsize=16384)
+@memoised(16384)
 def units_of(text: str) -> tuple[Unit, ...]:
     units: list[Unit] = []
     in_code = False
@@ -95,7 +135,7 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     for match in _SENTENCE_BREAK.finditer(text, start, end):
         if _ABBREVIATION.search(text[cursor : match.start()].rstrip("\"”')]")):
             continue
-        piece_end = len(text[: match.start()].rstrip())
+        piece_end = cursor + len(text[cursor : match.start()].rstrip())
         if piece_end > cursor:
             spans.append((cursor, piece_end))
         cursor = match.end()
@@ -108,13 +148,13 @@ def names_in(text: str) -> list[str]:
     """Capitalised words that do not open a sentence: names, mostly."""
     found = []
     for match in _WORD_CAPITALISED.finditer(text):
-        before = text[: match.start()].rstrip(" \"“'(")
+        before = text[max(0, match.start() - 16) : match.start()].rstrip(" \"“'(")
         if before and before[-1] not in ".!?:\n-*•#" and not before[-1].isdigit():
             found.append(match.group())
     return found
 
 
-@lru_cache(maxsize=65536)
+@memoised(65536)
 def salience(unit_text: str, kind: str, opens: str, user: bool) -> float:
     """How much a unit is worth keeping whatever is asked next: the sentence that opens a
     message or paragraph, and units that carry facts (numbers, names, identifiers, links)."""
@@ -197,12 +237,20 @@ def _span(text: str, unit: Unit) -> str:
     return text[unit.start : unit.end]
 
 
-# Words with which a message points back at the conversation ("what was my order number
-# again?", "as I mentioned"): they say that something earlier is wanted, not what it is about.
+# How a short message points back at the conversation ("what was my order number again?",
+# "did I say", "you told me"): it wants something said earlier. The words that do the pointing
+# say nothing of what is wanted, so they are no content words. A long message (a pasted text,
+# a role-play prompt) uses such words for other ends.
 _REFERRING = frozenset(
-    ("remember", "remembered", "recall", "again", "earlier", "mentioned", "said", "told",
-     "repeat", "remind", "previously", "forgot", "forget")
+    ("remember", "remembered", "recall", "again", "earlier", "mentioned", "repeat", "remind",
+     "previously", "forgot", "forget")
 )  # fmt: skip
+_REFERS_BACK = re.compile(
+    r"\b(?:did|have|had) (?:i|we|you) (?:say|tell|mention|give|ask|share|write)\b"
+    r"|\b(?:i|you|we) (?:said|told|mentioned|gave|asked|shared|wrote)\b",
+    re.IGNORECASE,
+)
+_SHORT_MESSAGE_WORDS = 60
 
 
 @dataclass(frozen=True)
@@ -215,21 +263,28 @@ class Cues:
     refers_back: bool
 
 
-@lru_cache(maxsize=4096)
+LEXICAL_CHARS = 4000  # what is read of a long unit or question (a line of minified code …)
+
+
+@memoised(4096)
 def cues_of(text: str) -> Cues:
+    text = text[:LEXICAL_CHARS]
     rare = {m.group().lower().strip("`") for m in _NUMBER.finditer(text)}
     rare |= {m.group().lower().strip("`") for m in _IDENTIFIER.finditer(text)}
     rare |= {name.lower() for name in names_in(text)}
     words = [w for w in content_words(text) if len(w) > 2]
+    short = len(text.split()) <= _SHORT_MESSAGE_WORDS
     return Cues(
         frozenset(r for r in rare if len(r) > 1),
         frozenset(stem(w) for w in words if w not in _REFERRING),
-        any(w in _REFERRING for w in words),
+        short and (any(w in _REFERRING for w in words) or _REFERS_BACK.search(text) is not None),
     )
 
 
 def stem(word: str) -> str:
-    """A crude English stem, enough to match "orders" with "order" and "booked" with "book"."""
+    """A crude English stem, enough to match "orders" and "order's" with "order", "booked"
+    with "book"."""
+    word = word.removesuffix("'s")
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) > len(suffix) + 3 and word.endswith(suffix):
             return word[: -len(suffix)]
@@ -238,9 +293,10 @@ def stem(word: str) -> str:
 
 def lexical_match(question: Cues, unit_text: str) -> float:
     """0 to 1.5: the share of the question's content words the unit has, plus 0.5 when it has
-    one of the question's rare tokens."""
+    one of the question's rare tokens (read in the unit's first ``LEXICAL_CHARS``)."""
     if not question.words and not question.rare:
         return 0.0
+    unit_text = unit_text[:LEXICAL_CHARS]
     lowered = unit_text.lower()
     rare = 0.5 if any(r in lowered for r in question.rare) else 0.0
     if not question.words:
