@@ -20,10 +20,12 @@ mode, the figures are:
    cached prompt tokens (OpenAI's rule simulated: a prefix shared with the previous request,
    1,024 tokens or more, in steps of 128, at half price).
 
-The fact templates are split in two: ``train`` (used to tune the recall threshold) and
-``test`` (reported). ``summary`` uses a stand-in summariser (the extractive cut of the block,
-no model is reachable here), so its figures show the mechanics (each block summarised once,
-prefix reuse), not a model's summary quality.
+The fact templates come in four sets: ``train`` and ``dev`` (used to tune recall, on
+conversations from the first half of the files), ``test`` (run twice during development,
+which showed failures the others did not) and ``holdout`` (written last and reported), on
+conversations from the second half. ``summary`` uses a stand-in summariser (the extractive
+cut of the block: no model is reachable here), so its figures show the mechanics (each block
+summarised once, prefix reuse), not a model's summary quality.
 
 Writes benchmarks/results/compression_bench.txt.
 """
@@ -85,6 +87,16 @@ DEV_FACTS = [
     ("My appointment is on {v}.", "When is my appointment?", "date"),
     ("We are flying to {v} in May.", "Where are we flying to?", "city"),
     ("My favourite colour is {v}.", "Do you recall my favourite colour?", "colour"),
+]
+# Written after the test templates had been looked at (they served to find failures the
+# train and dev ones did not show), and never run before the reported figures.
+HOLDOUT_FACTS = [
+    ("Just so you know, my employee number is {v}.", "What's my employee number?", "account"),
+    ("My sister {v} will join us later.", "What is my sister's name?", "first"),
+    ("I was born in {v}.", "Where was I born, as I told you?", "city"),
+    ("The parcel tracking code is {v}.", "Could you give me the tracking code again?", "order"),
+    ("I can only meet on {v}.", "Which day can I meet?", "date"),
+    ("Please send the report to {v} when done.", "Who should get the report?", "email"),
 ]
 CARS = ["Skoda Octavia", "Volvo V60", "Fiat Panda", "Toyota Yaris", "Renault Clio"]
 COLOURS = ["teal", "crimson", "ochre", "lavender", "olive"]
@@ -320,7 +332,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--conversations", type=int, default=60)
-    parser.add_argument("--split", choices=("train", "dev", "test"), default="test")
+    parser.add_argument("--split", choices=("train", "dev", "test", "holdout"), default="holdout")
     parser.add_argument("--modes", default="window,extractive,summary")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--no-timings", action="store_true")
@@ -332,11 +344,14 @@ def main() -> None:
     embedder = SentenceTransformerEmbedder()
     embedder.embed(["warm up"])
     pool = load_conversations(args.data)
-    rng = random.Random(args.seed + {"test": 0, "train": 1000, "dev": 2000}[args.split])
-    # Chained conversations are cut from the pool's two halves: train from one, test from the
-    # other, so tuning never sees the reported conversations.
-    half = pool[len(pool) // 2 :] if args.split == "test" else pool[: len(pool) // 2]
-    facts = {"train": TRAIN_FACTS, "dev": DEV_FACTS, "test": TEST_FACTS}[args.split]
+    seeds = {"test": 0, "train": 1000, "dev": 2000, "holdout": 3000}
+    rng = random.Random(args.seed + seeds[args.split])
+    # Chained conversations come from the pool's two halves: tuning sets from one, test and
+    # holdout from the other, so tuning never sees the reported conversations.
+    tuning = args.split in ("train", "dev")
+    half = pool[: len(pool) // 2] if tuning else pool[len(pool) // 2 :]
+    facts = {"train": TRAIN_FACTS, "dev": DEV_FACTS, "test": TEST_FACTS,
+             "holdout": HOLDOUT_FACTS}[args.split]  # fmt: skip
     conversations = [
         build(half, rng, rng.randint(4_200, 9_000), facts) for _ in range(args.conversations)
     ]

@@ -97,12 +97,12 @@ class CompressionSettings:
 
 # Recall puts a unit back when its words and its cosine to the question add up to this. A
 # question that says it points back ("again", "did I say", "what's my …?") also gets its best
-# few matches, whatever their score: it asks for something earlier, and these are the likeliest.
+# few matches down to a floor: it asks for something earlier, and these are the likeliest.
 # Tuned on planted facts with the questions of the training templates (benchmarks/
 # compression_bench.py --split train); an unrelated question scores under 0.5 nearly always.
 RECALL_THRESHOLD = 0.85
 RECALL_BEST_WHEN_REFERRING = 3
-RECALL_FLOOR = 0.25  # under this, not even the best match of a referring question
+RECALL_FLOOR = 0.3  # under this, not even the best match of a referring question
 DROPPED_NOTE = f"{ELISION} Earlier turns of this conversation are omitted."
 RECALLED = "Left out above, and bearing on the latest message:"
 

@@ -247,7 +247,11 @@ _REFERRING = frozenset(
 )  # fmt: skip
 _REFERS_BACK = re.compile(
     r"\b(?:did|have|had) (?:i|we|you) (?:say|tell|mention|give|ask|share|write)\b"
-    r"|\b(?:i|you|we) (?:said|told|mentioned|gave|asked|shared|wrote)\b",
+    r"|\b(?:i|you|we) (?:said|told|mentioned|gave|asked|shared|wrote)\b"
+    # a question about the user's own things or doings: "what's my dog called?", "which
+    # city do I live in?" (only the user can have said it)
+    r"|\b(?:what|which|who|whom|whose|where|when|how)\b[^.!?\n]*"
+    r"(?:\bmy\b|\b(?:do|did|am|was|have|had) i\b)[^.!?\n]*\?",
     re.IGNORECASE,
 )
 _SHORT_MESSAGE_WORDS = 60
