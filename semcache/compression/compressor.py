@@ -211,9 +211,12 @@ class Compressor:
         the messages compression adds ("system" for OpenAI, "user" for Anthropic, which has no
         system messages in the list); ``embed_limit`` bounds the units embedded now (``None``:
         all that recall may need)."""
+        mode = Mode(mode)
+        history, blocks = self._plan(messages, mode)
         return self._compress(
-            messages, Mode(mode), {}, None, scope, note_role, question_vector, embed_limit
-        )
+            messages, history, blocks, mode, {}, None, scope, note_role, question_vector,
+            embed_limit,
+        )  # fmt: skip
 
     async def acompress(
         self,
@@ -231,8 +234,8 @@ class Compressor:
         mode = Mode(mode)
         written: dict[int, str] = {}
         fallback = None
-        if mode is Mode.SUMMARY and (plan := self._plan(messages)) is not None:
-            _, blocks = plan
+        history, blocks = await asyncio.to_thread(self._plan, messages, mode)
+        if mode is Mode.SUMMARY:
             closed = [(i, b) for i, b in enumerate(blocks) if b.closed and _has_text(b)]
             if closed and summarise is None:
                 fallback = "no summariser"
@@ -249,7 +252,8 @@ class Compressor:
                         written[i] = result
         return await asyncio.to_thread(
             self._compress,
-            messages, mode, written, fallback, scope, note_role, question_vector, embed_limit,
+            messages, history, blocks, mode, written, fallback, scope, note_role,
+            question_vector, embed_limit,
         )  # fmt: skip
 
     async def _summary(self, block: Block, summarise: Summarise) -> str:
@@ -262,15 +266,20 @@ class Compressor:
             timeout_s=s.summary_timeout_s,
         )
 
-    def _plan(self, messages: Sequence[Mapping[str, Any]]) -> tuple[History, list[Block]] | None:
+    def _plan(
+        self, messages: Sequence[Mapping[str, Any]], mode: Mode
+    ) -> tuple[History, list[Block]]:
+        """The history and its blocks; no blocks when it is to be sent as it is."""
         history = History.of(messages, self.settings.keep_turns)
-        if history.tokens <= self.settings.min_tokens or not history.body:
-            return None
+        if mode is Mode.OFF or history.tokens <= self.settings.min_tokens or not history.body:
+            return history, []
         return history, history.blocks(self.settings.block_tokens)
 
     def _compress(
         self,
         messages: Sequence[Mapping[str, Any]],
+        history: History,
+        blocks: list[Block],
         mode: Mode,
         summaries: dict[int, str],
         fallback: str | None,
@@ -280,11 +289,9 @@ class Compressor:
         embed_limit: int | None,
     ) -> Compressed:
         started = time.perf_counter()
-        plan = self._plan(messages) if mode is not Mode.OFF else None
-        if plan is None:
-            tokens = History.of(messages, self.settings.keep_turns).tokens
+        if not blocks:
+            tokens = history.tokens
             return Compressed(list(map(dict, messages)), mode, Mode.OFF, tokens, tokens)
-        history, blocks = plan
         if mode is Mode.SUMMARY:
             known = {
                 i: self.summaries.known(fingerprint(self.settings.summary_model, b))

@@ -50,8 +50,7 @@ class ContextCompression:
         self._warmer = concurrent.futures.ThreadPoolExecutor(1, "semcache-compression-warm")
         self._pending_warms = 0
 
-    @property
-    def summaries(self) -> Summaries:
+    def open_summaries(self) -> Summaries:
         """The summaries, kept on disk under the cache directory (opened on first use, so
         that a sidecar that never summarises creates nothing)."""
         summaries = self.compressor.summaries

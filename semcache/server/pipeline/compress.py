@@ -43,7 +43,7 @@ async def compress(x: Exchange) -> web.StreamResponse | None:
     try:
         summarise = None
         if mode is Mode.SUMMARY:
-            service.summaries  # noqa: B018 - opens the summary store on first use
+            service.open_summaries()
             summarise = _summariser(x)
         vector = await asyncio.to_thread(_question_vector, x, history)
         result = await service.compressor.acompress(
