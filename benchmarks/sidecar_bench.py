@@ -90,12 +90,12 @@ def fake_upstream(delay_ms: float) -> Iterator[str]:
 
 
 @contextmanager
-def sidecar(upstream: str, batch_max_wait_ms: float) -> Iterator[str]:
+def sidecar(upstream: str, lookup_batch_wait_ms: float) -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory() as cache_dir:
         command = [
             sys.executable, "-m", "semcache", "serve", "--port", str(port), "--upstream", upstream,
-            "--cache-dir", cache_dir, "--batch-max-wait-ms", str(batch_max_wait_ms),
+            "--cache-dir", cache_dir, "--lookup-batch-wait-ms", str(lookup_batch_wait_ms),
             "--log-level", "warning",
         ]  # fmt: skip
         with running(command, f"http://127.0.0.1:{port}/healthz"):

@@ -29,6 +29,12 @@ from semcache.upstream.router import RoutingPolicy
 from semcache.upstream.specs import UpstreamSpec, parse_upstreams
 
 ENV_PREFIX = "SEMCACHE_"
+# Settings that changed name, still read from the file and the environment under the old one
+# ("batch" now means merging requests, see ``batch_*``).
+RENAMED = {
+    "batch_max_wait_ms": "lookup_batch_wait_ms",
+    "batch_max_size": "lookup_batch_size",
+}
 COMPRESSION_MODES = tuple(mode.value for mode in Mode)
 
 
@@ -55,10 +61,10 @@ class ServerConfig(CacheConfig):
         600.0, "longest wait for the upstream's answer, or between two streamed chunks"
     )
     upstream_connect_timeout_s: float = setting(10.0, "longest wait to connect to the upstream")
-    batch_max_wait_ms: float = setting(
+    lookup_batch_wait_ms: float = setting(
         3.0, "how long a lookup waits for others to share its embedding batch (0: no batching)"
     )
-    batch_max_size: int = setting(32, "lookups per embedding batch at most")
+    lookup_batch_size: int = setting(32, "lookups per embedding batch at most")
     checkpoint_interval_s: float = setting(
         300.0, "how often the index snapshot is saved when the cache changed (0: only at exit)"
     )
@@ -134,7 +140,7 @@ class ServerConfig(CacheConfig):
         positive = (
             "port",
             "max_body_bytes",
-            "batch_max_size",
+            "lookup_batch_size",
             "breaker_failures",
             "max_pending_bodies",
         )
@@ -171,9 +177,10 @@ class ServerConfig(CacheConfig):
                 f"checkpoint_interval_s must be 0 or a number of seconds, got "
                 f"{self.checkpoint_interval_s!r}"
             )
-        if not (0 <= self.batch_max_wait_ms <= 1000):
+        if not (0 <= self.lookup_batch_wait_ms <= 1000):
             raise ConfigError(
-                f"batch_max_wait_ms must be between 0 and 1000, got {self.batch_max_wait_ms!r}"
+                "lookup_batch_wait_ms must be between 0 and 1000, got "
+                f"{self.lookup_batch_wait_ms!r}"
             )
         if not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
@@ -334,11 +341,15 @@ def load_config(
         for key, value in table.items():
             if key in _SECTIONS or (table is data and key == "semcache"):
                 continue
+            key = RENAMED.get(key, key)
             if key not in infos:
                 raise ConfigError(
                     f"unknown setting {key!r} in {config_file}; known settings: {', '.join(infos)}"
                 )
             values[key] = _convert(infos[key], value, str(config_file))
+    for old, new in RENAMED.items():
+        if ENV_PREFIX + old.upper() in environ:
+            values[new] = _convert(infos[new], environ[ENV_PREFIX + old.upper()], old.upper())
     for info in infos.values():
         if info.env in environ:
             values[info.name] = _convert(info, environ[info.env], info.env)

@@ -129,3 +129,10 @@ def test_every_cache_option_is_a_sidecar_setting() -> None:
     )
     cache = config.cache_config()
     assert (cache.top_k, cache.guards, cache.verify_top, cache.workers) == (4, False, 2, 3)
+
+
+def test_renamed_settings_are_still_read_under_their_old_names(tmp_path: Path) -> None:
+    path = tmp_path / "semcache.toml"
+    path.write_text("batch_max_size = 7\n")
+    config = load_config(environ={"SEMCACHE_BATCH_MAX_WAIT_MS": "9"}, config_file=path)
+    assert (config.lookup_batch_size, config.lookup_batch_wait_ms) == (7, 9.0)

@@ -194,7 +194,7 @@ async def _replay_sidecar(
     cache: SemanticCache,
     progress: bool,
 ) -> StreamResult:
-    config = ServerConfig(upstream=upstream.url, cache_dir=cache.directory, batch_max_wait_ms=0)
+    config = ServerConfig(upstream=upstream.url, cache_dir=cache.directory, lookup_batch_wait_ms=0)
     runner = web.AppRunner(create_app(config, cache=cache))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

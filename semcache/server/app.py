@@ -12,13 +12,13 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from semcache.batching import LookupBatcher
 from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.clients import Clients
 from semcache.coalescing import Coalescer
 from semcache.compression import Compressor
 from semcache.dialects import DIALECTS
+from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
 from semcache.server.bodies import body_middleware
@@ -131,8 +131,8 @@ def _resources(
         metrics_.track_entries(lambda: len(the_cache))
         batcher = LookupBatcher(
             the_cache.alookup_many,
-            max_wait_ms=config.batch_max_wait_ms,
-            max_size=config.batch_max_size,
+            max_wait_ms=config.lookup_batch_wait_ms,
+            max_size=config.lookup_batch_size,
         )
         batcher.on_batch = metrics_.batch_size.observe
         shadow = ShadowChecks(
@@ -217,8 +217,8 @@ async def stats(request: web.Request) -> web.Response:
         {
             "cache": state.cache.stats(),
             "batching": {
-                "max_wait_ms": state.config.batch_max_wait_ms,
-                "max_size": state.config.batch_max_size,
+                "max_wait_ms": state.config.lookup_batch_wait_ms,
+                "max_size": state.config.lookup_batch_size,
                 "recent_mean_batch": sum(sizes) / len(sizes) if sizes else 0.0,
             },
             "coalescing_in_flight": len(state.coalescer),

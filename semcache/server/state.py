@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from semcache.batching import LookupBatcher
 from semcache.budgets import SpendLedger
 from semcache.cache import SemanticCache
 from semcache.coalescing import Coalescer
+from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
 from semcache.pricing import PriceTable
 from semcache.server.compression import ContextCompression
