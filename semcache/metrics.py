@@ -14,7 +14,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "semcache_requests",
-            "Requests by endpoint and outcome (hit, miss, bypass, error)",
+            "Requests by endpoint and outcome (hit, miss, bypass, deferred, error)",
             ["endpoint", "outcome"],
             registry=self.registry,
         )
@@ -120,7 +120,7 @@ class Metrics:
             "Requests answered by waiting for an identical in-flight miss",
             registry=self.registry,
         )
-        self.batch_size = Histogram(
+        self.lookup_batch_size = Histogram(
             "semcache_lookup_batch_size",
             "Lookups per embedding batch",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
@@ -162,6 +162,63 @@ class Metrics:
             "Upstream spend avoided by compression, by the price table, after the provider's "
             "cached-token discount",
             ["mode"],
+            registry=self.registry,
+        )
+        self.batch_calls = Counter(
+            "semcache_batch_calls",
+            "Merged upstream calls (several requests in one), by outcome (answered: at least "
+            "one item answered, failed: every item sent again alone)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batch_items = Counter(
+            "semcache_batch_items",
+            "Requests that waited in a batching window, by outcome (merged: answered by a "
+            "merged call, fallback: sent again alone, alone: nothing to merge with)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batch_fallbacks = Counter(
+            "semcache_batch_fallbacks",
+            "Items of merged calls sent again alone, by cause",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "semcache_batch_size",
+            "Requests per merged upstream call",
+            buckets=(2, 3, 4, 5, 6, 8, 12, 16, 32),
+            registry=self.registry,
+        )
+        self.batch_wait = Histogram(
+            "semcache_batch_wait_seconds",
+            "Time a request waited in its batching window",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_tokens_saved = Counter(
+            "semcache_batch_tokens_saved",
+            "Prompt tokens merged calls did not send (the shared prefix sent once), net of the "
+            "instructions and of items sent again",
+            registry=self.registry,
+        )
+        self.batch_saved = Counter(
+            "semcache_batch_saved_usd",
+            "Upstream spend avoided by merged calls, by the price table",
+            registry=self.registry,
+        )
+        self.deferred_requests = Counter(
+            "semcache_deferred_requests",
+            "Requests marked X-Semcache-Priority: batch, by outcome (queued, then completed, "
+            "failed or expired)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batch_jobs = Counter(
+            "semcache_batch_jobs",
+            "Provider batch jobs, by outcome (submitted, then completed, failed, expired or "
+            "cancelled)",
+            ["outcome"],
             registry=self.registry,
         )
         self.entries = Gauge(

@@ -126,6 +126,36 @@ class ServerConfig(CacheConfig):
     compression_summary_timeout_s: float = setting(
         20.0, "longest wait for a summary; then the block is compressed extractively"
     )
+    batch_window_ms: float = setting(
+        50.0,
+        "how long a batchable miss waits for others to share one upstream call "
+        "(X-Semcache-Batch: allow)",
+    )
+    batch_max_items: int = setting(8, "requests merged into one upstream call at most")
+    batch_models: str = setting(
+        "",
+        "models whose batchable requests are merged without asking, comma-separated (*: all; "
+        "X-Semcache-Batch: deny opts a request out)",
+    )
+    batch_namespaces: str = setting(
+        "", "X-Semcache-Namespace values whose batchable requests are merged without asking"
+    )
+    batch_across_tenants: bool = setting(
+        False,
+        "merge requests of different tenants into one call (only with pool keys; each item "
+        "is then read by the model beside other tenants' text)",
+    )
+    batch_jobs_window_s: float = setting(
+        10.0,
+        "how long requests marked X-Semcache-Priority: batch are collected before they go as "
+        "one provider batch job",
+    )
+    batch_jobs_max_items: int = setting(
+        1000, "requests in one provider batch job at most (OpenAI allows 50,000)"
+    )
+    batch_jobs_poll_s: float = setting(
+        60.0, "how often an unfinished provider batch job is checked"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
@@ -141,6 +171,8 @@ class ServerConfig(CacheConfig):
             "port",
             "max_body_bytes",
             "lookup_batch_size",
+            "batch_max_items",
+            "batch_jobs_max_items",
             "breaker_failures",
             "max_pending_bodies",
         )
@@ -168,6 +200,8 @@ class ServerConfig(CacheConfig):
             "breaker_reset_s",
             "queue_max_wait_s",
             "body_read_timeout_s",
+            "batch_jobs_window_s",
+            "batch_jobs_poll_s",
         ):
             value = getattr(self, name)
             if not (0 < value < math.inf):
@@ -181,6 +215,10 @@ class ServerConfig(CacheConfig):
             raise ConfigError(
                 "lookup_batch_wait_ms must be between 0 and 1000, got "
                 f"{self.lookup_batch_wait_ms!r}"
+            )
+        if not (0 <= self.batch_window_ms <= 10_000):
+            raise ConfigError(
+                f"batch_window_ms must be between 0 and 10000, got {self.batch_window_ms!r}"
             )
         if not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
@@ -224,11 +262,21 @@ class ServerConfig(CacheConfig):
             summary_timeout_s=self.compression_summary_timeout_s,
         )
 
+    def batched_models(self) -> frozenset[str]:
+        return _names(self.batch_models)
+
+    def batched_namespaces(self) -> frozenset[str]:
+        return _names(self.batch_namespaces)
+
     def cache_config(self) -> CacheConfig:
         """The cache's options, as the library takes them."""
         return CacheConfig(
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(CacheConfig)}
         )
+
+
+def _names(listed: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in listed.split(",") if name.strip())
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from semcache.tokens import count_messages, count_text
 
 
 @dataclass
@@ -35,8 +38,25 @@ class Behaviour:
     raw_body: bytes | None = None  # answer 200 with exactly these bytes (JSON or not)
     raw_events: list[bytes] | None = None  # stream exactly these SSE data payloads, then [DONE]
     body_fault: str | None = None  # "cut": half the body then close; "stall": half, then hang
-    prompt_tokens: int = 12  # the usage reported
+    prompt_tokens: int = 12  # the usage reported (0: the prompt counted with the tokenizer)
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when set
+    # How a merged call (semcache's batch schema) is answered wrongly: one of BATCH_FAULTS.
+    batch_fault: str | None = None
+
+
+# Ways of answering a merged call wrongly; each must send the affected items again alone.
+BATCH_FAULTS = (
+    "shuffle",  # the entries in reverse order
+    "drop",  # the last entry missing
+    "duplicate",  # the first entry twice
+    "extra",  # an entry with an id that was not asked
+    "swap",  # the first two entries' ids exchanged (answers under each other's ids)
+    "truncate",  # cut by max_tokens: finish_reason length, the JSON unfinished
+    "malformed",  # not JSON at all
+    "wrong_shape",  # JSON, but not the schema's shape
+    "refuse",  # a refusal instead of content
+    "empty",  # an empty answer for the first item
+)
 
 
 @dataclass
@@ -83,6 +103,16 @@ class FakeOpenAI:
     default: Behaviour = field(default_factory=Behaviour)
     url: str = ""
     rpm_per_key: float | None = None
+    # Picks each merged call's fault (None: answer it well), over the Behaviour's own.
+    batch_faults: Callable[[], str | None] | None = None
+    # The Batch API: files by id, jobs by id; a job finishes at its ``polls_to_finish``-th
+    # look, ending as ``job_outcome`` ("completed", "expired", "failed") with ``job_fault``
+    # ("error_line": the first request fails, "missing_line": the last has no result).
+    files: dict[str, bytes] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    polls_to_finish: int = 1
+    job_outcome: str = "completed"
+    job_fault: str | None = None
     _buckets: KeyBuckets | None = None
     _runner: web.AppRunner | None = None
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,8 +136,121 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create_job)
+        app.router.add_get("/v1/batches/{id}", self._job)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         return app
+
+    # -- the Batch API ---------------------------------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.path, CIMultiDict(request.headers), None))
+        form = await request.post()
+        upload = form.get("file")
+        if form.get("purpose") != "batch" or not isinstance(upload, web.FileField):
+            return web.json_response({"error": {"message": "purpose and file"}}, status=400)
+        file_id = f"file-{next(self._ids)}"
+        self.files[file_id] = upload.file.read()
+        return web.json_response(
+            {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(self.files[file_id])}
+        )
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.path, CIMultiDict(request.headers), None))
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.json_response({"error": {"message": "no such file"}}, status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _create_job(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if body.get("input_file_id") not in self.files or body.get("completion_window") != "24h":
+            return web.json_response({"error": {"message": "bad batch"}}, status=400)
+        job_id = f"batch_{next(self._ids)}"
+        self.jobs[job_id] = {
+            "id": job_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "metadata": body.get("metadata"),
+            "polls": 0,
+            "key": request.headers.get("Authorization", ""),
+        }
+        return web.json_response(self.jobs[job_id])
+
+    async def _job(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.path, CIMultiDict(request.headers), None))
+        job = self.jobs.get(request.match_info["id"])
+        if job is None or job["key"] != request.headers.get("Authorization", ""):
+            return web.json_response({"error": {"message": "no such batch"}}, status=404)
+        job["polls"] += 1
+        if job["status"] not in ("completed", "expired", "failed"):
+            job["status"] = "in_progress"
+            if job["polls"] >= self.polls_to_finish:
+                self._finish_job(job)
+        return web.json_response({k: v for k, v in job.items() if k not in ("polls", "key")})
+
+    def _finish_job(self, job: dict[str, Any]) -> None:
+        lines = [orjson.loads(line) for line in self.files[job["input_file_id"]].splitlines()]
+        output, errors = [], []
+        for i, line in enumerate(lines):
+            if self.job_fault == "missing_line" and i == len(lines) - 1:
+                continue
+            if self.job_outcome != "completed" and i % 2 == 1:
+                continue  # unanswered when the job expired or failed
+            if self.job_fault == "error_line" and i == 0:
+                error = {"message": "fake server error", "type": "server_error"}
+                errors.append(
+                    {
+                        "id": f"req_{i}",
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": 500, "body": {"error": error}},
+                        "error": None,
+                    }
+                )
+                continue
+            body = line["body"]
+            text = answer_to(body["messages"][-1]["content"])
+            prompt = count_messages(body["messages"])
+            answer = {
+                "id": f"chatcmpl-fake-{next(self._ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": prompt + len(text.split()),
+                },
+            }
+            output.append(
+                {
+                    "id": f"req_{i}",
+                    "custom_id": line["custom_id"],
+                    "response": {"status_code": 200, "body": answer},
+                    "error": None,
+                }
+            )
+        for name, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{next(self._ids)}"
+                self.files[file_id] = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+                job[name] = file_id
+        job["status"] = self.job_outcome
 
     async def _anything(self, request: web.Request) -> web.Response:
         """Any other path: recorded (so a test can see what reached the upstream), 404."""
@@ -245,10 +388,21 @@ class FakeOpenAI:
             return raw
         last = body["messages"][-1].get("content")
         answer = behaviour.answer or f"Answer #{len(self.received)} to: {last}"
+        finish_reason = behaviour.finish_reason
+        refusal = None
+        merged = _merged_items(body)
+        if merged is not None:
+            fault = behaviour.batch_fault
+            if self.batch_faults is not None:
+                fault = self.batch_faults()
+            answer, finish_reason, refusal = _merged_answer(merged, fault)
+        counted = behaviour.prompt_tokens == 0  # usage by the tokenizer
+        prompt = count_messages(body["messages"]) if counted else behaviour.prompt_tokens
+        completion = count_text(answer) if counted else len(answer.split())
         usage: dict[str, Any] = {
-            "prompt_tokens": behaviour.prompt_tokens,
-            "completion_tokens": len(answer.split()),
-            "total_tokens": behaviour.prompt_tokens + len(answer.split()),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
         }
         if behaviour.cached_tokens is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
@@ -266,9 +420,13 @@ class FakeOpenAI:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": answer, "refusal": None},
+                            "message": {
+                                "role": "assistant",
+                                "content": None if refusal else answer,
+                                "refusal": refusal,
+                            },
                             "logprobs": None,
-                            "finish_reason": behaviour.finish_reason,
+                            "finish_reason": finish_reason,
                         }
                     ],
                     "usage": usage,
@@ -467,8 +625,72 @@ class FakeOpenAI:
         return response
 
 
-async def _serve_forever(port: int, delay_ms: float) -> None:
-    fake = FakeOpenAI(default=Behaviour(delay_s=delay_ms / 1000))
+def answer_to(text: str) -> str:
+    """What the fake answers an item of a merged call: derived from the item alone, so a test
+    can tell whose answer a client got."""
+    return f"Answer to: {text}"
+
+
+def _merged_items(body: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The items of a merged call (semcache's batch schema), ``None`` for any other call."""
+    schema = (body.get("response_format") or {}).get("json_schema") or {}
+    if schema.get("name") != "semcache_batch":
+        return None
+    items: list[dict[str, str]] = orjson.loads(body["messages"][-1]["content"])["items"]
+    return items
+
+
+def _merged_answer(items: list[dict[str, str]], fault: str | None) -> tuple[str, str, str | None]:
+    """The content, finish reason and refusal of a merged call's answer, item by item."""
+    entries: list[dict[str, str]] = [
+        {
+            "id": item["id"],
+            "input_end": " ".join(item["input"].split()[-5:]),
+            "answer": answer_to(item["input"]),
+        }
+        for item in items
+    ]
+    if fault == "shuffle":
+        entries.reverse()
+    elif fault == "drop":
+        entries.pop()
+    elif fault == "duplicate":
+        entries.append(dict(entries[0]))
+    elif fault == "extra":
+        entries.append({"id": "not-asked", "input_end": "x", "answer": "x"})
+    elif fault == "swap" and len(entries) > 1:
+        entries[0]["id"], entries[1]["id"] = entries[1]["id"], entries[0]["id"]
+    elif fault == "empty":
+        entries[0]["answer"] = ""
+    content = orjson.dumps({"answers": entries}).decode()
+    if fault == "truncate":
+        return content[: len(content) // 2], "length", None
+    if fault == "malformed":
+        return "Here are the answers: " + content[:-1], "stop", None
+    if fault == "wrong_shape":
+        return (
+            orjson.dumps({"answers": {e["id"]: e["answer"] for e in entries}}).decode(),
+            ("stop"),
+            None,
+        )
+    if fault == "refuse":
+        return "", "stop", "I can't help with that."
+    return content, "stop", None
+
+
+async def _serve_forever(
+    port: int, delay_ms: float, *, count_tokens: bool = False, batch_fault_rate: float = 0.0
+) -> None:
+    fake = FakeOpenAI(
+        default=Behaviour(delay_s=delay_ms / 1000, prompt_tokens=0 if count_tokens else 12)
+    )
+    if batch_fault_rate > 0:
+        import random
+
+        rng = random.Random(3)
+        fake.batch_faults = lambda: (
+            rng.choice(BATCH_FAULTS) if rng.random() < batch_fault_rate else None
+        )
     runner = web.AppRunner(fake.app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -477,7 +699,21 @@ async def _serve_forever(port: int, delay_ms: float) -> None:
 
 
 if __name__ == "__main__":
-    # python -m tests.fake_openai PORT DELAY_MS: a standalone fake upstream for benchmarks.
-    import sys
+    # python -m tests.fake_openai PORT DELAY_MS [--count-tokens] [--batch-fault-rate R]:
+    # a standalone fake upstream for benchmarks.
+    import argparse
 
-    asyncio.run(_serve_forever(int(sys.argv[1]), float(sys.argv[2])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("delay_ms", type=float)
+    parser.add_argument("--count-tokens", action="store_true", help="usage by the tokenizer")
+    parser.add_argument("--batch-fault-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    asyncio.run(
+        _serve_forever(
+            args.port,
+            args.delay_ms,
+            count_tokens=args.count_tokens,
+            batch_fault_rate=args.batch_fault_rate,
+        )
+    )

@@ -71,6 +71,14 @@ class Sidecar:
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
             return await response.json(content_type=None)
 
+    async def get_json(self, path: str, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+        """A GET with exactly ``headers``: status, JSON body, headers."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url + path, headers=headers) as response,
+        ):
+            return response.status, await response.json(content_type=None), dict(response.headers)
+
     async def get_text(self, path: str) -> str:
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
             return await response.text()

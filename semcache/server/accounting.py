@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from semcache.compression import Compressed
@@ -21,6 +22,7 @@ def account(
     *,
     dialect: Dialect,
     estimate: tuple[int, int] | None = None,
+    payers: Sequence[tuple[str, float]] = (),
 ) -> None:
     """Settle the key's token reservation and add what the upstream charges for the answer
     to metrics and budgets.
@@ -30,7 +32,9 @@ def account(
     Its ``usage`` is the bill; without one (a stream cut before its usage chunk), ``estimate``
     (prompt and completion tokens counted by the tokenizer) is billed instead and the key's
     reservation stands as it was made. ``dialect`` reads the usage of its API's answers,
-    prompt tokens read from the provider's prompt cache included (billed at their price)."""
+    prompt tokens read from the provider's prompt cache included (billed at their price).
+    ``payers`` share the cost of a call made for several tenants (a merged call), each in
+    proportion to its weight; by default ``tenant`` pays it all."""
     prompt, completion = dialect.usage(answer)
     if prompt + completion > 0:
         attempt.settle(prompt + completion)
@@ -39,9 +43,31 @@ def account(
         if estimate is None or sum(estimate) == 0:
             return
         prompt, completion = estimate
+    bill(
+        state, attempt.target.upstream.name, attempt.target.id, model, answer,
+        (prompt, completion), dialect=dialect, payers=payers or [(tenant, 1.0)],
+    )  # fmt: skip
+
+
+def bill(
+    state: State,
+    upstream: str,
+    key: str,
+    model: str,
+    answer: dict[str, Any] | None,
+    usage: tuple[int, int],
+    *,
+    dialect: Dialect,
+    payers: Sequence[tuple[str, float]],
+    discount: float = 1.0,
+) -> float:
+    """Add what an answer costs (``usage``: its prompt and completion tokens) to the metrics
+    and to the budgets of ``payers`` (tenants, each paying in proportion to its weight);
+    ``discount`` is the share of the list price charged (a provider's batch job: 0.5).
+    Returns the cost."""
+    prompt, completion = usage
     cached = min(dialect.cached_prompt_tokens(answer), prompt)
     answer = answer or {}
-    upstream, key = attempt.target.upstream.name, attempt.target.id
     metrics = state.metrics
     metrics.upstream_tokens.labels(upstream, key, "prompt").inc(prompt)
     metrics.upstream_tokens.labels(upstream, key, "completion").inc(completion)
@@ -49,15 +75,19 @@ def account(
         metrics.upstream_tokens.labels(upstream, key, "cached_prompt").inc(cached)
         state.compression.totals.cached_prompt_tokens += cached
     answered_by = answer.get("model") if isinstance(answer.get("model"), str) else model
-    cost = state.prices.cost(model, prompt, completion, cached)
+    cost = state.prices.cost(model, prompt, completion, cached) * discount
     metrics.upstream_cost.labels(upstream, answered_by).inc(cost)
     if state.ledger is None:
-        return
-    for warning in state.ledger.record(tenant, cost):
-        scope = "global" if warning.scope == "global" else "tenant"
-        metrics.budget_warnings.labels(scope, warning.period, str(warning.fraction)).inc()
+        return cost
+    whole = sum(weight for _, weight in payers)
+    for payer, weight in payers:
+        share = cost * weight / whole if whole > 0 else cost / len(payers)
+        for warning in state.ledger.record(payer, share):
+            scope = "global" if warning.scope == "global" else "tenant"
+            metrics.budget_warnings.labels(scope, warning.period, str(warning.fraction)).inc()
     for period in ("day", "month"):
         metrics.budget_spend.labels(period).set(state.ledger.spent("global", period))
+    return cost
 
 
 def admit(state: State, tenant: str, model: str, *, can_downgrade: bool = True) -> str | None:

@@ -21,10 +21,12 @@ from semcache.dialects import DIALECTS
 from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
+from semcache.server.batch_jobs import JOBS_PATH, BatchJobs, job_status
 from semcache.server.bodies import body_middleware
 from semcache.server.compression import ContextCompression
 from semcache.server.controls import caller_key
 from semcache.server.error_responses import error_middleware, error_response
+from semcache.server.request_batching import request_batching
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
@@ -73,6 +75,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
     admin.add_routes(app)
+    app.router.add_get(JOBS_PATH + "/{id}", job_status)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.forward_verbatim)
     return app
 
@@ -134,7 +137,7 @@ def _resources(
             max_wait_ms=config.lookup_batch_wait_ms,
             max_size=config.lookup_batch_size,
         )
-        batcher.on_batch = metrics_.batch_size.observe
+        batcher.on_batch = metrics_.lookup_batch_size.observe
         shadow = ShadowChecks(
             fraction=config.shadow_fraction,
             agreement=config.shadow_agreement,
@@ -148,6 +151,18 @@ def _resources(
         compression = ContextCompression(
             config, Compressor(the_cache.vectors.embedder, config.compression_settings())
         )
+        batching = request_batching(
+            lambda: app[STATE],
+            window_s=config.batch_window_ms / 1000,
+            max_items=config.batch_max_items,
+        )
+        batch_jobs = BatchJobs(
+            Path(config.cache_dir) / "jobs",
+            lambda: app[STATE],
+            window_s=config.batch_jobs_window_s,
+            max_items=config.batch_jobs_max_items,
+            poll_s=config.batch_jobs_poll_s,
+        )
         app[STATE] = State(
             config=config,
             cache=the_cache,
@@ -159,11 +174,14 @@ def _resources(
             prices=config.prices,
             shadow=shadow,
             compression=compression,
+            batching=batching,
+            batch_jobs=batch_jobs,
         )
         checkpoints = None
         try:
             await the_cache.awarm_up()  # the first request should not pay for loading the model
             await router.start()
+            await batch_jobs.start()
             if config.checkpoint_interval_s > 0:
                 checkpoints = asyncio.get_running_loop().create_task(
                     _checkpoint_every(the_cache, config.checkpoint_interval_s)
@@ -175,6 +193,8 @@ def _resources(
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
             await batcher.close()
+            await batching.windows.close()
+            await batch_jobs.close()
             await shadow.close()
             await asyncio.to_thread(compression.close)
             if given_router is None:
@@ -216,11 +236,18 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "cache": state.cache.stats(),
-            "batching": {
+            "lookup_batching": {
                 "max_wait_ms": state.config.lookup_batch_wait_ms,
                 "max_size": state.config.lookup_batch_size,
                 "recent_mean_batch": sum(sizes) / len(sizes) if sizes else 0.0,
             },
+            "batching": {
+                "window_ms": state.config.batch_window_ms,
+                "max_items": state.config.batch_max_items,
+                "waiting": state.batching.windows.waiting,
+                **state.batching.totals.describe(),
+            },
+            "batch_jobs": state.batch_jobs.describe(),
             "coalescing_in_flight": len(state.coalescer),
             "shadow": {
                 "fraction": state.shadow.sampler.fraction,

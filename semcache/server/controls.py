@@ -23,6 +23,7 @@ class Controls:
     min_confidence: float | None = None
     ttl_s: float | None = None
     namespace: str | None = None
+    batch: bool | None = None  # X-Semcache-Batch: allow (True), deny (False), absent (None)
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> Controls:
@@ -37,7 +38,20 @@ class Controls:
             min_confidence=_number(headers, "X-Semcache-Min-Confidence", check_confidence),
             ttl_s=_number(headers, "X-Semcache-TTL", check_ttl),
             namespace=_namespace(headers),
+            batch=_batch(headers),
         )
+
+
+def _batch(headers: Mapping[str, str]) -> bool | None:
+    raw = headers.get("X-Semcache-Batch")
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value not in ("allow", "deny"):
+        raise InvalidRequestError(
+            f"X-Semcache-Batch must be allow or deny, got {raw!r}", field="X-Semcache-Batch"
+        )
+    return value == "allow"
 
 
 def _number(headers: Mapping[str, str], name: str, check: object) -> float | None:
@@ -117,19 +131,26 @@ def tenant_namespace(tenant: str, requested: str | None) -> str:
     return tenant if requested is None else f"{tenant}/{requested}"
 
 
-def parse_priority(raw: str | None) -> int:
-    """``X-Semcache-Priority``: high, normal (default) or low.
+DEFERRED = "batch"  # the priority of work that can wait for a provider batch job
+
+
+def parse_priority(raw: str | None) -> tuple[int, bool]:
+    """``X-Semcache-Priority``: high, normal (default), low, or batch (deferred to a provider
+    batch job); the queue priority, and whether the request is deferred.
 
     Raises:
         InvalidRequestError: any other value.
     """
     if raw is None:
-        return PRIORITIES["normal"]
+        return PRIORITIES["normal"], False
+    value = raw.strip().lower()
+    if value == DEFERRED:
+        return PRIORITIES["low"], True
     try:
-        return PRIORITIES[raw.strip().lower()]
+        return PRIORITIES[value], False
     except KeyError:
         raise InvalidRequestError(
-            f"X-Semcache-Priority must be high, normal or low, got {raw!r}",
+            f"X-Semcache-Priority must be high, normal, low or batch, got {raw!r}",
             field="X-Semcache-Priority",
         ) from None
 

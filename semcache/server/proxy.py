@@ -71,7 +71,8 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
         headers=request.headers,
         body=body or None,
         model=model,
-        priority=parse_priority(request.headers.get("X-Semcache-Priority")),
+        # "batch" defers only the cached endpoints; anything else goes now, at low priority
+        priority=parse_priority(request.headers.get("X-Semcache-Priority"))[0],
         query=request.rel_url.raw_query_string,
     ) as attempt:
         upstream = attempt.response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,6 +18,10 @@ from semcache.server.shadow_checks import ShadowChecks
 from semcache.settings import ServerConfig
 from semcache.upstream.router import Router
 
+if TYPE_CHECKING:
+    from semcache.server.batch_jobs import BatchJobs
+    from semcache.server.request_batching import RequestBatching
+
 
 @dataclass
 class State:
@@ -30,6 +35,8 @@ class State:
     prices: PriceTable
     shadow: ShadowChecks
     compression: ContextCompression
+    batching: RequestBatching
+    batch_jobs: BatchJobs
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

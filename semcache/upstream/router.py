@@ -170,6 +170,7 @@ class _Waiter:
     exclude: set[str]
     enqueued: float
     future: asyncio.Future[tuple[Target, Reservation | None]]
+    key_id: str | None = None
 
     def __lt__(self, other: _Waiter) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
@@ -262,6 +263,11 @@ class Router:
             return True
         return all(t.wait_time(tokens) > 0 for t in self._eligible(model, set()))
 
+    def pooled(self, model: str | None, api: str | None = None) -> bool:
+        """Whether every upstream that could take this request sends a pool key of its own
+        (none passes the caller's credentials through)."""
+        return all(t.key is not None for t in self._eligible(model, set(), api))
+
     # -- sending ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -278,13 +284,15 @@ class Router:
         query: str = "",
         buffered: bool = False,
         api: str | None = None,
+        key_id: str | None = None,
     ) -> AsyncIterator[Attempt]:
         """Send with retries and failover; the response is read inside the ``async with``.
 
         ``path`` is the raw (percent-encoded) path under ``/v1/``. With ``buffered``, a
         response that is not an event stream is read whole before it is handed over, so a body
         cut short or stalled is retried like a failed connection (nothing reached the caller).
-        ``api`` ("openai", "anthropic") keeps the request to upstreams that speak it.
+        ``api`` ("openai", "anthropic") keeps the request to upstreams that speak it;
+        ``key_id`` to that one key (a provider's batch job is polled with the key that made it).
 
         Raises:
             InvalidRequestError: ``path`` is not a plain ``/v1/`` path, or no upstream serves
@@ -294,10 +302,11 @@ class Router:
             UpstreamError: the last attempt failed without a complete HTTP answer.
         """
         path = confined_path(path)
-        if not self._eligible(model, set(), api):
+        if not self._eligible(model, set(), api, key_id):
             raise InvalidRequestError(
                 f"no configured upstream serves the model {model!r}"
-                + (f" through the {api} API" if api else ""),
+                + (f" through the {api} API" if api else "")
+                + (f" with the key {key_id}" if key_id else ""),
                 field="model",
             )
         self._check_some_up(model, api)
@@ -306,7 +315,7 @@ class Router:
         attempt = 0
         while True:
             target, reservation = await self._acquire(
-                model, api, tokens, priority, exclude, deadline
+                model, api, tokens, priority, exclude, deadline, key_id
             )
             target.breaker.on_send()
             started = self._clock()
@@ -396,14 +405,20 @@ class Router:
     # -- the queue ------------------------------------------------------------------------
 
     def _eligible(
-        self, model: str | None, exclude: set[str], api: str | None = None
+        self,
+        model: str | None,
+        exclude: set[str],
+        api: str | None = None,
+        key_id: str | None = None,
     ) -> list[Target]:
-        """Targets that speak ``api`` and serve ``model``; ``exclude`` is ignored when it would
-        leave none."""
+        """Targets that speak ``api`` and serve ``model`` (only ``key_id`` when given);
+        ``exclude`` is ignored when it would leave none."""
         serving = [
             t
             for t in self.targets
-            if t.upstream.speaks(api) and (model is None or t.upstream.serves(model))
+            if t.upstream.speaks(api)
+            and (model is None or t.upstream.serves(model))
+            and (key_id is None or t.id == key_id)
         ]
         kept = [t for t in serving if t.id not in exclude]
         return kept or serving
@@ -416,6 +431,7 @@ class Router:
         priority: int,
         exclude: set[str],
         deadline: float,
+        key_id: str | None = None,
     ) -> tuple[Target, Reservation | None]:
         if len(self._waiters) >= self.policy.queue_max_length:
             self._count_rejection("full")
@@ -434,6 +450,7 @@ class Router:
             exclude,
             self._clock(),
             loop.create_future(),
+            key_id,
         )
         heapq.heappush(self._waiters, waiter)
         self.dispatch()
@@ -480,7 +497,7 @@ class Router:
         for waiter in sorted(self._waiters):
             if waiter.future.done():
                 continue
-            eligible = self._eligible(waiter.model, waiter.exclude, waiter.api)
+            eligible = self._eligible(waiter.model, waiter.exclude, waiter.api, waiter.key_id)
             candidates = [t for t in eligible if t.id not in held]
             free = [t for t in candidates if t.wait_time(waiter.tokens) <= 0]
             if free:

@@ -4,8 +4,11 @@
     transform  rewrites: a spent budget's downgrade (re-keyed), usage in streams (outgoing only)
     look_up    exact tier, semantic tier, verifier; a hit is served here and ends the request
     admit      a miss may go upstream unless a spent budget refuses (429)
+    defer      a miss marked X-Semcache-Priority: batch waits for a provider batch job (202)
     compress   a long chat history shortened for the upstream (outgoing only)
-    send       identical misses coalesced, the router: queue, retry, failover
+    coalesce   identical concurrent misses wait for the first one's answer
+    batch      small requests that allow it merged into one upstream call, answers split
+    send       the router: queue, retry, failover (unless a merged call answered)
     relay      the answer to the client as it arrives; the upstream connection released
     account    what the upstream charged: key limits, metrics, budgets
     store      a complete, valid answer under the request's key
@@ -23,7 +26,10 @@ from aiohttp import web
 
 from semcache.server.pipeline.account import account
 from semcache.server.pipeline.admit import admit
+from semcache.server.pipeline.batch import batch
+from semcache.server.pipeline.coalesce import coalesce
 from semcache.server.pipeline.compress import compress
+from semcache.server.pipeline.defer import defer
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.lookup import look_up
 from semcache.server.pipeline.parse import parse
@@ -39,7 +45,10 @@ STAGES: tuple[Stage, ...] = (
     transform,
     look_up,
     admit,
+    defer,
     compress,
+    coalesce,
+    batch,
     send,
     relay,
     account,

@@ -32,6 +32,7 @@ class Exchange:
     controls: Controls = field(default_factory=Controls)
     tenant: str = ANONYMOUS
     priority: int = PRIORITIES["normal"]
+    deferred: bool = False  # X-Semcache-Priority: batch, a miss goes to a provider batch job
     compression: Mode = Mode.OFF  # asked for by the header, else the setting
     compressed: Compressed | None = None  # what compression made of the history
     headers: dict[str, str] = field(default_factory=dict)  # what semcache says of the request

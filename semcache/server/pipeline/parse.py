@@ -32,7 +32,7 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     headers = x.request.headers
     x.controls = Controls.from_headers(headers)
-    x.priority = parse_priority(headers.get("X-Semcache-Priority"))
+    x.priority, x.deferred = parse_priority(headers.get("X-Semcache-Priority"))
     x.compression = parse_compression(
         headers.get("X-Semcache-Compression"), x.state.config.compression
     )

@@ -15,12 +15,10 @@ from aiohttp import web
 from semcache.dialects import Assembler, Dialect, Event, Parsed
 from semcache.errors import InvalidAnswerError
 from semcache.server.pipeline.exchange import Exchange
-from semcache.upstream.router import Attempt
+from semcache.server.upstream_headers import passed_headers
 
 logger = logging.getLogger("semcache.server")
 
-# Upstream response headers worth passing on (rate limits, request ids, processing time).
-_PASSED_PREFIXES = ("x-ratelimit-", "openai-", "x-request-id", "retry-after", "azureml-", "apim-")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -28,7 +26,8 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
     """Raises:
     InvalidAnswerError: the upstream answered 200 with a body that is not a valid response.
     """
-    assert x.attempt is not None
+    if x.attempt is None:  # answered by a merged call
+        return None
     upstream = x.attempt.response
     headers = {**passed_headers(x.attempt), **x.headers}
     dialect = x.dialect
@@ -76,22 +75,6 @@ async def serve_stored(
         await response.write(event)
     await response.write_eof()
     return response
-
-
-def passed_headers(attempt: Attempt) -> dict[str, str]:
-    """Upstream headers worth passing on; rate-limit headers only when they describe the
-    caller's own key, not one of the pool's."""
-    own_key = attempt.target.key is None
-    passed = {
-        name: value
-        for name, value in attempt.response.headers.items()
-        if name.lower().startswith(_PASSED_PREFIXES)
-        and (own_key or not name.lower().startswith(("x-ratelimit-", "retry-after")))
-    }
-    passed["X-Semcache-Upstream"] = attempt.target.upstream.name
-    if attempt.retries:
-        passed["X-Semcache-Retries"] = str(attempt.retries)
-    return passed
 
 
 def _dumps(value: Any) -> str:
