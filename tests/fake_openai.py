@@ -569,10 +569,19 @@ class FakeOpenAI:
         asked = body["messages"][-1]["content"]
         answer = behaviour.answer or f"Message #{len(self.received)} to: {asked}"
         usage = {"input_tokens": 12, "output_tokens": len(answer.split())}
+        content: list[dict[str, Any]] = [{"type": "text", "text": answer}]
+        stop_reason = "end_turn"
+        if (body.get("tool_choice") or {}).get("name") == "semcache_batch":
+            fault = behaviour.batch_fault
+            if self.batch_faults is not None:
+                fault = self.batch_faults()
+            items = orjson.loads(asked)["items"]
+            content, stop_reason = _merged_message(items, fault)
+            usage["output_tokens"] = 20 * len(items)
         message = {
             "id": f"msg_fake_{next(self._ids)}", "type": "message", "role": "assistant",
-            "model": body["model"], "content": [{"type": "text", "text": answer}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+            "model": body["model"], "content": content,
+            "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
         }  # fmt: skip
         if not body.get("stream"):
             return web.json_response(message)
@@ -640,8 +649,9 @@ def _merged_items(body: dict[str, Any]) -> list[dict[str, str]] | None:
     return items
 
 
-def _merged_answer(items: list[dict[str, str]], fault: str | None) -> tuple[str, str, str | None]:
-    """The content, finish reason and refusal of a merged call's answer, item by item."""
+def merged_entries(items: list[dict[str, str]], fault: str | None) -> dict[str, Any]:
+    """The structured answer to a merged call's items, with ``fault``'s damage to its
+    entries (the faults that damage the whole answer are the caller's to apply)."""
     entries: list[dict[str, str]] = [
         {
             "id": item["id"],
@@ -662,20 +672,37 @@ def _merged_answer(items: list[dict[str, str]], fault: str | None) -> tuple[str,
         entries[0]["id"], entries[1]["id"] = entries[1]["id"], entries[0]["id"]
     elif fault == "empty":
         entries[0]["answer"] = ""
-    content = orjson.dumps({"answers": entries}).decode()
+    if fault == "wrong_shape":
+        return {"answers": {e["id"]: e["answer"] for e in entries}}
+    return {"answers": entries}
+
+
+def _merged_answer(items: list[dict[str, str]], fault: str | None) -> tuple[str, str, str | None]:
+    """The content, finish reason and refusal of a merged chat call's answer."""
+    content = orjson.dumps(merged_entries(items, fault)).decode()
     if fault == "truncate":
         return content[: len(content) // 2], "length", None
     if fault == "malformed":
         return "Here are the answers: " + content[:-1], "stop", None
-    if fault == "wrong_shape":
-        return (
-            orjson.dumps({"answers": {e["id"]: e["answer"] for e in entries}}).decode(),
-            ("stop"),
-            None,
-        )
     if fault == "refuse":
         return "", "stop", "I can't help with that."
     return content, "stop", None
+
+
+def _merged_message(
+    items: list[dict[str, str]], fault: str | None
+) -> tuple[list[dict[str, Any]], str]:
+    """The content blocks and stop reason of a merged Messages call's answer (a forced tool
+    call whose input is the answers)."""
+    answers = merged_entries(items, fault)
+    call = {"type": "tool_use", "id": "toolu_fake", "name": "semcache_batch", "input": answers}
+    if fault == "truncate":
+        return [call], "max_tokens"
+    if fault == "malformed":
+        return [{"type": "text", "text": "Here are the answers: " + str(answers)}], "end_turn"
+    if fault == "refuse":
+        return [{"type": "text", "text": "I can't help with that."}], "refusal"
+    return [call], "tool_use"
 
 
 async def _serve_forever(

@@ -13,13 +13,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semcache.batching import Cause, Windows, member, merged_request, new_ids, shares, split
+from semcache.batching import (
+    PROTOCOLS,
+    Cause,
+    ChatProtocol,
+    MessagesProtocol,
+    Windows,
+    new_ids,
+    shares,
+)
+from semcache.batching import split as split_payload
 from semcache.batching.merging import input_end
 from semcache.budgets import parse_budgets
 from semcache.server.state import STATE
 from semcache.upstream.specs import parse_upstreams
 from tests.conftest import CountingEmbedder
-from tests.fake_openai import BATCH_FAULTS, Behaviour, FakeOpenAI, _merged_answer, answer_to
+from tests.fake_openai import (
+    BATCH_FAULTS,
+    Behaviour,
+    FakeOpenAI,
+    _merged_answer,
+    _merged_message,
+    answer_to,
+)
 from tests.sidecar import MODEL, Sidecar, start_sidecar
 
 # A shared system prompt long enough for merging to pay (sent once instead of eight times).
@@ -49,6 +65,15 @@ PROMPTS = [
     "I have never seen such a beautiful sunset.",
     "The meeting was moved to Thursday afternoon.",
 ]
+
+
+CHAT = ChatProtocol()
+member = CHAT.member
+
+
+def split(answer: object, ids: list[str], inputs: list[str], **limit: Any) -> Any:
+    """A chat completion of a merged call, split."""
+    return split_payload(CHAT.payload(answer), ids, inputs, **limit)
 
 
 def content(answer: dict[str, Any]) -> str:
@@ -102,7 +127,7 @@ def test_the_merged_request_sends_the_system_prompt_once_and_asks_for_a_checked_
     members = [member(translate(p, max_tokens=50)) for p in PROMPTS[:3]]
     assert all(not isinstance(m, str) for m in members)
     ids = new_ids(3)
-    body = merged_request(members, ids)  # type: ignore[arg-type]
+    body = CHAT.merged_request(members, ids)  # type: ignore[arg-type]
     assert sum(SYSTEM in orjson.dumps(m).decode() for m in body["messages"]) == 1
     assert body["messages"][0] == {"role": "system", "content": SYSTEM}
     items = orjson.loads(body["messages"][-1]["content"])["items"]
@@ -484,3 +509,74 @@ async def test_the_merged_calls_cost_is_shared_by_the_tenants_budgets(
         total = ledger.spent("global", "day")
         assert spent_a > 0 and spent_b > 2 * spent_a
         assert spent_a + spent_b == pytest.approx(total, rel=1e-3)
+
+
+# -- Anthropic Messages ----------------------------------------------------------------------
+
+CLAUDE = "claude-3-5-haiku-20241022"
+MESSAGES = MessagesProtocol()
+
+
+def note(text: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": CLAUDE,
+        "max_tokens": 200,
+        "system": SYSTEM,
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
+
+
+def test_messages_requests_merge_through_one_forced_tool_call() -> None:
+    assert PROTOCOLS["messages"] is not None
+    joined = [MESSAGES.member(note(p)) for p in PROMPTS[:3]]
+    assert all(not isinstance(m, str) for m in joined)
+    assert MESSAGES.member(note("Hi", stream=True)) == "stream"
+    assert MESSAGES.member(note("Hi", thinking={"type": "enabled", "budget_tokens": 1024})) == (
+        "thinking"
+    )
+    two_turns = note("And?")
+    two_turns["messages"][0:0] = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Bonjour"},
+    ]
+    assert MESSAGES.member(two_turns) == "conversation"
+    ids = new_ids(3)
+    body = MESSAGES.merged_request(joined, ids)  # type: ignore[arg-type]
+    assert body["system"][0] == {"type": "text", "text": SYSTEM}
+    assert body["tool_choice"] == {"type": "tool", "name": body["tools"][0]["name"]}
+    assert body["tools"][0]["input_schema"]["properties"]["answers"]
+    assert body["max_tokens"] > 3 * 200
+    for fault in BATCH_FAULTS:
+        content, stop = _merged_message(
+            [{"id": i, "input": p} for i, p in zip(ids, PROMPTS[:3], strict=True)], fault
+        )
+        answer = {"content": content, "stop_reason": stop}
+        result = split_payload(MESSAGES.payload(answer), ids, PROMPTS[:3])
+        assert result.failed, fault
+        for item_id, prompt in zip(ids, PROMPTS[:3], strict=True):
+            assert result.answers.get(item_id, answer_to(prompt)) == answer_to(prompt)
+
+
+@pytest.mark.parametrize("fault", [None, "swap", "truncate", "malformed"])
+async def test_messages_callers_each_get_their_own_answer(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, fault: str | None
+) -> None:
+    upstream.script = [Behaviour(batch_fault=fault)]
+    async with start_sidecar(tmp_path, embedder, upstream, batch_window_ms=300) as sidecar:
+        prompts = PROMPTS[:4]
+        replies = await asyncio.gather(
+            *(sidecar.post("/v1/messages", orjson.dumps(note(p)), ALLOW) for p in prompts)
+        )
+        merged = [
+            c for c in upstream.calls("/v1/messages") if c.body.get("tool_choice") is not None
+        ]
+        assert len(merged) == 1
+        fallbacks = 0
+        for (status, answer, headers), prompt in zip(replies, prompts, strict=True):
+            assert status == 200 and answer["type"] == "message"
+            text = answer["content"][0]["text"]
+            assert text.endswith(": " + prompt), (fault, text)
+            assert headers["X-Semcache-Batch"].split(";")[0].endswith("/4")
+            fallbacks += "fallback=" in headers["X-Semcache-Batch"]
+        assert (fallbacks > 0) == (fault is not None)

@@ -1,14 +1,15 @@
-"""Merging small chat requests into one call, and splitting its answer, with no HTTP in it.
+"""Merging small requests into one call, and splitting its answer, with no HTTP in it: what
+every API shares (the API-specific parts are in :mod:`.protocols`).
 
-A request can join a merged call when it is one user message after a shared prefix (system
-or developer messages) and nothing in it needs a call of its own: no stream, no tools, one
-choice, no response format of its own, no stop sequences, no log probabilities. Members of
-one merged call have the same **group**: the prefix and every other field, byte for byte.
+A request can join a merged call when it is one user message after a shared prefix (the
+system prompt) and nothing in it needs a call of its own: no stream, no tools, one choice, no
+response format of its own, no stop sequences, no log probabilities. Members of one merged
+call have the same **group**: the prefix and every other field, byte for byte.
 
 The merged call sends the prefix once, then an instruction and the items as JSON, each with
-an id, and asks for a structured answer (the API's ``json_schema`` response format, strict)
-with one entry per id, in order. :func:`split` accepts an item's answer only when the entry at
-its position carries its id, exactly once, quotes the end of the item's own input, and holds a
+an id, and asks for a structured answer (the API's structured-output mode, strict) with one
+entry per id, in order. :func:`split` accepts an item's answer only when the entry at its
+position carries its id, exactly once, quotes the end of the item's own input, and holds a
 non-empty string answer within the members' length limit; anything else sends that item again
 on its own, with the cause. An answer is never taken from a position, an id or a quote that
 belongs to another item.
@@ -18,40 +19,20 @@ from __future__ import annotations
 
 import enum
 import math
-import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from semcache.dialects.completions import text_of
 from semcache.tokens import count_text
 
-# Fields that keep a request out of merged calls: each changes the shape or the number of
-# answers, or needs the whole call to itself.
-_SOLO_FIELDS = {
-    "stream": "stream",
-    "tools": "tools",
-    "functions": "tools",
-    "tool_choice": "tools",
-    "response_format": "response_format",
-    "stop": "stop",
-    "logprobs": "logprobs",
-    "top_logprobs": "logprobs",
-    "logit_bias": "logit_bias",
-    "prediction": "prediction",
-    "audio": "audio",
-    "modalities": "audio",
-    "web_search_options": "tools",
-}
-_PREFIX_ROLES = ("system", "developer")
-_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
 # What the answers of a merged call cost beyond the items' own text: the JSON around each
 # entry, and around the whole, in tokens.
 _ENTRY_OVERHEAD = 24
 _ANSWER_OVERHEAD = 32
+# The most completion tokens a merged call asks for, unless one member alone may use more.
+MAX_MERGED_TOKENS = 8192
 
 SCHEMA_NAME = "semcache_batch"
 INSTRUCTIONS = (
@@ -88,40 +69,7 @@ class Member:
     group: str  # equal for requests that may share a call
     prompt: str
     body: Mapping[str, Any]
-
-    @property
-    def limit(self) -> int | None:
-        """The completion tokens each answer may use (the members' shared limit)."""
-        for name in _LIMIT_FIELDS:
-            value = self.body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
-
-
-def member(body: Mapping[str, Any]) -> Member | str:
-    """The member a chat request makes, or why it cannot join a merged call."""
-    for name, reason in _SOLO_FIELDS.items():
-        value = body.get(name)
-        if value is not None and value is not False and not (name == "stop" and value == []):
-            return reason
-    n = body.get("n")
-    if n is not None and n != 1:
-        return "n"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "messages"
-    *prefix, last = messages
-    if any(not isinstance(m, dict) or m.get("role") not in _PREFIX_ROLES for m in prefix):
-        return "conversation"  # prior turns: only single questions are merged
-    if not isinstance(last, dict) or last.get("role") != "user" or set(last) - {"role", "content"}:
-        return "conversation"
-    prompt = text_of(last.get("content"))
-    if prompt is None or not prompt.strip():
-        return "content"
-    rest = {k: v for k, v in body.items() if k != "messages"}
-    group = orjson.dumps({"prefix": prefix, "rest": rest}, option=orjson.OPT_SORT_KEYS).decode()
-    return Member(group=group, prompt=prompt, body=body)
+    limit: int | None  # the completion tokens each answer may use (the same in the group)
 
 
 def new_ids(count: int) -> list[str]:
@@ -130,31 +78,29 @@ def new_ids(count: int) -> list[str]:
     return [str(i + 1) for i in range(count)]
 
 
-def merged_request(members: Sequence[Member], ids: Sequence[str]) -> dict[str, Any]:
-    """The body of one call carrying every member's prompt, the prefix sent once."""
-    first = members[0].body
-    messages = first["messages"]
-    prefix = list(messages[:-1])
-    role = prefix[-1]["role"] if prefix else "system"
+def items_json(members: Sequence[Member], ids: Sequence[str]) -> str:
+    """The user message of a merged call: the items with their ids."""
     items = [{"id": i, "input": m.prompt} for i, m in zip(ids, members, strict=True)]
-    body = {k: v for k, v in first.items() if k != "messages"}  # the same in every member
-    body["messages"] = [
-        *prefix,
-        {"role": role, "content": INSTRUCTIONS},
-        {"role": "user", "content": orjson.dumps({"items": items}).decode()},
-    ]
-    body["response_format"] = {
-        "type": "json_schema",
-        "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": _schema(ids)},
-    }
+    return orjson.dumps({"items": items}).decode()
+
+
+def merged_limit(members: Sequence[Member]) -> int | None:
+    """The completion tokens of a merged call: every member's allowance and the JSON around
+    it, within what models commonly allow (beyond, answers that do not fit are cut and go
+    alone)."""
     limit = members[0].limit
-    for name in _LIMIT_FIELDS:
-        if name in first and limit is not None:
-            body[name] = len(members) * (limit + _ENTRY_OVERHEAD) + _ANSWER_OVERHEAD
-    return body
+    if limit is None:
+        return None
+    wanted = len(members) * (limit + _ENTRY_OVERHEAD) + _ANSWER_OVERHEAD
+    return min(wanted, max(limit, MAX_MERGED_TOKENS))
 
 
-def _schema(ids: Sequence[str]) -> dict[str, Any]:
+def group_of(prefix: object, rest: Mapping[str, Any]) -> str:
+    return orjson.dumps({"prefix": prefix, "rest": rest}, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def schema(ids: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of a merged call's answer."""
     entry = {
         "type": "object",
         "properties": {
@@ -183,43 +129,27 @@ class Split:
 
 
 def split(
-    answer: object, ids: Sequence[str], inputs: Sequence[str], *, limit: int | None = None
+    payload: object, ids: Sequence[str], inputs: Sequence[str], *, limit: int | None = None
 ) -> Split:
-    """Each item's answer from a merged call's chat completion (``None``: no valid answer);
+    """Each item's answer from the structured answer of a merged call (``payload``: the parsed
+    JSON, or the :class:`Cause` of its absence, see :meth:`.protocols.Protocol.payload`);
     ``inputs`` are the items' prompts, in the order of ``ids``."""
-    everything = dict.fromkeys(ids)
-
-    def all_failed(cause: Cause) -> Split:
-        return Split({}, {i: cause for i in everything})
-
-    choice = _only_choice(answer)
-    if choice is None:
-        return all_failed(Cause.UPSTREAM_ERROR)
-    message = choice.get("message")
-    finish = choice.get("finish_reason")
-    if finish == "length":
-        return all_failed(Cause.TRUNCATED)
-    if finish == "content_filter" or (isinstance(message, dict) and message.get("refusal")):
-        return all_failed(Cause.REFUSAL)
-    if not isinstance(message, dict) or finish != "stop" or message.get("tool_calls"):
-        return all_failed(Cause.MALFORMED)
-    content = message.get("content")
-    if not isinstance(content, str):
-        return all_failed(Cause.MALFORMED)
-    try:
-        parsed = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return all_failed(Cause.INVALID_JSON)
-    entries = parsed.get("answers") if isinstance(parsed, dict) else None
-    if not isinstance(entries, list) or set(parsed) != {"answers"}:
-        return all_failed(Cause.MALFORMED)
+    if isinstance(payload, Cause):
+        return Split({}, dict.fromkeys(ids, payload))
+    entries = payload.get("answers") if isinstance(payload, dict) else None
+    if (
+        not isinstance(entries, list)
+        or not isinstance(payload, dict)
+        or set(payload) != {"answers"}
+    ):
+        return Split({}, dict.fromkeys(ids, Cause.MALFORMED))
     seen: dict[str, int] = {}
     for entry in entries:
         entry_id = entry.get("id") if isinstance(entry, dict) else None
         if isinstance(entry_id, str):
             seen[entry_id] = seen.get(entry_id, 0) + 1
-    if any(entry_id not in everything for entry_id in seen):
-        return all_failed(Cause.EXTRA)
+    if any(entry_id not in ids for entry_id in seen):
+        return Split({}, dict.fromkeys(ids, Cause.EXTRA))
     answers: dict[str, str] = {}
     failed: dict[str, Cause] = {}
     for position, (item_id, text) in enumerate(zip(ids, inputs, strict=True)):
@@ -246,6 +176,14 @@ def split(
     return Split(answers, failed)
 
 
+def parse_json(content: str) -> object:
+    """A structured answer's JSON, or :attr:`Cause.INVALID_JSON`."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return Cause.INVALID_JSON
+
+
 def input_end(text: str) -> str:
     """The last words of an input, as an entry quotes it."""
     return " ".join(text.split()[-ECHO_WORDS:])
@@ -267,13 +205,6 @@ def _words(text: str) -> list[str]:
 _PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’…-"
 
 
-def _only_choice(answer: object) -> dict[str, Any] | None:
-    choices = answer.get("choices") if isinstance(answer, dict) else None
-    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
-        return None
-    return choices[0]
-
-
 def shares(total: int, weights: Sequence[int]) -> list[int]:
     """``total`` split in proportion to ``weights`` in whole numbers that add up to it
     (largest remainders); equal parts when every weight is 0."""
@@ -287,34 +218,3 @@ def shares(total: int, weights: Sequence[int]) -> list[int]:
     for i in by_remainder[: total - sum(parts)]:
         parts[i] += 1
     return parts
-
-
-def member_answer(
-    merged: Mapping[str, Any], text: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    """One member's answer as a chat completion of its own, with its share of the usage."""
-    answer: dict[str, Any] = {
-        "id": f"chatcmpl-semcache-{secrets.token_hex(12)}",
-        "object": "chat.completion",
-        "created": merged.get("created")
-        if isinstance(merged.get("created"), int)
-        else int(time.time()),
-        "model": merged.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-    for name in ("system_fingerprint", "service_tier"):
-        if isinstance(merged.get(name), str):
-            answer[name] = merged[name]
-    return answer

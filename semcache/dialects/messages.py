@@ -64,7 +64,7 @@ class Messages(Dialect):
         last = messages[-1]
         if last["role"] != "user":
             return Parsed(self, model, stream, True, None, "the last message is not the user's")
-        prompt = _text_of(last.get("content"))
+        prompt = message_text(last.get("content"))
         if prompt is None:
             return Parsed(
                 self, model, stream, True, None, "the last user message has non-text parts"
@@ -207,13 +207,13 @@ class Messages(Dialect):
     def prompt_tokens(self, body: Mapping[str, Any]) -> int:
         total = 0
         system = body.get("system")
-        system_text = _text_of(system) if isinstance(system, list | str) else None
+        system_text = message_text(system) if isinstance(system, list | str) else None
         if system_text:
             total += count_text(system_text)
         messages = body.get("messages")
         for message in messages if isinstance(messages, list) else []:
             if isinstance(message, dict):
-                text = _text_of(message.get("content"))
+                text = message_text(message.get("content"))
                 total += 3 + (count_text(text) if text else 0)
         return total
 
@@ -224,7 +224,7 @@ class Messages(Dialect):
         return self.prompt_tokens(body) + self.completion_allowance(body)
 
 
-def _text_of(content: object) -> str | None:
+def message_text(content: object) -> str | None:
     """The text of a message's content (a string or text blocks), or None when it has other
     blocks (images, documents, tool results)."""
     if isinstance(content, str):

@@ -15,15 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from semcache.batching import (
-    Cause,
-    Member,
-    Windows,
-    member_answer,
-    merged_request,
-    new_ids,
-    shares,
-)
+from semcache.batching import Cause, Member, Protocol, Windows, new_ids, shares
 from semcache.batching import split as split_answer
 from semcache.dialects import Dialect
 from semcache.keys import CacheRequest
@@ -48,6 +40,7 @@ class Waiting:
     """A miss waiting in a batching window."""
 
     member: Member
+    protocol: Protocol
     dialect: Dialect
     path: str
     headers: Mapping[str, str]
@@ -141,9 +134,9 @@ async def send_merged(state: State, items: Sequence[Waiting]) -> list[Outcome]:
     ids = new_ids(size)
     members = [item.member for item in items]
     prompts = [m.prompt for m in members]
-    body = merged_request(members, ids)
     first = items[0]
-    dialect = first.dialect
+    protocol, dialect = first.protocol, first.dialect
+    body = protocol.merged_request(members, ids)
     if not _worth_merging(state, items, dialect.prompt_tokens(body)):
         totals.alone += size
         metrics.batch_items.labels("alone").inc(size)
@@ -170,12 +163,12 @@ async def send_merged(state: State, items: Sequence[Waiting]) -> list[Outcome]:
                 if not dialect.valid_answer(answer):
                     answer = None
             headers = passed_headers(attempt)
-            split = split_answer(answer, ids, prompts, limit=first.member.limit)
+            split = split_answer(protocol.payload(answer), ids, prompts, limit=first.member.limit)
             usages = _member_usages(dialect, answer, items, ids, split.answers)
             _bill(state, attempt, first.model, answer, items, usages, dialect)
     except Exception as exc:  # the items go alone, and meet the error there if it persists
         logger.warning("a merged call of %d requests failed (%s); sending them alone", size, exc)
-        split = split_answer(None, ids, prompts)
+        split = split_answer(Cause.UPSTREAM_ERROR, ids, prompts)
         usages = [(0, 0)] * size
     if split.answers:
         _count_savings(state, first.model, answer, items, ids, split.answers)
@@ -186,7 +179,7 @@ async def send_merged(state: State, items: Sequence[Waiting]) -> list[Outcome]:
     for position, (item_id, usage) in enumerate(zip(ids, usages, strict=True)):
         text = split.answers.get(item_id)
         if text is not None and answer is not None:
-            mine = member_answer(answer, text, *usage)
+            mine = protocol.member_answer(answer, text, *usage)
             if dialect.valid_answer(mine) and dialect.finished_normally(mine):
                 answers[position] = mine
     stored = await _store(state, items, answers)

@@ -15,8 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from semcache.batching import Cause, Member, member
-from semcache.dialects import ChatCompletions
+from semcache.batching import PROTOCOLS, Cause, Member, Protocol
 from semcache.server.controls import CREDENTIAL_HEADERS
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.request_batching import Fallback, Waiting
@@ -29,12 +28,15 @@ _BEHAVIOUR_PREFIXES = ("openai-", "anthropic-")
 async def batch(x: Exchange) -> web.StreamResponse | None:
     if x.response is not None or x.parsed is None or not _asked(x):
         return None
-    joined = _member(x)
+    protocol = PROTOCOLS.get(x.dialect.name)
+    joined = "api" if protocol is None else _member(x, protocol)
     if isinstance(joined, str):
         x.headers["X-Semcache-Batch"] = f"single; reason={joined}"
         return None
+    assert protocol is not None
     waiting = Waiting(
         member=joined,
+        protocol=protocol,
         dialect=x.dialect,
         path=x.request.rel_url.raw_path,
         headers=x.request.headers,
@@ -76,13 +78,11 @@ def _asked(x: Exchange) -> bool:
     )
 
 
-def _member(x: Exchange) -> Member | str:
+def _member(x: Exchange, protocol: Protocol) -> Member | str:
     """The member this request makes, or why it goes alone."""
-    if not isinstance(x.dialect, ChatCompletions):
-        return "api"
     if x.priority == PRIORITIES["high"]:
         return "priority"
-    return member(x.outgoing)
+    return protocol.member(x.outgoing)
 
 
 def _group(x: Exchange, joined: Member) -> str:
@@ -93,6 +93,7 @@ def _group(x: Exchange, joined: Member) -> str:
     parts: dict[str, Any] = {
         "path": x.request.rel_url.raw_path,
         "query": x.request.rel_url.raw_query_string,
+        "api": x.dialect.name,
         "body": joined.group,
         "headers": sorted(
             (name.lower(), value)
