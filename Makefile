@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint serve demo bench clean
+.PHONY: install test lint servers serve demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+servers:
+	bash tools/install_servers.sh
+
+test: lint servers
 	$(BIN)/pytest
 
 serve: install

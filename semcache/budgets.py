@@ -17,7 +17,8 @@
 
 Spend is what the upstream's ``usage`` says at the price table's prices, added once per answer.
 It lives in a diskcache (SQLite) under the cache directory, in whole micro-dollars updated in
-one transaction each, so a restart or a crash loses nothing and two workers never double-count.
+one transaction each, so a restart or a crash loses nothing and two workers never double-count;
+with ``--redis``, in Redis, for every sidecar at once (see :mod:`semcache.shared.counters`).
 Days and months are UTC. A warning is logged and counted once per cap, period and threshold,
 also across restarts.
 """
@@ -32,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import diskcache
-
-from semcache.errors import ConfigError, StoreError
+from semcache.errors import ConfigError
+from semcache.shared.counters import Counters, DiskCounters
 
 logger = logging.getLogger("semcache.budgets")
 
 MICRO = 1_000_000
 GLOBAL = "global"
+# How long a period's counters are kept after it began (long enough to look back at it).
+_KEEP_S = {"day": 3 * 86_400, "month": 62 * 86_400}
 
 
 @dataclass(frozen=True)
@@ -185,16 +187,20 @@ class SpendLedger:
         config: BudgetConfig,
         *,
         clock: Callable[[], float],
+        counters: Counters | None = None,
     ) -> None:
+        """``counters``: where spend is kept (default: a diskcache in ``directory``; shared by
+        several sidecars: :class:`~semcache.shared.counters.SharedCounters`).
+
+        Raises:
+            StoreError: the ledger cannot be opened.
+        """
         self.config = config
         self._clock = clock
-        try:
-            self._db = diskcache.Cache(str(directory), eviction_policy="none")
-        except Exception as exc:  # diskcache raises sqlite3 and OS errors
-            raise StoreError(f"cannot open the spend ledger in {directory}: {exc}") from exc
+        self._counters = counters if counters is not None else DiskCounters(directory)
 
     def close(self) -> None:
-        self._db.close()
+        self._counters.close()
 
     def _periods(self, now: float) -> dict[str, tuple[str, float]]:
         """Period → (label, reset time) for ``now``."""
@@ -211,8 +217,7 @@ class SpendLedger:
     def spent(self, scope: str, period: str) -> float:
         """USD spent by ``scope`` (``global`` or a tenant) in the current ``period``."""
         label, _ = self._periods(self._clock())[period]
-        value = self._db.get(f"spend:{label}:{scope}", 0)
-        return int(value) / MICRO
+        return self._counters.get(f"spend:{label}:{scope}") / MICRO
 
     def admit(self, tenant: str, model: str) -> Admission:
         """Check the caps before a request is sent."""
@@ -233,7 +238,7 @@ class SpendLedger:
                 cap = caps.of(period)
                 if cap is None:
                     continue
-                spent = int(self._db.get(f"spend:{label}:{scope}", 0)) / MICRO
+                spent = self._counters.get(f"spend:{label}:{scope}") / MICRO
                 if spent >= cap:
                     return Exceeded(scope, period, cap, spent, resets_at)
         return None
@@ -248,13 +253,13 @@ class SpendLedger:
         for scope, caps in ((GLOBAL, self.config.overall), (tenant, self.config.caps_of(tenant))):
             for period, (label, _) in self._periods(now).items():
                 key = f"spend:{label}:{scope}"
-                total = int(self._db.incr(key, micro, default=0)) / MICRO
+                total = self._counters.incr(key, micro, ttl_s=_KEEP_S[period]) / MICRO
                 cap = caps.of(period)
                 if not cap:
                     continue
                 for fraction in (*self.config.warn_at, 1.0):
-                    if total / cap >= fraction and self._db.add(
-                        f"warned:{label}:{scope}:{fraction}", True
+                    if total / cap >= fraction and self._counters.mark(
+                        f"warned:{label}:{scope}:{fraction}", ttl_s=_KEEP_S[period]
                     ):
                         warnings.append(BudgetWarning(scope, period, fraction, total, cap))
         for warning in warnings:

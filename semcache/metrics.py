@@ -221,6 +221,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.redis_errors = Counter(
+            "semcache_redis_errors",
+            "Calls to the shared Redis that failed or timed out (each answered from the local "
+            "stand-in instead)",
+            registry=self.registry,
+        )
         self.entries = Gauge(
             "semcache_cache_entries", "Entries in the cache", registry=self.registry
         )

@@ -25,6 +25,7 @@ from semcache.compression import CompressionSettings, Mode
 from semcache.config import CacheConfig, check_confidence, check_similarity, option
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
+from semcache.shared.link import check_url
 from semcache.upstream.router import RoutingPolicy
 from semcache.upstream.specs import UpstreamSpec, parse_upstreams
 
@@ -156,6 +157,17 @@ class ServerConfig(CacheConfig):
     batch_jobs_poll_s: float = setting(
         60.0, "how often an unfinished provider batch job is checked"
     )
+    redis: str | None = setting(
+        None,
+        "redis://host:port/db (rediss:// for TLS) shared by several sidecars: one budget for "
+        "all (unset: everything stays on this machine)",
+    )
+    redis_password: str | None = setting(
+        None, "the Redis password, or env:NAME to read it from a variable (else: from the URL)"
+    )
+    redis_timeout_s: float = setting(
+        0.25, "longest wait for Redis; past it the sidecar goes on with its local stand-ins"
+    )
     admin_token: str | None = setting(
         None, "bearer token of the /admin API (unset: the admin API is off)"
     )
@@ -202,6 +214,7 @@ class ServerConfig(CacheConfig):
             "body_read_timeout_s",
             "batch_jobs_window_s",
             "batch_jobs_poll_s",
+            "redis_timeout_s",
         ):
             value = getattr(self, name)
             if not (0 < value < math.inf):
@@ -220,6 +233,8 @@ class ServerConfig(CacheConfig):
             raise ConfigError(
                 f"batch_window_ms must be between 0 and 10000, got {self.batch_window_ms!r}"
             )
+        if self.redis is not None:
+            check_url(self.redis)
         if not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):

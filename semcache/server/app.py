@@ -30,6 +30,8 @@ from semcache.server.request_batching import request_batching
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
+from semcache.shared.counters import DiskCounters, SharedCounters
+from semcache.shared.link import RedisLink
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.router import Router
 from semcache.upstream.specs import describe, passthrough
@@ -126,11 +128,17 @@ def _resources(
         )
         for name, breaker in router.breakers.items():
             metrics_.breaker_open.labels(name).set_function(_open(breaker))
+        link = None
+        if config.redis is not None:
+            link = RedisLink(
+                config.redis,
+                password=config.redis_password,
+                timeout_s=config.redis_timeout_s,
+                on_error=metrics_.redis_errors.inc,
+            )
         ledger = given_ledger
         if ledger is None and config.budgets is not None and config.budgets.active:
-            ledger = await asyncio.to_thread(
-                SpendLedger, Path(config.cache_dir) / "budgets", config.budgets, clock=time.time
-            )
+            ledger = await asyncio.to_thread(_ledger, config, link)
         metrics_.track_entries(lambda: len(the_cache))
         batcher = LookupBatcher(
             the_cache.alookup_many,
@@ -203,8 +211,21 @@ def _resources(
                 ledger.close()
             if own_cache:
                 await asyncio.to_thread(the_cache.close)
+            if link is not None:
+                link.close()
 
     return resources
+
+
+def _ledger(config: ServerConfig, link: RedisLink | None) -> SpendLedger:
+    """The spend ledger: on disk, or in Redis (shared by every sidecar) with the disk standing
+    in while Redis is away."""
+    assert config.budgets is not None
+    directory = Path(config.cache_dir) / "budgets"
+    counters = None
+    if link is not None:
+        counters = SharedCounters(link, DiskCounters(directory))
+    return SpendLedger(directory, config.budgets, clock=time.time, counters=counters)
 
 
 def _open(breaker: CircuitBreaker) -> Callable[[], float]:

@@ -1,0 +1,145 @@
+"""Several sidecars sharing one budget through a real Redis; Redis away never fails a request
+and loses no spend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from semcache.budgets import GLOBAL, SpendLedger, parse_budgets
+from semcache.errors import ConfigError
+from semcache.server.state import STATE
+from semcache.settings import load_config
+from semcache.shared.counters import DiskCounters, SharedCounters
+from semcache.shared.link import RedisLink
+from tests.conftest import CountingEmbedder
+from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.redis_server import RedisServer
+from tests.sidecar import Sidecar, ask, start_sidecar
+
+BUDGETS = parse_budgets({"daily_usd": 1.0, "warn_at": [0.5]})
+
+
+def shared_ledger(directory: Path, url: str) -> tuple[SpendLedger, RedisLink]:
+    link = RedisLink(url, retry_s=0.2)
+    counters = SharedCounters(link, DiskCounters(directory))
+    return SpendLedger(directory, BUDGETS, clock=time.time, counters=counters), link
+
+
+def test_two_ledgers_on_one_redis_share_spend_and_warn_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    one, _ = shared_ledger(tmp_path / "one", redis_server.url)
+    two, _ = shared_ledger(tmp_path / "two", redis_server.url)
+    try:
+        assert one.record("tenant-a", 0.3) == []
+        warnings = two.record("tenant-b", 0.3)  # 0.6 in total: past 50%, once
+        assert [(w.scope, w.fraction) for w in warnings] == [(GLOBAL, 0.5)]
+        assert one.record("tenant-a", 0.1) == []  # not again on the other sidecar
+        assert one.spent(GLOBAL, "day") == pytest.approx(0.7)
+        assert two.spent("tenant-a", "day") == pytest.approx(0.4)
+        two.record("tenant-b", 0.4)
+        assert one.admit("tenant-a", "gpt-4o").refused  # the cap is reached for both
+    finally:
+        one.close()
+        two.close()
+
+
+def test_spend_made_while_redis_is_away_reaches_it_when_it_is_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    one, link = shared_ledger(tmp_path / "one", redis_server.url)
+    two, _ = shared_ledger(tmp_path / "two", redis_server.url)
+    try:
+        one.record("tenant-a", 0.1)
+        redis_server.stop()
+        started = time.monotonic()
+        one.record("tenant-a", 0.2)  # no exception, no long wait
+        one.record("tenant-a", 0.05)
+        assert time.monotonic() - started < 2
+        assert one.spent(GLOBAL, "day") == pytest.approx(0.35)  # its own view meanwhile
+        assert link.errors >= 1
+        port = redis_server.port
+        redis_server.start()  # a fresh, empty Redis on the same port
+        assert redis_server.port == port
+        time.sleep(0.3)  # the link's pause after the failure
+        one.record("tenant-a", 0.01)
+        # What was spent while it was away is in Redis now (the first 0.1 was lost with the
+        # old server's memory: an empty Redis, as after a restart without persistence).
+        assert two.spent(GLOBAL, "day") == pytest.approx(0.26)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_password_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path, password="s3cret-pw")
+    server.start()
+    try:
+        monkeypatch.setenv("SEMCACHE_TEST_REDIS_PW", "s3cret-pw")
+        link = RedisLink(server.url, password="env:SEMCACHE_TEST_REDIS_PW")
+        assert link.call(lambda client: client.ping())
+        link.close()
+        url = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+        assert RedisLink(url).call(lambda client: client.ping())
+        with pytest.raises(ConfigError, match="UNSET_VARIABLE"):
+            RedisLink(server.url, password="env:UNSET_VARIABLE")
+    finally:
+        server.stop()
+
+
+def test_a_bad_redis_url_stops_the_server_at_start() -> None:
+    with pytest.raises(ConfigError, match="redis"):
+        load_config({"redis": "http://127.0.0.1:6379"}, environ={})
+
+
+async def test_two_sidecars_share_one_budget_and_redis_away_fails_no_request(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    upstream.default = Behaviour(prompt_tokens=200_000)  # $0.03 a request at gpt-4o-mini
+    budgets = parse_budgets({"daily_usd": 0.10, "on_exceeded": "reject"})
+    settings = {"redis": redis_server.url, "budgets": budgets}
+    async with (
+        start_sidecar(tmp_path / "a", embedder, upstream, **settings) as one,
+        start_sidecar(tmp_path / "b", embedder, upstream, **settings) as two,
+    ):
+
+        async def ask_miss(sidecar: Sidecar, text: str) -> int:
+            status, _, _ = await sidecar.post("/v1/chat/completions", orjson.dumps(ask(text)))
+            return int(status)
+
+        def spent(sidecar: Sidecar) -> float:
+            ledger = sidecar.app[STATE].ledger
+            assert ledger is not None
+            return float(ledger.spent(GLOBAL, "day"))
+
+        assert await ask_miss(one, "First question?") == 200
+        assert await ask_miss(two, "Second question?") == 200
+        assert spent(one) == pytest.approx(0.06, rel=0.01) == spent(two)
+        redis_server.stop()
+        # Redis away: a miss is still served, the spend kept locally, the failure counted.
+        assert await ask_miss(one, "Third question?") == 200
+        metrics = await one.get_text("/metrics")
+        errors = next(
+            line for line in metrics.splitlines() if line.startswith("semcache_redis_errors_total")
+        )
+        assert float(errors.split()[1]) >= 1
+        redis_server.start()  # empty, as after a restart without persistence
+        await asyncio.sleep(1.2)  # the link's pause after its failure
+        assert await ask_miss(one, "Fourth question?") == 200  # brings the third's spend along
+        assert spent(two) == pytest.approx(0.06, rel=0.01)
+        assert await ask_miss(two, "Fifth question?") == 200
+        assert await ask_miss(two, "Sixth question?") == 200
+        # $0.12 spent across the two since the restart: the cap holds on both.
+        assert await ask_miss(one, "Seventh question?") == 429
+        assert await ask_miss(two, "Eighth question?") == 429

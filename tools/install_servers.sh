@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The servers some tests start for real (redis-server: sidecars sharing one Redis), from
+# Debian's packages. Installs what is missing when it can (root, or sudo without a password);
+# otherwise says so, and those tests are skipped.
+set -euo pipefail
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+  as_root=()
+elif sudo -n true 2>/dev/null; then
+  as_root=(sudo -n)
+else
+  echo "not installed: ${missing[*]} (apt-get install ${missing[*]}); their tests are skipped" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -q >/dev/null
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
