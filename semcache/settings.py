@@ -165,6 +165,11 @@ class ServerConfig(CacheConfig):
     redis_password: str | None = setting(
         None, "the Redis password, or env:NAME to read it from a variable (else: from the URL)"
     )
+    redis_fallback_share: float = setting(
+        0.5,
+        "while Redis is away, each sidecar keeps to this share of a key's limits (1/N for N "
+        "sidecars keeps their sum under the limit)",
+    )
     redis_timeout_s: float = setting(
         0.25, "longest wait for Redis; past it the sidecar goes on with its local stand-ins"
     )
@@ -235,6 +240,10 @@ class ServerConfig(CacheConfig):
             )
         if self.redis is not None:
             check_url(self.redis)
+        if not (0 < self.redis_fallback_share <= 1):
+            raise ConfigError(
+                f"redis_fallback_share must be in (0, 1], got {self.redis_fallback_share!r}"
+            )
         if not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):

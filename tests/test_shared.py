@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -143,3 +144,86 @@ async def test_two_sidecars_share_one_budget_and_redis_away_fails_no_request(
         # $0.12 spent across the two since the restart: the cap holds on both.
         assert await ask_miss(one, "Seventh question?") == 429
         assert await ask_miss(two, "Eighth question?") == 429
+
+
+# -- shared key limits ---------------------------------------------------------------------
+
+
+def shared_limiter(url: str, name: str, *, rpm: float, share: float = 0.5) -> Any:
+    from semcache.shared.limits import SharedKeyLimiter
+
+    link = RedisLink(url, retry_s=0.3)
+    return SharedKeyLimiter(
+        "pool#1", rpm=rpm, tpm=None, clock=time.monotonic, link=link, name=name,
+        local_share=share,
+    )  # fmt: skip
+
+
+def _takes(limiters: list[Any], seconds: float) -> int:
+    """Requests the limiters grant together in ``seconds``, asking in turn."""
+    taken = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for limiter in limiters:
+            if limiter.try_reserve(10) is not None:
+                taken += 1
+        time.sleep(0.005)
+    return taken
+
+
+def test_sidecars_sharing_a_key_take_together_what_one_alone_may(
+    redis_server: RedisServer,
+) -> None:
+    alone = _takes([shared_limiter(redis_server.url, "k-alone", rpm=600)], 1.0)
+    together = _takes(
+        [shared_limiter(redis_server.url, "k-together", rpm=600) for _ in range(3)], 1.0
+    )
+    # 600 RPM paced at 1.5x: ~15 a second, for one sidecar or for three together.
+    assert 10 <= alone <= 18
+    assert together <= alone + 2
+
+
+def test_a_429_pauses_the_key_for_every_sidecar(redis_server: RedisServer) -> None:
+    one = shared_limiter(redis_server.url, "k-paused", rpm=600)
+    two = shared_limiter(redis_server.url, "k-paused", rpm=600)
+    one.learn({"retry-after": "2"}, 429)
+    assert two.try_reserve(1) is None
+    assert two.wait_time(1) > 1.0
+
+
+def test_with_redis_away_a_key_falls_back_to_its_local_share(
+    redis_server: RedisServer,
+) -> None:
+    limiter = shared_limiter(redis_server.url, "k-away", rpm=600, share=0.5)
+    redis_server.stop()
+    first = limiter.try_reserve(1)
+    assert first is not None and not first.shared
+    # The local bucket holds half the key's limit, paced: about 7.5 a second.
+    assert _takes([limiter], 1.0) <= 9
+
+
+async def test_two_sidecars_pace_one_pool_key_together(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    from semcache.upstream.specs import parse_upstreams
+
+    specs = parse_upstreams(
+        [{"name": "pool", "base_url": upstream.url, "api_keys": ["k1"], "rpm": 120}], {}
+    )
+    settings = {"redis": redis_server.url, "upstreams": specs}
+    async with (
+        start_sidecar(tmp_path / "a", embedder, upstream, **settings) as one,
+        start_sidecar(tmp_path / "b", embedder, upstream, **settings) as two,
+    ):
+        replies = await asyncio.gather(
+            *(
+                sidecar.post("/v1/chat/completions", orjson.dumps(ask(f"Distinct question {i}?")))
+                for i in range(6)
+                for sidecar in (one, two)
+            )
+        )
+        assert all(status == 200 for status, _, _ in replies)
+        arrivals = sorted(call.at for call in upstream.calls())
+        # 120 RPM paced at 1.5x is 3 a second for the key, whichever sidecar sends: 12
+        # requests take 11/3 s at least (each sidecar on its own would take 5/3 s).
+        assert arrivals[-1] - arrivals[0] >= 3.3

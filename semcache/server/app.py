@@ -31,10 +31,12 @@ from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
 from semcache.shared.counters import DiskCounters, SharedCounters
+from semcache.shared.limits import SharedKeyLimiter, bucket_name
 from semcache.shared.link import RedisLink
 from semcache.upstream.breaker import CircuitBreaker
-from semcache.upstream.router import Router
-from semcache.upstream.specs import describe, passthrough
+from semcache.upstream.limits import KeyLimiter
+from semcache.upstream.router import LimiterFactory, Router
+from semcache.upstream.specs import KeySpec, UpstreamSpec, describe, passthrough
 
 logger = logging.getLogger("semcache.server")
 
@@ -118,16 +120,6 @@ def _resources(
             else cache
         )
         metrics_ = Metrics()
-        router = given_router or Router(
-            config.upstreams or passthrough(config.upstream),
-            policy=config.routing_policy(),
-            timeout_s=config.upstream_timeout_s,
-            connect_timeout_s=config.upstream_connect_timeout_s,
-            metrics=metrics_,
-            clock=clock,
-        )
-        for name, breaker in router.breakers.items():
-            metrics_.breaker_open.labels(name).set_function(_open(breaker))
         link = None
         if config.redis is not None:
             link = RedisLink(
@@ -136,6 +128,17 @@ def _resources(
                 timeout_s=config.redis_timeout_s,
                 on_error=metrics_.redis_errors.inc,
             )
+        router = given_router or Router(
+            config.upstreams or passthrough(config.upstream),
+            policy=config.routing_policy(),
+            timeout_s=config.upstream_timeout_s,
+            connect_timeout_s=config.upstream_connect_timeout_s,
+            metrics=metrics_,
+            clock=clock,
+            limiter=None if link is None else _shared_limits(link, config, clock),
+        )
+        for name, breaker in router.breakers.items():
+            metrics_.breaker_open.labels(name).set_function(_open(breaker))
         ledger = given_ledger
         if ledger is None and config.budgets is not None and config.budgets.active:
             ledger = await asyncio.to_thread(_ledger, config, link)
@@ -215,6 +218,25 @@ def _resources(
                 link.close()
 
     return resources
+
+
+def _shared_limits(
+    link: RedisLink, config: ServerConfig, clock: Callable[[], float]
+) -> LimiterFactory:
+    """Each key's limits on Redis, shared by every sidecar that has the key."""
+
+    def make(upstream: UpstreamSpec, key: KeySpec) -> KeyLimiter:
+        return SharedKeyLimiter(
+            key.id,
+            rpm=upstream.rpm,
+            tpm=upstream.tpm,
+            clock=clock,
+            link=link,
+            name=bucket_name(key.secret, upstream.base_url),
+            local_share=config.redis_fallback_share,
+        )
+
+    return make
 
 
 def _ledger(config: ServerConfig, link: RedisLink | None) -> SpendLedger:

@@ -85,6 +85,7 @@ class Bucket:
 class Reservation:
     key: KeyLimiter
     tokens: int
+    shared: bool = False  # taken from buckets shared by several sidecars (semcache.shared)
 
 
 class KeyLimiter:
@@ -136,6 +137,13 @@ class KeyLimiter:
             if self.tokens is not None:
                 self.tokens.spend(min(tokens, self.tokens.capacity), now)
         return Reservation(self, tokens)
+
+    def try_reserve(self, tokens: int) -> Reservation | None:
+        """:meth:`reserve` when the key is free now, else ``None`` (buckets shared with other
+        sidecars may have been taken since :meth:`wait_time` looked)."""
+        if self.wait_time(tokens) > 0:
+            return None
+        return self.reserve(tokens)
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
         """Correct the token reservation with the answer's ``usage`` (``None``: keep it)."""

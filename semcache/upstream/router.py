@@ -86,6 +86,11 @@ class RoutingPolicy:
     queue_max_length: int = 1000
 
 
+# The limits of one key of one upstream (local by default; shared by several sidecars with
+# semcache.shared.limits).
+LimiterFactory = Callable[[UpstreamSpec, KeySpec], KeyLimiter]
+
+
 class Target:
     """One way to send a request: an upstream and one of its keys (or the caller's)."""
 
@@ -95,7 +100,7 @@ class Target:
         key: KeySpec | None,
         client: Upstream,
         breaker: CircuitBreaker,
-        clock: Callable[[], float],
+        limiter: LimiterFactory,
     ) -> None:
         self.upstream = upstream
         self.key = key
@@ -103,11 +108,7 @@ class Target:
         self.breaker = breaker
         self.id = key.id if key is not None else upstream.name
         limited = key is not None and (upstream.rpm is not None or upstream.tpm is not None)
-        self.limiter = (
-            KeyLimiter(self.id, rpm=upstream.rpm, tpm=upstream.tpm, clock=clock)
-            if limited
-            else None
-        )
+        self.limiter = limiter(upstream, key) if limited and key is not None else None
 
     def wait_time(self, tokens: int) -> float:
         breaker = 0.0 if self.breaker.allows() else max(self.breaker.retry_in(), 0.05)
@@ -143,6 +144,13 @@ class Target:
         else:
             headers["Authorization"] = f"Bearer {self.key.secret}"
         return headers
+
+
+def _local_limiter(clock: Callable[[], float]) -> LimiterFactory:
+    def make(upstream: UpstreamSpec, key: KeySpec) -> KeyLimiter:
+        return KeyLimiter(key.id, rpm=upstream.rpm, tpm=upstream.tpm, clock=clock)
+
+    return make
 
 
 async def _read_whole(response: aiohttp.ClientResponse) -> None:
@@ -205,7 +213,9 @@ class Router:
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        limiter: LimiterFactory | None = None,
     ) -> None:
+        """``limiter`` makes each key's limits (default: local buckets on ``clock``)."""
         if not upstreams:
             raise ValueError("a router needs at least one upstream")
         self.policy = policy or RoutingPolicy()
@@ -227,8 +237,9 @@ class Router:
             )
             self.clients[spec.name] = client
             self.breakers[spec.name] = breaker
+            make_limiter = limiter or _local_limiter(clock)
             for key in spec.keys or (None,):
-                self.targets.append(Target(spec, key, client, breaker, clock))
+                self.targets.append(Target(spec, key, client, breaker, make_limiter))
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -500,17 +511,22 @@ class Router:
             eligible = self._eligible(waiter.model, waiter.exclude, waiter.api, waiter.key_id)
             candidates = [t for t in eligible if t.id not in held]
             free = [t for t in candidates if t.wait_time(waiter.tokens) <= 0]
-            if free:
-                best_priority = min(t.upstream.priority for t in free)
-                target = max(
-                    (t for t in free if t.upstream.priority == best_priority), key=Target.score
-                )
+            # Best first: the lowest priority number, then the most headroom. A key shared
+            # with other sidecars may be gone by the time it is taken: then the next one.
+            free.sort(key=lambda t: (t.upstream.priority, -t.score()))
+            assigned = False
+            for target in free:
                 reservation = None
                 if target.limiter is not None:
-                    reservation = target.limiter.reserve(waiter.tokens)
+                    reservation = target.limiter.try_reserve(waiter.tokens)
+                    if reservation is None:
+                        continue
                 waiter.future.set_result((target, reservation))
                 if self.metrics is not None:
                     self.metrics.queue_wait.observe(now - waiter.enqueued)
+                assigned = True
+                break
+            if assigned:
                 continue
             waits = [t.wait_time(waiter.tokens) for t in candidates]
             soonest = min([soonest, *waits])
