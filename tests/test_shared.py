@@ -227,3 +227,30 @@ async def test_two_sidecars_pace_one_pool_key_together(
         # 120 RPM paced at 1.5x is 3 a second for the key, whichever sidecar sends: 12
         # requests take 11/3 s at least (each sidecar on its own would take 5/3 s).
         assert arrivals[-1] - arrivals[0] >= 3.3
+
+
+# -- shared breakers -----------------------------------------------------------------------
+
+
+def test_a_breaker_opened_by_one_sidecar_is_open_for_all(redis_server: RedisServer) -> None:
+    from semcache.shared.breakers import SharedCircuitBreaker, breaker_name
+
+    def breaker() -> SharedCircuitBreaker:
+        return SharedCircuitBreaker(
+            failures=3, reset_s=5.0, clock=time.monotonic, name="main",
+            link=RedisLink(redis_server.url), key=breaker_name("http://upstream.example/v1"),
+        )  # fmt: skip
+
+    one, two = breaker(), breaker()
+    assert two.allows()
+    for _ in range(3):
+        one.on_failure()
+    assert one.state == one.OPEN
+    time.sleep(0.6)  # past the other's cached view
+    assert not two.allows() and two.state == two.OPEN
+    assert 3.0 < two.retry_in() <= 5.0
+    one.on_success()  # the upstream answers again: closed everywhere
+    time.sleep(0.6)
+    assert two.allows() and two.state == two.CLOSED
+    redis_server.stop()
+    assert two.allows()  # Redis away: the breaker is local again

@@ -30,12 +30,13 @@ from semcache.server.request_batching import request_batching
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
+from semcache.shared.breakers import SharedCircuitBreaker, breaker_name
 from semcache.shared.counters import DiskCounters, SharedCounters
 from semcache.shared.limits import SharedKeyLimiter, bucket_name
 from semcache.shared.link import RedisLink
 from semcache.upstream.breaker import CircuitBreaker
 from semcache.upstream.limits import KeyLimiter
-from semcache.upstream.router import LimiterFactory, Router
+from semcache.upstream.router import BreakerFactory, LimiterFactory, Router, RoutingPolicy
 from semcache.upstream.specs import KeySpec, UpstreamSpec, describe, passthrough
 
 logger = logging.getLogger("semcache.server")
@@ -136,6 +137,7 @@ def _resources(
             metrics=metrics_,
             clock=clock,
             limiter=None if link is None else _shared_limits(link, config, clock),
+            breaker=None if link is None else _shared_breakers(link),
         )
         for name, breaker in router.breakers.items():
             metrics_.breaker_open.labels(name).set_function(_open(breaker))
@@ -234,6 +236,24 @@ def _shared_limits(
             link=link,
             name=bucket_name(key.secret, upstream.base_url),
             local_share=config.redis_fallback_share,
+        )
+
+    return make
+
+
+def _shared_breakers(link: RedisLink) -> BreakerFactory:
+    """Each upstream's breaker opened for every sidecar when one opens it."""
+
+    def make(
+        spec: UpstreamSpec, policy: RoutingPolicy, clock: Callable[[], float]
+    ) -> CircuitBreaker:
+        return SharedCircuitBreaker(
+            failures=policy.breaker_failures,
+            reset_s=policy.breaker_reset_s,
+            clock=clock,
+            name=spec.name,
+            link=link,
+            key=breaker_name(spec.base_url),
         )
 
     return make

@@ -89,6 +89,8 @@ class RoutingPolicy:
 # The limits of one key of one upstream (local by default; shared by several sidecars with
 # semcache.shared.limits).
 LimiterFactory = Callable[[UpstreamSpec, KeySpec], KeyLimiter]
+# The circuit breaker of one upstream (local by default; shared with semcache.shared.breakers).
+BreakerFactory = Callable[[UpstreamSpec, "RoutingPolicy", Callable[[], float]], CircuitBreaker]
 
 
 class Target:
@@ -144,6 +146,15 @@ class Target:
         else:
             headers["Authorization"] = f"Bearer {self.key.secret}"
         return headers
+
+
+def _local_breaker(
+    spec: UpstreamSpec, policy: RoutingPolicy, clock: Callable[[], float]
+) -> CircuitBreaker:
+    return CircuitBreaker(
+        failures=policy.breaker_failures, reset_s=policy.breaker_reset_s, clock=clock,
+        name=spec.name,
+    )  # fmt: skip
 
 
 def _local_limiter(clock: Callable[[], float]) -> LimiterFactory:
@@ -214,8 +225,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         limiter: LimiterFactory | None = None,
+        breaker: BreakerFactory | None = None,
     ) -> None:
-        """``limiter`` makes each key's limits (default: local buckets on ``clock``)."""
+        """``limiter`` makes each key's limits (default: local buckets on ``clock``),
+        ``breaker`` each upstream's circuit breaker (default: local)."""
         if not upstreams:
             raise ValueError("a router needs at least one upstream")
         self.policy = policy or RoutingPolicy()
@@ -229,17 +242,12 @@ class Router:
             client = Upstream(
                 spec.base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
             )
-            breaker = CircuitBreaker(
-                failures=self.policy.breaker_failures,
-                reset_s=self.policy.breaker_reset_s,
-                clock=clock,
-                name=spec.name,
-            )
+            circuit = (breaker or _local_breaker)(spec, self.policy, clock)
             self.clients[spec.name] = client
-            self.breakers[spec.name] = breaker
+            self.breakers[spec.name] = circuit
             make_limiter = limiter or _local_limiter(clock)
             for key in spec.keys or (None,):
-                self.targets.append(Target(spec, key, client, breaker, make_limiter))
+                self.targets.append(Target(spec, key, client, circuit, make_limiter))
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
