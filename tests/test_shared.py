@@ -217,9 +217,9 @@ async def test_two_sidecars_pace_one_pool_key_together(
     ):
         replies = await asyncio.gather(
             *(
-                sidecar.post("/v1/chat/completions", orjson.dumps(ask(f"Distinct question {i}?")))
+                sidecar.post("/v1/chat/completions", orjson.dumps(ask(f"Question {i}, {j}?")))
                 for i in range(6)
-                for sidecar in (one, two)
+                for j, sidecar in enumerate((one, two))
             )
         )
         assert all(status == 200 for status, _, _ in replies)
@@ -254,3 +254,56 @@ def test_a_breaker_opened_by_one_sidecar_is_open_for_all(redis_server: RedisServ
     assert two.allows() and two.state == two.CLOSED
     redis_server.stop()
     assert two.allows()  # Redis away: the breaker is local again
+
+
+# -- single-flight across sidecars ---------------------------------------------------------
+
+
+async def test_identical_misses_on_two_sidecars_make_one_upstream_call(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    upstream.default = Behaviour(delay_s=0.5)
+    settings = {"redis": redis_server.url}
+    async with (
+        start_sidecar(tmp_path / "a", embedder, upstream, **settings) as one,
+        start_sidecar(tmp_path / "b", embedder, upstream, **settings) as two,
+    ):
+        body = orjson.dumps(ask("What is the boiling point of water at sea level?"))
+        first, second = await asyncio.gather(
+            one.post("/v1/chat/completions", body), two.post("/v1/chat/completions", body)
+        )
+        assert first[0] == second[0] == 200
+        assert first[1]["choices"] == second[1]["choices"]
+        assert len(upstream.calls()) == 1
+        assert "true" in (
+            first[2].get("X-Semcache-Coalesced"),
+            second[2].get("X-Semcache-Coalesced"),
+        )
+        # Another tenant's identical question is never answered from this flight.
+        other = {"Authorization": "Bearer sk-other-tenant"}
+        await asyncio.gather(
+            one.post("/v1/chat/completions", orjson.dumps(ask("Is water wet?")), other),
+            two.post("/v1/chat/completions", orjson.dumps(ask("Is water wet?"))),
+        )
+        assert len(upstream.calls()) == 3
+
+
+async def test_a_waiter_whose_leader_dies_goes_upstream_itself(
+    redis_server: RedisServer,
+) -> None:
+    from semcache.shared.flights import SharedFlights
+
+    leader = SharedFlights(RedisLink(redis_server.url), lock_s=0.5)
+    waiter = SharedFlights(RedisLink(redis_server.url), lock_s=0.5)
+    assert leader.lead("tenant-a\x1fkey")
+    assert not waiter.lead("tenant-a\x1fkey")
+    leader.close()  # the leader dies: it stops renewing its lock, and never publishes
+    started = time.monotonic()
+    assert await waiter.wait("tenant-a\x1fkey", timeout_s=5) is None
+    assert time.monotonic() - started < 1.5
+    # A leader that finishes hands its answer over.
+    assert waiter.lead("tenant-a\x1fother")
+    task = asyncio.ensure_future(leader.wait("tenant-a\x1fother", timeout_s=5))
+    await asyncio.sleep(0.05)
+    waiter.finish("tenant-a\x1fother", {"answer": 42})
+    assert await task == {"answer": 42}

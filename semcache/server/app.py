@@ -32,6 +32,7 @@ from semcache.server.state import CLIENT, STATE, State
 from semcache.settings import ServerConfig
 from semcache.shared.breakers import SharedCircuitBreaker, breaker_name
 from semcache.shared.counters import DiskCounters, SharedCounters
+from semcache.shared.flights import SharedFlights
 from semcache.shared.limits import SharedKeyLimiter, bucket_name
 from semcache.shared.link import RedisLink
 from semcache.upstream.breaker import CircuitBreaker
@@ -176,6 +177,7 @@ def _resources(
             max_items=config.batch_jobs_max_items,
             poll_s=config.batch_jobs_poll_s,
         )
+        flights = None if link is None else SharedFlights(link)
         app[STATE] = State(
             config=config,
             cache=the_cache,
@@ -189,6 +191,7 @@ def _resources(
             compression=compression,
             batching=batching,
             batch_jobs=batch_jobs,
+            flights=flights,
         )
         checkpoints = None
         try:
@@ -216,6 +219,8 @@ def _resources(
                 ledger.close()
             if own_cache:
                 await asyncio.to_thread(the_cache.close)
+            if flights is not None:
+                flights.close()
             if link is not None:
                 link.close()
 

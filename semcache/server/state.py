@@ -21,6 +21,7 @@ from semcache.upstream.router import Router
 if TYPE_CHECKING:
     from semcache.server.batch_jobs import BatchJobs
     from semcache.server.request_batching import RequestBatching
+    from semcache.shared.flights import SharedFlights
 
 
 @dataclass
@@ -37,6 +38,7 @@ class State:
     compression: ContextCompression
     batching: RequestBatching
     batch_jobs: BatchJobs
+    flights: SharedFlights | None = None  # single-flight across sidecars (--redis)
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

@@ -69,6 +69,8 @@ async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResp
         await account(x)
         if x.leader_key is not None:
             x.state.coalescer.finish(x.leader_key, x.answer)
+        if x.flight_key is not None and x.state.flights is not None:
+            x.state.flights.finish(x.flight_key, x.answer)
 
 
 __all__ = ["STAGES", "Exchange", "Stage", "run"]

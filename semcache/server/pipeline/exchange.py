@@ -41,6 +41,7 @@ class Exchange:
     storable: bool = True  # False: no-store, a bypass, or a cache fault
     hide_usage: bool = False  # the usage event was asked for by us, not by the client
     leader_key: str | None = None  # this request leads identical concurrent misses
+    flight_key: str | None = None  # ... and leads them on every sidecar (--redis)
     attempt: Attempt | None = None  # the upstream answer being read
     upstream: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     received: dict[str, Any] | None = None  # what the upstream answered, complete or not
