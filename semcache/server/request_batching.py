@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,9 @@ class RequestBatching:
     totals: BatchTotals = field(default_factory=BatchTotals)
 
 
-def request_batching(state_of: Any, *, window_s: float, max_items: int) -> RequestBatching:
+def request_batching(
+    state_of: Callable[[], State], *, window_s: float, max_items: int
+) -> RequestBatching:
     """The sidecar's batching windows; ``state_of()`` is the application's state, read when a
     batch closes."""
 
