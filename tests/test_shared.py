@@ -307,3 +307,87 @@ async def test_a_waiter_whose_leader_dies_goes_upstream_itself(
     await asyncio.sleep(0.05)
     waiter.finish("tenant-a\x1fother", {"answer": 42})
     assert await task == {"answer": 42}
+
+
+# -- separate processes ----------------------------------------------------------------------
+
+
+async def test_three_sidecar_processes_share_key_limits_and_one_budget(
+    tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    """Three ``semcache serve`` processes with one Redis behind one pool key: the key's pace
+    holds for their sum, and their spend is one ledger."""
+    import os
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from tests.redis_server import free_port
+
+    config = tmp_path / "semcache.toml"
+    config.write_text(
+        f'redis = "{redis_server.url}"\n'
+        'log_level = "warning"\n'
+        "[budgets]\ndaily_usd = 100.0\n"
+        f'[[upstreams]]\nname = "pool"\nbase_url = "{upstream.url}"\n'
+        'api_keys = ["k1"]\nrpm = 120\n'
+    )
+    ports = [free_port() for _ in range(3)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    root = Path(__file__).resolve().parent.parent
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "semcache", "serve", "--config", str(config),
+            "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{port}"),
+        ]  # fmt: skip
+
+    processes = [
+        subprocess.Popen(
+            command(port), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for port in ports
+    ]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for port, process in zip(ports, processes, strict=True):
+                deadline = time.monotonic() + 180
+                while True:
+                    assert process.poll() is None, "a sidecar exited"
+                    assert time.monotonic() < deadline, "a sidecar did not start"
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.3)
+
+            async def one(port: int, text: str) -> int:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    data=orjson.dumps(ask(text)),
+                    headers={"Authorization": "Bearer sk-app", "Content-Type": "application/json"},
+                ) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(
+                *(one(port, f"Question {i} asked of {port}?") for i in range(4) for port in ports)
+            )
+            assert statuses == [200] * 12
+            arrivals = sorted(call.at for call in upstream.calls())
+            assert len(arrivals) == 12
+            # 3 a second for the key in total: 11/3 s at least (each alone: 1 s for its 4).
+            assert arrivals[-1] - arrivals[0] >= 3.3
+            spent = []
+            for port in ports:
+                async with session.get(f"http://127.0.0.1:{port}/stats") as r:
+                    spent.append((await r.json())["budgets"]["day"]["spent_usd"])
+            assert spent[0] > 0 and spent[0] == spent[1] == spent[2]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
