@@ -391,3 +391,51 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+async def test_redis_killed_and_restarted_under_traffic_loses_no_request(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    from semcache.upstream.specs import parse_upstreams
+
+    upstream.default = Behaviour(delay_s=0.05)
+    specs = parse_upstreams(
+        [{"name": "pool", "base_url": upstream.url, "api_keys": ["k1", "k2"], "rpm": 6000}], {}
+    )
+    settings = {
+        "redis": redis_server.url,
+        "upstreams": specs,
+        "budgets": parse_budgets({"daily_usd": 100.0}),
+    }
+    async with (
+        start_sidecar(tmp_path / "a", embedder, upstream, **settings) as one,
+        start_sidecar(tmp_path / "b", embedder, upstream, **settings) as two,
+    ):
+        statuses: list[int] = []
+
+        async def traffic(sidecar: Sidecar, name: str) -> None:
+            for i in range(30):
+                # misses, and repeats of earlier questions (hits), from two tenants
+                text = f"Question {i % 20} from {name}?"
+                key = "sk-a" if i % 2 else "sk-b"
+                status, _, _ = await sidecar.post(
+                    "/v1/chat/completions",
+                    orjson.dumps(ask(text)),
+                    {"Authorization": f"Bearer {key}"},
+                )
+                statuses.append(status)
+                await asyncio.sleep(0.05)
+
+        async def outage() -> None:
+            await asyncio.sleep(0.5)
+            redis_server.stop()
+            await asyncio.sleep(1.0)
+            redis_server.start()
+
+        await asyncio.gather(traffic(one, "one"), traffic(two, "two"), outage())
+        assert statuses == [200] * 60
+        metrics = await one.get_text("/metrics")
+        errors = [
+            line for line in metrics.splitlines() if line.startswith("semcache_redis_errors_total")
+        ]
+        assert errors and float(errors[0].split()[1]) >= 1
