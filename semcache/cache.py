@@ -33,6 +33,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import diskcache
 import filelock
+import numpy as np
 import orjson
 
 from semcache.catalog import Catalog
@@ -59,6 +60,8 @@ from semcache.policy import (
     Reason,
 )
 from semcache.shadow import Verdict, compare_answers
+from semcache.shared.entries import EntryStream
+from semcache.shared.link import RedisLink
 from semcache.vectors import Vectors
 from semcache.verification import Verifier, resolve_verifier
 
@@ -112,6 +115,9 @@ class SemanticCache:
             embedded diskcache one by default).
         index_maker: makes each scope's vector index (:class:`semcache.index.IndexMaker`;
             FAISS by default).
+        redis: a ``redis://`` URL (or a :class:`~semcache.shared.link.RedisLink`) shared with
+            other caches: what each stores, deletes or marks wrong reaches all of them (see
+            :mod:`semcache.shared.entries`); the search stays local.
 
     Raises:
         ConfigError: an option is unknown or invalid.
@@ -130,6 +136,7 @@ class SemanticCache:
         clock: Callable[[], float] = time.time,
         store: Callable[[Path], EntryStore] = DiskStore,
         index_maker: IndexMaker | None = None,
+        redis: str | RedisLink | None = None,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -173,6 +180,7 @@ class SemanticCache:
         self._executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="semcache")
         self._exact_executor = ThreadPoolExecutor(2, thread_name_prefix="semcache-exact")
         self._closed = False
+        self._stream: EntryStream | None = None  # shared with other caches (redis)
         try:
             self._store: EntryStore = store(self.directory / "entries")
             self._derived = DerivedState(
@@ -188,6 +196,11 @@ class SemanticCache:
             )
             loaded = self._persistence.load(self._derived, self._counters)
             self._derived, self._snapshot_version = loaded
+            if redis is not None:
+                link = redis if isinstance(redis, RedisLink) else RedisLink(redis)
+                self._stream = EntryStream(link, self.directory, self._apply_event)
+                self._stream.catch_up()  # warm from what the others stored
+                self._stream.start()
         except BaseException:
             self._executor.shutdown(wait=False)
             self._exact_executor.shutdown(wait=False)
@@ -460,6 +473,8 @@ class SemanticCache:
             self._counters["stored"] += len(entries)
             self._remove_expired(now)
             self._enforce_bounds()
+        if self._stream is not None:
+            self._stream.publish([_put_event(entry) for entry in entries])
         return [result.entry_id for result in written]
 
     # -- management ------------------------------------------------------------------------
@@ -522,20 +537,102 @@ class SemanticCache:
         """Remove one entry; ``False`` if there was none with this id."""
         self._check_open()
         with self._lock:
+            entry = self._stored(entry_id)
             deleted = self._store.delete_many([entry_id])
             self._forget([entry_id])
-            return bool(deleted)
+        if deleted and entry is not None:
+            self._publish_removal("delete", entry)
+        return bool(deleted)
 
     def mark_wrong(self, entry_id: int) -> bool:
         """Take an entry out of service for good, keeping its record for audit (``w:<id>`` in
         the store); ``False`` if there was none with this id."""
         self._check_open()
         with self._lock:
+            entry = self._stored(entry_id)
             marked = self._store.quarantine(entry_id)
             self._forget([entry_id])
             if marked:
                 self._counters["marked_wrong"] += 1
-            return marked
+        if marked and entry is not None:
+            self._publish_removal("wrong", entry)
+        return marked
+
+    def _stored(self, entry_id: int) -> Entry | None:
+        if self._stream is None:
+            return None
+        try:
+            return self._store.get(entry_id)
+        except CorruptEntryError:
+            return None
+
+    def _publish_removal(self, op: str, entry: Entry) -> None:
+        if self._stream is not None:
+            event = {"op": op, "scope": entry.scope, "exact_key": entry.exact_key}
+            self._stream.publish([(event, b"")])
+
+    def _apply_event(self, event: dict[str, Any], vector: bytes) -> None:
+        """What another cache did, done here (see :mod:`semcache.shared.entries`); never
+        appended again."""
+        if self._closed:
+            return
+        op = event.get("op")
+        if op == "put":
+            self._apply_put(event, vector)
+        elif op in ("delete", "wrong"):
+            with self._lock:
+                entry_id = self._store.find_exact(str(event["exact_key"]))
+                if entry_id is None:
+                    return
+                entry = self._fetch(entry_id, self._clock())
+                if entry is None or entry.scope != event["scope"]:
+                    return
+                if op == "delete":
+                    self._store.delete_many([entry_id])
+                else:
+                    self._store.quarantine(entry_id)
+                    self._counters["marked_wrong"] += 1
+                self._forget([entry_id])
+        elif op == "clear":
+            with self._lock:
+                ids = self._catalog.in_namespace(event.get("namespace"))
+                self._store.delete_many(ids)
+                self._forget(ids)
+
+    def _apply_put(self, event: dict[str, Any], raw: bytes) -> None:
+        now = self._clock()
+        expires_at = event.get("expires_at")
+        if expires_at is not None and expires_at <= now:
+            return
+        embedder = event.get("embedder")
+        vector = None
+        if raw and embedder == self._embedder.name:
+            vector = np.frombuffer(raw, dtype=np.float32).copy()
+        elif embedder is not None:  # another model's vector: this cache's own
+            vector = self._vectors.embed([(str(event["namespace"]), str(event["prompt"]))])[0]
+            embedder = self._embedder.name
+        entry = Entry(
+            entry_id=0,
+            prompt=str(event["prompt"]),
+            response=event["response"],
+            namespace=str(event["namespace"]),
+            scope=str(event["scope"]),
+            exact_key=str(event["exact_key"]),
+            created_at=float(event["created_at"]),
+            expires_at=None if expires_at is None else float(expires_at),
+            embedder=None if vector is None else embedder,
+            vector=vector,
+        )
+        with self._lock:
+            written = self._store.put_many([entry])
+            self._derived.apply(
+                added=[
+                    replace(entry, entry_id=result.entry_id, size=result.size) for result in written
+                ],
+                removed=[r.replaced_id for r in written if r.replaced_id is not None],
+            )
+            self._counters["replicated"] += 1
+            self._enforce_bounds()
 
     def warm_up(self) -> None:
         """Load the embedding model and the verifier now rather than on the first lookup."""
@@ -557,7 +654,9 @@ class SemanticCache:
             ids = self._catalog.in_namespace(namespace)
             deleted = self._store.delete_many(ids)
             self._forget(ids)
-            return len(deleted)
+        if self._stream is not None:
+            self._stream.publish([({"op": "clear", "namespace": namespace}, b"")])
+        return len(deleted)
 
     def expire(self) -> int:
         """Remove entries whose lifetime has passed now (lookups never serve them anyway)."""
@@ -619,6 +718,8 @@ class SemanticCache:
 
     def close(self) -> None:
         """Save the index snapshot, close the store and release the directory. Idempotent."""
+        if self._stream is not None and not self._closed:
+            self._stream.close()  # the follower stops before the store closes
         with self._snapshot_lock, self._lock:  # the order checkpoint() takes them in
             if self._closed:
                 return
@@ -798,3 +899,20 @@ def _sequence(values: Any, name: str) -> Sequence[Any]:
 
 def _prompt(prompt: Any, position: int) -> str:
     return check_prompt(prompt, f"prompts[{position}]")
+
+
+def _put_event(entry: Entry) -> tuple[dict[str, Any], bytes]:
+    """A stored entry as an event of the shared stream, and its vector's bytes."""
+    event = {
+        "op": "put",
+        "prompt": entry.prompt,
+        "response": entry.response,
+        "namespace": entry.namespace,
+        "scope": entry.scope,
+        "exact_key": entry.exact_key,
+        "created_at": entry.created_at,
+        "expires_at": entry.expires_at,
+        "embedder": entry.embedder,
+    }
+    vector = b"" if entry.vector is None else entry.vector.astype(np.float32).tobytes()
+    return event, vector

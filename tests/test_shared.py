@@ -4,10 +4,12 @@ and loses no spend."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -439,3 +441,128 @@ async def test_redis_killed_and_restarted_under_traffic_loses_no_request(
             line for line in metrics.splitlines() if line.startswith("semcache_redis_errors_total")
         ]
         assert errors and float(errors[0].split()[1]) >= 1
+
+
+# -- shared entries ------------------------------------------------------------------------
+
+
+def _cache(directory: Path, url: str) -> Any:
+    from semcache import SemanticCache
+    from tests.conftest import WordHashEmbedder
+
+    return SemanticCache(
+        directory, embedder=WordHashEmbedder(), verifier=None, redis=RedisLink(url, retry_s=0.2)
+    )
+
+
+def _until(condition: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _answer(cache: Any, prompt: str) -> Any:
+    hit = cache.get(prompt)
+    return None if hit is None else hit.response
+
+
+def test_an_entry_stored_through_one_cache_is_a_hit_through_another(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    one = _cache(tmp_path / "one", redis_server.url)
+    two = _cache(tmp_path / "two", redis_server.url)
+    try:
+        one.put("how do I reset my password", {"text": "Settings > Security"}, namespace="t1")
+        assert _until(lambda: two.get("how do I reset my password", namespace="t1") is not None)
+        hit = two.get("how do I reset my password please", namespace="t1")
+        assert hit is not None and hit.response == {"text": "Settings > Security"}
+        assert hit.reason.value == "semantic"  # the vector came along: found by meaning
+        assert two.get("how do I reset my password", namespace="t2") is None  # tenants apart
+        # A deletion and a mark-wrong reach the other cache too.
+        one.put("what is the refund window", {"text": "30 days"}, namespace="t1")
+        assert _until(lambda: len(two) == 2)
+        [first] = [e for e in one.entries(namespace="t1") if e.prompt.startswith("how")]
+        one.mark_wrong(first.entry_id)
+        assert _until(lambda: two.get("how do I reset my password", namespace="t1") is None)
+        [second] = list(one.entries(namespace="t1"))
+        one.delete(second.entry_id)
+        assert _until(lambda: len(two) == 0)
+        # Nothing came back the other way: each applies the others' events only.
+        assert len(one) == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_cache_catches_up_after_a_restart_and_a_new_one_warms_from_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    one = _cache(tmp_path / "one", redis_server.url)
+    two = _cache(tmp_path / "two", redis_server.url)
+    one.put("first question", "first answer")
+    assert _until(lambda: len(two) == 1)
+    two.close()
+    one.put("second question", "second answer")
+    two = _cache(tmp_path / "two", redis_server.url)  # resumes where it stopped
+    three = _cache(tmp_path / "three", redis_server.url)  # new: warms from the stream
+    try:
+        assert len(two) == 2 and len(three) == 2
+        assert _answer(three, "second question") == "second answer"
+        # Redis away: stores succeed, and reach the others once it is back.
+        redis_server.stop()
+        one.put("third question", "third answer")
+        redis_server.start()
+        assert _until(lambda: _answer(two, "third question") == "third answer", timeout_s=10)
+    finally:
+        one.close()
+        two.close()
+        three.close()
+
+
+async def test_two_sidecars_share_one_cache(
+    tmp_path: Path, embedder: CountingEmbedder, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    from semcache import SemanticCache
+    from semcache.server import create_app
+    from semcache.settings import ServerConfig
+    from tests.sidecar import serving
+
+    caches, urls = [], []
+    async with contextlib.AsyncExitStack() as stack:
+        for name in ("a", "b"):
+            config = ServerConfig(
+                upstream=upstream.url, cache_dir=tmp_path / name, redis=redis_server.url
+            )
+            cache = SemanticCache(
+                config.cache_dir, config=config.cache_config(), embedder=embedder,
+                redis=RedisLink(redis_server.url),
+            )  # fmt: skip
+            stack.callback(cache.close)
+            caches.append(cache)
+            urls.append(await stack.enter_async_context(serving(create_app(config, cache=cache))))
+        async with aiohttp.ClientSession() as session:
+
+            async def post(url: str, text: str) -> tuple[Any, dict[str, str]]:
+                async with session.post(
+                    url + "/v1/chat/completions",
+                    data=orjson.dumps(ask(text)),
+                    headers={"Authorization": "Bearer sk-app", "Content-Type": "application/json"},
+                ) as r:
+                    return await r.json(), dict(r.headers)
+
+            answer, headers = await post(urls[0], "What is the capital of Australia?")
+            assert headers["X-Semcache"] == "miss"
+            for _ in range(100):
+                if len(caches[1]) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            again, headers = await post(urls[1], "What's the capital city of Australia?")
+            assert headers["X-Semcache"] == "hit", headers
+            assert (
+                again["choices"][0]["message"]["content"]
+                == (answer["choices"][0]["message"]["content"])
+            )
+            assert len(upstream.calls()) == 1

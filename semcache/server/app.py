@@ -116,11 +116,6 @@ def _resources(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # "is None", not "or": an empty cache is falsy (it has a length).
         own_cache = cache is None
-        the_cache = (
-            await asyncio.to_thread(SemanticCache, config.cache_dir, config=config.cache_config())
-            if cache is None
-            else cache
-        )
         metrics_ = Metrics()
         link = None
         if config.redis is not None:
@@ -130,6 +125,13 @@ def _resources(
                 timeout_s=config.redis_timeout_s,
                 on_error=metrics_.redis_errors.inc,
             )
+        the_cache = (
+            await asyncio.to_thread(
+                SemanticCache, config.cache_dir, config=config.cache_config(), redis=link
+            )
+            if cache is None
+            else cache
+        )
         router = given_router or Router(
             config.upstreams or passthrough(config.upstream),
             policy=config.routing_policy(),
