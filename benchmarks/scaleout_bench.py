@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--entries", type=int, default=2000)
     args = parser.parse_args()
-    questions = pairs(args.data, max(args.entries, 400))
+    questions = pairs(args.data, args.entries + 200)
     embedder = SentenceTransformerEmbedder()
     lines: list[str] = []
 

@@ -762,6 +762,11 @@ class SemanticCache:
     acompare_answers = _offloaded(compare_answers)
 
     @property
+    def redis_link(self) -> RedisLink | None:
+        """The Redis link entries are shared through (``redis``), or ``None``."""
+        return None if self._stream is None else self._stream.link
+
+    @property
     def vectors(self) -> Vectors:
         """The embedding side: the model, what it can read of a text, recent vectors."""
         return self._vectors

@@ -108,7 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
     from semcache.server import create_app
 
     try:
-        cache = SemanticCache(config.cache_dir, config=config.cache_config())
+        cache = SemanticCache(
+            config.cache_dir, config=config.cache_config(), redis=config.redis_link()
+        )
     except SemcacheError as exc:
         sock.close()
         print(f"semcache: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ from semcache.compression import CompressionSettings, Mode
 from semcache.config import CacheConfig, check_confidence, check_similarity, option
 from semcache.errors import ConfigError
 from semcache.pricing import PriceTable
-from semcache.shared.link import check_url
+from semcache.shared.link import RedisLink, check_url
 from semcache.upstream.router import RoutingPolicy
 from semcache.upstream.specs import UpstreamSpec, parse_upstreams
 
@@ -285,6 +285,12 @@ class ServerConfig(CacheConfig):
             summary_model=self.compression_model,
             summary_timeout_s=self.compression_summary_timeout_s,
         )
+
+    def redis_link(self) -> RedisLink | None:
+        """A link to ``redis`` (``None`` without one)."""
+        if self.redis is None:
+            return None
+        return RedisLink(self.redis, password=self.redis_password, timeout_s=self.redis_timeout_s)
 
     def batched_models(self) -> frozenset[str]:
         return _names(self.batch_models)

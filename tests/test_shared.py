@@ -318,7 +318,8 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
     tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
 ) -> None:
     """Three ``semcache serve`` processes with one Redis behind one pool key: the key's pace
-    holds for their sum, and their spend is one ledger."""
+    holds for their sum, their spend is one ledger, an entry stored through one is a hit
+    through the others, and a mark-wrong through one reaches all."""
     import os
     import subprocess
     import sys
@@ -331,6 +332,7 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
     config.write_text(
         f'redis = "{redis_server.url}"\n'
         'log_level = "warning"\n'
+        'admin_token = "s3cret"\n'
         "[budgets]\ndaily_usd = 100.0\n"
         f'[[upstreams]]\nname = "pool"\nbase_url = "{upstream.url}"\n'
         'api_keys = ["k1"]\nrpm = 120\n'
@@ -388,6 +390,37 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
                 async with session.get(f"http://127.0.0.1:{port}/stats") as r:
                     spent.append((await r.json())["budgets"]["day"]["spent_usd"])
             assert spent[0] > 0 and spent[0] == spent[1] == spent[2]
+            # An entry stored through one process is a hit through the others ...
+            asked = f"Question 0 asked of {ports[0]}?"
+            for port in ports[1:]:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    data=orjson.dumps(ask(asked)),
+                    headers={"Authorization": "Bearer sk-app", "Content-Type": "application/json"},
+                ) as r:
+                    assert r.headers["X-Semcache"] == "hit"
+            assert len(upstream.calls()) == 12
+            # ... and once marked wrong through one, it is served by none.
+            admin = {"Authorization": "Bearer s3cret"}
+            async with session.get(
+                f"http://127.0.0.1:{ports[2]}/admin/entries?limit=100", headers=admin
+            ) as r:
+                listed = (await r.json())["data"]
+            [entry] = [e for e in listed if e["prompt"] == asked]
+            async with session.post(
+                f"http://127.0.0.1:{ports[2]}/admin/entries/{entry['id']}/wrong", headers=admin
+            ) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.5)
+            for port in ports[:2]:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    data=orjson.dumps(ask(asked)),
+                    headers={"Authorization": "Bearer sk-app", "Content-Type": "application/json"},
+                ) as r:
+                    served = await r.json()
+                wrong_text = entry["response"]["choices"][0]["message"]["content"]
+                assert served["choices"][0]["message"]["content"] != wrong_text
     finally:
         for process in processes:
             process.terminate()

@@ -117,14 +117,13 @@ def _resources(
         # "is None", not "or": an empty cache is falsy (it has a length).
         own_cache = cache is None
         metrics_ = Metrics()
-        link = None
-        if config.redis is not None:
-            link = RedisLink(
-                config.redis,
-                password=config.redis_password,
-                timeout_s=config.redis_timeout_s,
-                on_error=metrics_.redis_errors.inc,
-            )
+        # One link to Redis: the cache's own when it was given one, else made here.
+        link = None if cache is None else cache.redis_link
+        own_link = link is None
+        if link is None:
+            link = config.redis_link()
+        if link is not None:
+            link.on_error = metrics_.redis_errors.inc
         the_cache = (
             await asyncio.to_thread(
                 SemanticCache, config.cache_dir, config=config.cache_config(), redis=link
@@ -223,7 +222,7 @@ def _resources(
                 await asyncio.to_thread(the_cache.close)
             if flights is not None:
                 flights.close()
-            if link is not None:
+            if link is not None and own_link:
                 link.close()
 
     return resources

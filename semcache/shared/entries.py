@@ -50,6 +50,7 @@ class EntryStream:
     ) -> None:
         """``apply(event, vector bytes)`` is called, on the follower thread, for every event
         another cache appended."""
+        self.link = link
         self._link = link
         self._directory = directory
         self._apply = apply

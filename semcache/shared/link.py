@@ -79,7 +79,7 @@ class RedisLink:
             health_check_interval=30,
         )
         self.retry_s = retry_s
-        self._on_error = on_error
+        self.on_error = on_error  # called on each failure (the sidecar counts them)
         self._clock = clock
         self._paused_until = 0.0
         self._lock = threading.Lock()
@@ -107,8 +107,8 @@ class RedisLink:
                 self.errors += 1
             if first:
                 logger.warning("redis failed (%s); local fallback for %.1f s", exc, self.retry_s)
-            if self._on_error is not None:
-                self._on_error()
+            if self.on_error is not None:
+                self.on_error()
             raise RedisUnavailableError(str(exc)) from exc
 
     def close(self) -> None:
