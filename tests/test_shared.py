@@ -599,3 +599,38 @@ async def test_two_sidecars_share_one_cache(
                 == (answer["choices"][0]["message"]["content"])
             )
             assert len(upstream.calls()) == 1
+
+
+def test_the_scale_out_compose_file_runs_redis_and_two_sidecars_behind_one_port() -> None:
+    import re
+    import shutil
+    import subprocess
+
+    import yaml
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    compose = yaml.safe_load((deploy / "compose.scaleout.yml").read_text())
+    services = compose["services"]
+    sidecars = [name for name in services if name.startswith("semcache-")]
+    assert len(sidecars) == 2 and "redis" in services
+    for name in sidecars:
+        environment = services[name]["environment"]
+        assert environment["SEMCACHE_REDIS"] == "redis://redis:6379/0"
+        # Every variable is a setting the sidecar accepts.
+        config = load_config(environ={k: v for k, v in environment.items() if v and "$" not in v})
+        assert config.redis == "redis://redis:6379/0"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["front"]["ports"] == ["8080:8080"]
+    nginx = (deploy / "nginx.scaleout.conf").read_text()
+    assert sorted(re.findall(r"server (semcache-\d):8080", nginx)) == sorted(sidecars)
+    assert "proxy_buffering off" in nginx  # streams pass through as they come
+    docker = shutil.which("docker")
+    has_compose = docker is not None and (
+        subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    )
+    if has_compose:  # the compose plugin's own check, where it is installed
+        assert docker is not None
+        subprocess.run(
+            [docker, "compose", "-f", str(deploy / "compose.scaleout.yml"), "config", "-q"],
+            check=True,
+        )
