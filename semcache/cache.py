@@ -579,7 +579,7 @@ class SemanticCache:
         op = event.get("op")
         if op == "put":
             self._apply_put(event, vector)
-        elif op in ("delete", "wrong"):
+        elif op in ("delete", "evict", "wrong"):
             with self._lock:
                 entry_id = self._store.find_exact(str(event["exact_key"]))
                 if entry_id is None:
@@ -587,7 +587,7 @@ class SemanticCache:
                 entry = self._fetch(entry_id, self._clock())
                 if entry is None or entry.scope != event["scope"]:
                     return
-                if op == "delete":
+                if op != "wrong":
                     self._store.delete_many([entry_id])
                 else:
                     self._store.quarantine(entry_id)
@@ -891,9 +891,13 @@ class SemanticCache:
         max_entries, max_bytes = self.config.max_entries, self.config.max_bytes
         victims = self._catalog.over_bounds(max_entries, max_bytes)
         if victims:
+            # Shared entries are one cache: what its bounds evict here goes everywhere.
+            evicted = [e for v in victims if (e := self._stored(v)) is not None]
             self._store.delete_many(victims)
             self._forget(victims)
             self._counters["evicted"] += len(victims)
+            for entry in evicted:
+                self._publish_removal("evict", entry)
 
 
 def _sequence(values: Any, name: str) -> Sequence[Any]:

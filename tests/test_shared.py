@@ -634,3 +634,27 @@ def test_the_scale_out_compose_file_runs_redis_and_two_sidecars_behind_one_port(
             [docker, "compose", "-f", str(deploy / "compose.scaleout.yml"), "config", "-q"],
             check=True,
         )
+
+
+def test_an_eviction_by_one_copy_reaches_the_others(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from semcache import SemanticCache
+    from tests.conftest import WordHashEmbedder
+
+    def bounded(name: str, max_entries: int) -> Any:
+        return SemanticCache(
+            tmp_path / name, embedder=WordHashEmbedder(), verifier=None,
+            max_entries=max_entries, redis=RedisLink(redis_server.url),
+        )  # fmt: skip
+
+    # The second copy has room for ten: only the first one's eviction removes "alpha".
+    one, two = bounded("one", 2), bounded("two", 10)
+    try:
+        for text in ("alpha question", "beta question", "gamma question"):
+            one.put(text, text.upper())
+        assert _until(lambda: len(two) == 2 and two.get("alpha question") is None)
+        assert _answer(two, "gamma question") == "GAMMA QUESTION"
+    finally:
+        one.close()
+        two.close()

@@ -3,8 +3,9 @@
 Every cache keeps its own store and FAISS index (Redis 7 has no vector search, so the search
 stays local). What one cache changes, it appends to one Redis stream: a stored entry (prompt,
 answer, scope, exact key, timestamps, and its vector, so nobody embeds it again), a deletion,
-a mark-wrong, a namespace cleared. Each cache follows the stream on a thread of its own and
-applies what the others appended; expiry needs no event (every copy has the same
+an eviction (the bounds of one copy are the bounds of all), a mark-wrong, a namespace
+cleared. Each cache follows the stream on a thread of its own and applies what the others
+appended; expiry needs no event (every copy has the same
 ``expires_at``). A cache remembers how far it read (``replica-position`` in its directory) and
 resumes from there after a restart or a disconnection: from the start of the stream when it
 is new, which is how it warms up. Its own events are known by its origin id, kept in its
