@@ -82,6 +82,7 @@ class RedisLink:
         self.on_error = on_error  # called on each failure (the sidecar counts them)
         self._clock = clock
         self._paused_until = 0.0
+        self._down = False  # the last call failed
         self._lock = threading.Lock()
         self.errors = 0
 
@@ -99,17 +100,23 @@ class RedisLink:
         if self._clock() < self._paused_until:
             raise RedisUnavailableError("paused after a failure")
         try:
-            return operation(self.client)
+            result = operation(self.client)
         except (redis.RedisError, OSError) as exc:
             with self._lock:
-                first = self._clock() >= self._paused_until
+                newly_down = not self._down
+                self._down = True
                 self._paused_until = self._clock() + self.retry_s
                 self.errors += 1
-            if first:
-                logger.warning("redis failed (%s); local fallback for %.1f s", exc, self.retry_s)
+            if newly_down:  # once per outage, not once per retry
+                logger.warning("redis failed (%s); local stand-ins until it answers", exc)
             if self.on_error is not None:
                 self.on_error()
             raise RedisUnavailableError(str(exc)) from exc
+        if self._down:
+            with self._lock:
+                self._down = False
+            logger.warning("redis answers again")
+        return result
 
     def close(self) -> None:
         self.client.close()
