@@ -45,7 +45,7 @@ from semcache.embedding import (
     SentenceTransformerEmbedder,
     set_threads,
 )
-from semcache.entries import DiskStore, Entry, EntryStore, encode_entry
+from semcache.entries import DiskStore, Entry, EntryStore, Written, encode_entry
 from semcache.errors import (
     CacheLockedError,
     ConfigError,
@@ -460,16 +460,7 @@ class SemanticCache:
                         field="response",
                     )
         with self._lock:
-            written = self._store.put_many(entries)
-            self._derived.apply(
-                added=[
-                    replace(entry, entry_id=result.entry_id, size=result.size)
-                    for entry, result in zip(entries, written, strict=True)
-                ],
-                # Also an entry superseded by a later one of the same batch (same scope and
-                # prompt), which so never reaches the index.
-                removed=[r.replaced_id for r in written if r.replaced_id is not None],
-            )
+            written = self._commit(entries)
             self._counters["stored"] += len(entries)
             self._remove_expired(now)
             self._enforce_bounds()
@@ -624,13 +615,7 @@ class SemanticCache:
             vector=vector,
         )
         with self._lock:
-            written = self._store.put_many([entry])
-            self._derived.apply(
-                added=[
-                    replace(entry, entry_id=result.entry_id, size=result.size) for result in written
-                ],
-                removed=[r.replaced_id for r in written if r.replaced_id is not None],
-            )
+            self._commit([entry])
             self._counters["replicated"] += 1
             self._enforce_bounds()
 
@@ -874,6 +859,20 @@ class SemanticCache:
         except _WRITE_FAILURES as exc:
             logger.warning("cannot delete entry %d now: %s", entry_id, exc)
         self._forget([entry_id])
+
+    def _commit(self, entries: Sequence[Entry]) -> list[Written]:
+        """Write entries to the store and the derived state (the caller holds the lock)."""
+        written = self._store.put_many(entries)
+        self._derived.apply(
+            added=[
+                replace(entry, entry_id=result.entry_id, size=result.size)
+                for entry, result in zip(entries, written, strict=True)
+            ],
+            # Also an entry superseded by a later one of the same batch (same scope and
+            # prompt), which so never reaches the index.
+            removed=[r.replaced_id for r in written if r.replaced_id is not None],
+        )
+        return written
 
     def _forget(self, entry_ids: Sequence[int]) -> None:
         """Drop ids from the derived state (the caller has deleted them from the store)."""

@@ -136,12 +136,10 @@ def split(
     ``inputs`` are the items' prompts, in the order of ``ids``."""
     if isinstance(payload, Cause):
         return Split({}, dict.fromkeys(ids, payload))
-    entries = payload.get("answers") if isinstance(payload, dict) else None
-    if (
-        not isinstance(entries, list)
-        or not isinstance(payload, dict)
-        or set(payload) != {"answers"}
-    ):
+    if not isinstance(payload, dict) or set(payload) != {"answers"}:
+        return Split({}, dict.fromkeys(ids, Cause.MALFORMED))
+    entries = payload["answers"]
+    if not isinstance(entries, list):
         return Split({}, dict.fromkeys(ids, Cause.MALFORMED))
     seen: dict[str, int] = {}
     for entry in entries:

@@ -43,6 +43,7 @@ from semcache.keys import CacheRequest
 from semcache.server import accounting
 from semcache.server.controls import ANONYMOUS, tenant_of
 from semcache.server.error_responses import error_response
+from semcache.server.pipeline.relay import json_text
 from semcache.server.state import CLIENT, STATE
 
 if TYPE_CHECKING:
@@ -386,27 +387,25 @@ class BatchJobs:
     async def _call(
         self, job: dict[str, Any], method: str, path: str, body: bytes | None
     ) -> dict[str, Any]:
-        state = self._state_of()
-        async with state.router.send(
-            method,
-            path,
-            headers={"Content-Type": "application/json"},
-            body=body,
-            model=job["model"],
-            buffered=True,
-            key_id=job["key_id"],
-        ) as attempt:
-            return _json(await attempt.response.read(), attempt.response.status)
+        """A JSON call about ``job``, with the key that made it."""
+        return _json(await self._call_raw(job, method, path, body), 200)
 
-    async def _call_raw(self, job: dict[str, Any], method: str, path: str) -> bytes:
+    async def _call_raw(
+        self, job: dict[str, Any], method: str, path: str, body: bytes | None = None
+    ) -> bytes:
+        """The body of a call about ``job``, with the key that made it.
+
+        Raises:
+            JobFailedError: the provider answered something else than 200.
+        """
         state = self._state_of()
         async with state.router.send(
-            method, path, headers={}, body=None, model=job["model"], buffered=True,
-            key_id=job["key_id"],
+            method, path, headers={"Content-Type": "application/json"}, body=body,
+            model=job["model"], buffered=True, key_id=job["key_id"],
         ) as attempt:  # fmt: skip
             data = await attempt.response.read()
             if attempt.response.status != 200:
-                raise JobFailedError(f"{path} answered {attempt.response.status}")
+                raise JobFailedError(f"{path} answered {attempt.response.status}: {data[:200]!r}")
             return data
 
 
@@ -453,4 +452,4 @@ async def job_status(request: web.Request) -> web.Response:
         record = await asyncio.to_thread(state.batch_jobs.read, request.match_info["id"], tenant)
     if record is None:
         return error_response(404, "no such deferred request", code="not_found")
-    return web.json_response(record, dumps=lambda v: orjson.dumps(v).decode())
+    return web.json_response(record, dumps=json_text)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from semcache.batching import Cause, Member, Protocol, Windows, new_ids, shares
+from semcache.batching import PROTOCOLS, Cause, Member, Windows, new_ids, shares
 from semcache.batching import split as split_answer
 from semcache.dialects import Dialect
 from semcache.keys import CacheRequest
@@ -40,7 +40,6 @@ class Waiting:
     """A miss waiting in a batching window."""
 
     member: Member
-    protocol: Protocol
     dialect: Dialect
     path: str
     headers: Mapping[str, str]
@@ -137,9 +136,11 @@ async def send_merged(state: State, items: Sequence[Waiting]) -> list[Outcome]:
     members = [item.member for item in items]
     prompts = [m.prompt for m in members]
     first = items[0]
-    protocol, dialect = first.protocol, first.dialect
+    dialect = first.dialect
+    protocol = PROTOCOLS[dialect.name]
     body = protocol.merged_request(members, ids)
-    if not _worth_merging(state, items, dialect.prompt_tokens(body)):
+    merged_prompt = dialect.prompt_tokens(body)  # counted once: the call reserves it too
+    if not _worth_merging(state, items, merged_prompt):
         totals.alone += size
         metrics.batch_items.labels("alone").inc(size)
         return [Fallback(None, reason="no_saving")] * size
@@ -154,7 +155,7 @@ async def send_merged(state: State, items: Sequence[Waiting]) -> list[Outcome]:
             headers=first.headers,
             body=orjson.dumps(body),
             model=first.model,
-            tokens=dialect.request_tokens(body),
+            tokens=merged_prompt + dialect.completion_allowance(body),  # one choice
             priority=min(item.priority for item in items),
             buffered=True,
             api=dialect.api,

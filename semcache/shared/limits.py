@@ -25,14 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from semcache.shared.link import RedisLink, RedisUnavailableError
-from semcache.upstream.limits import (
-    DEFAULT_BURST,
-    KeyLimiter,
-    Reservation,
-    _number,
-    parse_duration,
-    retry_after,
-)
+from semcache.upstream.limits import DEFAULT_BURST, Advice, KeyLimiter, Reservation
 
 # One script for every operation, so the bucket arithmetic is written once. State fields:
 # rl/ru/rn (requests: level, updated, next send), tl/tu/tn (tokens), rc/tc (capacities),
@@ -230,22 +223,12 @@ class SharedKeyLimiter(KeyLimiter):
 
     def learn(self, headers: Mapping[str, str], status: int) -> None:
         super().learn(headers, status)  # the fallback learns too
-        lowered = {k.lower(): v for k, v in headers.items()}
-        limits = [
-            _number(lowered.get(f"x-ratelimit-{what}-{name}"))
-            for what in ("limit", "remaining")
-            for name in ("requests", "tokens")
+        said = Advice.of(headers, status)
+        numbers = [
+            said.limits["requests"],
+            said.limits["tokens"],
+            said.remaining["requests"],
+            said.remaining["tokens"],
         ]
-        pause = 0.0
-        if status == 429:
-            pause = retry_after(lowered) or max(
-                (
-                    r
-                    for name in ("requests", "tokens")
-                    if (r := parse_duration(lowered.get(f"x-ratelimit-reset-{name}", "")))
-                    is not None
-                ),
-                default=1.0,
-            )
-        if status == 429 or any(v is not None for v in limits):
-            self._run("learn", pause, *(-1.0 if v is None else v for v in limits))
+        if said.pause_s is not None or any(v is not None for v in numbers):
+            self._run("learn", said.pause_s or 0.0, *(-1.0 if v is None else v for v in numbers))

@@ -170,26 +170,45 @@ class KeyLimiter:
         """Take the upstream's word from ``x-ratelimit-remaining-*`` and, on 429,
         ``Retry-After`` (or ``x-ratelimit-reset-*``)."""
         now = self._clock()
-        lowered = {k.lower(): v for k, v in headers.items()}
+        said = Advice.of(headers, status)
         with self._lock:
             for name, bucket in (("requests", self.requests), ("tokens", self.tokens)):
                 if bucket is None:
                     continue
-                limit = _number(lowered.get(f"x-ratelimit-limit-{name}"))
+                limit = said.limits[name]
                 if limit and limit != bucket.capacity:
                     bucket.resize(limit, now)  # the key's real limit, per minute
-                remaining = _number(lowered.get(f"x-ratelimit-remaining-{name}"))
+                remaining = said.remaining[name]
                 if remaining is not None:
                     bucket.lower_to(remaining, now)
-            if status == 429:
-                pause = retry_after(lowered)
-                if pause is None:
-                    resets = [
-                        parse_duration(lowered.get(f"x-ratelimit-reset-{name}", ""))
-                        for name in ("requests", "tokens")
-                    ]
-                    pause = max((r for r in resets if r is not None), default=1.0)
-                self.paused_until = max(self.paused_until, now + pause)
+            if said.pause_s is not None:
+                self.paused_until = max(self.paused_until, now + said.pause_s)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What an upstream's response says of a key's limits, per bucket (``requests``,
+    ``tokens``): its per-minute limit and what is left, and on a 429 how long to pause."""
+
+    limits: Mapping[str, float | None]
+    remaining: Mapping[str, float | None]
+    pause_s: float | None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str], status: int) -> Advice:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        names = ("requests", "tokens")
+        pause = None
+        if status == 429:
+            pause = retry_after(lowered)
+            if pause is None:
+                resets = [parse_duration(lowered.get(f"x-ratelimit-reset-{n}", "")) for n in names]
+                pause = max((r for r in resets if r is not None), default=1.0)
+        return cls(
+            limits={n: _number(lowered.get(f"x-ratelimit-limit-{n}")) for n in names},
+            remaining={n: _number(lowered.get(f"x-ratelimit-remaining-{n}")) for n in names},
+            pause_s=pause,
+        )
 
 
 def _number(raw: str | None) -> float | None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from semcache.batching import PROTOCOLS, Cause, Member, Protocol
 from semcache.server.controls import CREDENTIAL_HEADERS
 from semcache.server.pipeline.exchange import Exchange
+from semcache.server.pipeline.relay import json_text
 from semcache.server.request_batching import Fallback, Waiting
 from semcache.upstream.router import PRIORITIES
 
@@ -33,10 +34,8 @@ async def batch(x: Exchange) -> web.StreamResponse | None:
     if isinstance(joined, str):
         x.headers["X-Semcache-Batch"] = f"single; reason={joined}"
         return None
-    assert protocol is not None
     waiting = Waiting(
         member=joined,
-        protocol=protocol,
         dialect=x.dialect,
         path=x.request.rel_url.raw_path,
         headers=x.request.headers,
@@ -59,7 +58,9 @@ async def batch(x: Exchange) -> web.StreamResponse | None:
     x.received = x.answer = answer
     if outcome.stored:
         x.storable = False  # stored already, with the rest of its batch
-    x.response = web.json_response(answer, headers={**outcome.headers, **x.headers}, dumps=_dumps)
+    x.response = web.json_response(
+        answer, headers={**outcome.headers, **x.headers}, dumps=json_text
+    )
     return None
 
 
@@ -108,7 +109,3 @@ def _group(x: Exchange, joined: Member) -> str:
             (name, value) for name in CREDENTIAL_HEADERS for value in headers.getall(name, [])
         )
     return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()

@@ -4,7 +4,6 @@ batch job and answered ``202`` with the URL of its job (see
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from semcache.batching.jobs import ENDPOINTS
@@ -12,6 +11,7 @@ from semcache.errors import InvalidRequestError
 from semcache.server.batch_jobs import Deferred
 from semcache.server.controls import tenant_of
 from semcache.server.pipeline.exchange import Exchange
+from semcache.server.pipeline.relay import json_text
 from semcache.server.state import CLIENT
 
 _FIELD = "X-Semcache-Priority"
@@ -58,6 +58,4 @@ async def defer(x: Exchange) -> web.StreamResponse | None:
     )
     x.outcome = "deferred"
     headers = {**x.headers, "Location": record["url"], "X-Semcache-Job": record["id"]}
-    return web.json_response(
-        record, status=202, headers=headers, dumps=lambda v: orjson.dumps(v).decode()
-    )
+    return web.json_response(record, status=202, headers=headers, dumps=json_text)

@@ -68,7 +68,7 @@ async def serve_stored(
     """A stored answer to the client: rendered fresh as JSON, or replayed as the API's stream."""
     dialect = parsed.dialect
     if not parsed.stream:
-        return web.json_response(dialect.render_hit(stored), headers=headers, dumps=_dumps)
+        return web.json_response(dialect.render_hit(stored), headers=headers, dumps=json_text)
     response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
     for event in dialect.replay(stored, include_usage=parsed.include_usage):
@@ -77,7 +77,8 @@ async def serve_stored(
     return response
 
 
-def _dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A JSON response body by orjson (``web.json_response(..., dumps=json_text)``)."""
     return orjson.dumps(value).decode()
 
 
