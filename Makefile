@@ -15,6 +15,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml tools/install_torch.py | $(BIN)/python
 	$(BIN)/python tools/install_torch.py
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/semcache models export
 	touch $@
 
 install: $(VENV)/.installed

@@ -40,11 +40,7 @@ from semcache.catalog import Catalog
 from semcache.config import CacheConfig, default_models_dir
 from semcache.decision import Choice, Decision, Hit, HitDecider, Screened
 from semcache.derived import DerivedState
-from semcache.embedding import (
-    Embedder,
-    SentenceTransformerEmbedder,
-    set_threads,
-)
+from semcache.embedding import Embedder, make_embedder, set_threads
 from semcache.entries import DiskStore, Entry, EntryStore, Written, encode_entry
 from semcache.errors import (
     CacheLockedError,
@@ -104,8 +100,9 @@ class SemanticCache:
 
     Args:
         directory: where the entries (diskcache) and the index snapshot live; created if absent.
-        embedder: anything with ``name`` and ``embed(texts)``; defaults to the sentence-transformers
-            model named by ``model`` (see ``models/README.md``), loaded on first use.
+        embedder: anything with ``name`` and ``embed(texts)``; defaults to the model named by
+            ``model`` (see ``models/README.md``) on the ``embedding_backend``, loaded on first
+            use.
         verifier: the second stage: a :class:`~semcache.verification.Verifier`, a name or path,
             ``"auto"``, or ``None``/``"none"`` for none; absent, the one ``config.verifier``
             names.
@@ -149,9 +146,11 @@ class SemanticCache:
             raise StoreError(f"cannot use {self.directory} as a cache directory: {exc}") from exc
         self._clock = clock
         set_threads(self.config.threads)
-        self._embedder: Embedder = embedder or SentenceTransformerEmbedder(
+        self._embedder: Embedder = embedder or make_embedder(
             self.config.model,
             models_dir=self.config.models_dir,
+            backend=self.config.embedding_backend,
+            threads=self.config.threads,
             batch_size=self.config.embed_batch_size,
         )
         self._vectors = Vectors(self._embedder)

