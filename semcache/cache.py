@@ -680,25 +680,34 @@ class SemanticCache:
                 "corrupt_entries_removed": counters.get("corrupt", 0),
                 "marked_wrong": counters.get("marked_wrong", 0),
                 "index_rebuilds": counters.get("rebuild", 0),
+                "index_retrains": self._index.rebuilds,
             }
 
     def checkpoint(self) -> bool:
         """Save the index snapshot now, so the next open need not rebuild it; ``False`` when
         nothing was added or removed since the last one.
 
-        Lookups and stores wait only while the state is copied, not while it is written.
+        Lookups never wait for it: the catalog is copied under the cache's lock, each scope's
+        index is serialised under its own read lock (stores to that scope wait), and the file
+        is written after.
         """
         self._check_open()
         with self._snapshot_lock:
             with self._lock:
                 if self._store.version == self._snapshot_version:
                     return False
-                snapshot = self._persistence.capture(self._derived)
+            snapshot = self._persistence.capture(self._derived, self._lock)
             if snapshot is None:
                 return False
             self._persistence.write(snapshot)
             self._snapshot_version = snapshot.store_version
             return True
+
+    def wait_for_index(self, timeout_s: float | None = None) -> None:
+        """Return once no index is being retrained in the background (a scope that outgrew
+        its index is retrained beside it and swapped in; lookups never wait for that, but a
+        benchmark or a test may want the retrained one)."""
+        self._index.wait_for_rebuilds(timeout_s)
 
     def close(self) -> None:
         """Save the index snapshot, close the store and release the directory. Idempotent."""

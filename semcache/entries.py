@@ -292,17 +292,34 @@ class DiskStore:
         self._cache.set(f"h:{entry.entry_id}", _STATS.pack(entry.hits + 1, at))
 
     def scan(self) -> Iterator[Entry | CorruptEntryError]:
-        """Every entry in id order; a record that fails to decode is yielded as its error."""
-        for key in self._cache.iterkeys():
-            if not isinstance(key, int):
-                continue
+        """Every entry in id order; a record that fails to decode is yielded as its error.
+
+        One read of diskcache's table, not a query per key (a rebuild of 100k entries made
+        200k of them): the rows are decoded by diskcache's own ``Disk``, so values kept in
+        files of their own are read as ``get`` would.
+        """
+        disk = self._cache.disk
+        records: dict[int, bytes] = {}
+        stats: dict[int, bytes] = {}
+        rows = self._cache._sql("SELECT key, raw, mode, filename, value FROM Cache").fetchall()
+        for raw_key, raw, mode, filename, value in rows:
+            key = disk.get(raw_key, raw)
+            if isinstance(key, int):
+                records[key] = disk.fetch(mode, filename, value, False)
+            elif isinstance(key, str) and key[:2] == "h:" and key[2:].isdigit():
+                stats[int(key[2:])] = disk.fetch(mode, filename, value, False)
+        del rows
+        for entry_id in sorted(records):
             try:
-                entry = self.get(key)
+                entry = decode_entry(entry_id, records.pop(entry_id))
             except CorruptEntryError as exc:
                 yield exc
                 continue
-            if entry is not None:
-                yield entry
+            found = stats.get(entry_id)
+            if found is not None:
+                hits, last_access = _STATS.unpack(found)
+                entry = _with_stats(entry, hits, last_access)
+            yield entry
 
     def rewrite_vectors(self, updates: Sequence[Entry]) -> None:
         """Store entries again under their own ids (after re-embedding), in one transaction."""

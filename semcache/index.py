@@ -6,15 +6,18 @@ A scope starts as an exact inner-product index (``IndexFlatIP``) and moves to an
 it holds more than ``exact_max`` vectors; the benchmark reports the recall this costs. Ids are the
 store's entry ids, so they stay stable across restarts and rebuilds.
 
-FAISS indexes are not safe for a search concurrent with an add or a remove, so every call goes
-through one lock.
+FAISS indexes are not safe for a search concurrent with an add or a remove: each scope has a
+read-write lock (searches share it, changes take it alone), and retraining happens beside the
+serving index, never under its lock (see :class:`ScopedIndex`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import faiss
@@ -22,6 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcache.errors import StoreError
+
+logger = logging.getLogger("semcache")
 
 Vectors = NDArray[np.float32]
 Ids = NDArray[np.int64]
@@ -48,6 +53,16 @@ class VectorIndex(Protocol):
 
     def to_bytes(self) -> bytes: ...
 
+    def due(self) -> bool:
+        """Whether the index should be rebuilt for its present size."""
+        ...
+
+    def contents(self) -> tuple[Ids, Vectors]: ...
+
+    def rebuilt(self, ids: Ids, vectors: Vectors) -> VectorIndex:
+        """A new index holding these contents (made off every lock: it may take minutes)."""
+        ...
+
 
 class IndexMaker(Protocol):
     """Makes the :class:`VectorIndex` of a new scope, or loads one from a snapshot."""
@@ -58,7 +73,12 @@ class IndexMaker(Protocol):
 
 
 class FaissIndex:
-    """One scope's vectors: exact up to ``exact_max`` vectors, IVF above it."""
+    """One scope's vectors: exact up to ``exact_max`` vectors, IVF above it.
+
+    Adding and removing never retrain: :meth:`due` says when the index no longer fits its size,
+    and :meth:`rebuilt` makes the one that does, from a copy of the contents, while this one
+    keeps serving (see :class:`ScopedIndex`).
+    """
 
     def __init__(self, dim: int, *, exact_max: int = 50_000, nprobe: int = 32) -> None:
         self.dim = dim
@@ -78,19 +98,31 @@ class FaissIndex:
         if len(ids) == 0:
             return
         self._index.add_with_ids(_as_vectors(vectors, self.dim), _as_ids(ids))
-        if self._trained_on == 0 and len(self) > self.exact_max:
-            self._rebuild_ivf()
-        elif self._trained_on and len(self) > 4 * self._trained_on:
-            # Centroids trained on a quarter of the data no longer split it evenly.
-            self._rebuild_ivf()
 
     def remove(self, ids: Ids) -> int:
         if len(ids) == 0:
             return 0
-        removed = int(self._index.remove_ids(_as_ids(ids)))
-        if self._trained_on and len(self) < self.exact_max // 2:
-            self._rebuild_flat()
-        return removed
+        return int(self._index.remove_ids(_as_ids(ids)))
+
+    def due(self) -> bool:
+        """Whether the index should be rebuilt for its size: flat above ``exact_max``; IVF at
+        4× the vectors its centroids were trained on (they no longer split the data evenly),
+        or below ``exact_max / 2`` (exact search is then cheap)."""
+        n = len(self)
+        if not self._trained_on:
+            return n > self.exact_max
+        return n > 4 * self._trained_on or n < self.exact_max // 2
+
+    def rebuilt(self, ids: Ids, vectors: Vectors) -> VectorIndex:
+        """A new index of these contents, of the kind their number calls for."""
+        index = FaissIndex(self.dim, exact_max=self.exact_max, nprobe=self.nprobe)
+        if len(ids) <= self.exact_max:
+            index.add(ids, vectors)
+            return index
+        index._index = _trained_ivf(vectors, self.dim, self.nprobe)
+        index._index.add_with_ids(vectors, _as_ids(ids))
+        index._trained_on = len(ids)
+        return index
 
     def search(self, vectors: Vectors, k: int) -> tuple[Vectors, Ids]:
         vectors = _as_vectors(vectors, self.dim)
@@ -110,31 +142,12 @@ class FaissIndex:
             size = invlists.list_size(list_no)
             if size == 0:
                 continue
-            id_parts.append(np.array(faiss.rev_swig_ptr(invlists.get_ids(list_no), size)))
+            id_parts.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy())
             codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * invlists.code_size)
-            vector_parts.append(np.frombuffer(bytes(codes), np.float32).reshape(size, self.dim))
+            vector_parts.append(codes.view(np.float32).reshape(size, self.dim).copy())
         if not id_parts:
             return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
         return np.concatenate(id_parts).astype(np.int64), np.concatenate(vector_parts)
-
-    def _rebuild_ivf(self) -> None:
-        ids, vectors = self.contents()
-        n = len(ids)
-        # ~4·sqrt(n) lists, with at least 39 training points per centroid as FAISS asks.
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.add_with_ids(vectors, ids)
-        index.nprobe = self.nprobe
-        self._index = index
-        self._trained_on = n
-
-    def _rebuild_flat(self) -> None:
-        ids, vectors = self.contents()
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        self._index.add_with_ids(vectors, ids)
-        self._trained_on = 0
 
     def to_bytes(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))
@@ -162,6 +175,29 @@ class FaissIndex:
         return self._trained_on
 
 
+TRAINING_POINTS_PER_LIST = 64  # k-means sample per inverted list (FAISS asks at least 39)
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for ``n`` vectors: about sqrt(n), so that a probe of ``nprobe`` lists
+    scans about ``nprobe * sqrt(n)`` vectors, with enough training points per list."""
+    return max(1, min(int(math.sqrt(n)), n // 39))
+
+
+def _trained_ivf(vectors: Vectors, dim: int, nprobe: int) -> Any:
+    n = len(vectors)
+    nlist = ivf_lists(n)
+    sample = vectors
+    if n > TRAINING_POINTS_PER_LIST * nlist:
+        rows = np.random.default_rng(n).choice(n, TRAINING_POINTS_PER_LIST * nlist, replace=False)
+        sample = vectors[np.sort(rows)]
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(sample))
+    index.nprobe = nprobe
+    return index
+
+
 class FaissMaker:
     """Makes :class:`FaissIndex` es."""
 
@@ -178,8 +214,69 @@ class FaissMaker:
         )
 
 
+class _ReadWriteLock:
+    """Many readers at once, or one writer; a waiting writer holds new readers back, so a
+    stream of searches cannot starve a store."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+# (ids, their vectors) for an add, (ids, None) for a remove: made while a rebuild ran
+Change = tuple[Ids, Vectors | None]
+
+
+class _Scope:
+    """One scope's index, its lock, and the changes a rebuild in progress must replay."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+        self.lock = _ReadWriteLock()
+        self.rebuilding = False
+        self.changes: list[Change] | None = None
+
+
 class ScopedIndex:
-    """A :class:`VectorIndex` per scope behind one lock.
+    """A :class:`VectorIndex` per scope, each behind a lock of its own.
+
+    Searches of a scope run side by side (FAISS searches are read-only) and wait only for an
+    add or a remove on the same scope. When a scope's index no longer fits its size
+    (:meth:`FaissIndex.due`), it is rebuilt on a background thread from a copy of its
+    contents while the old one serves; the changes made meanwhile are replayed on the new one,
+    which is then swapped in. Nothing waits for k-means: not a search of that scope, not a
+    search of another, not a store.
 
     ``dim`` may be left unset until the first vectors arrive, so opening an empty cache does
     not need the model.
@@ -197,36 +294,53 @@ class ScopedIndex:
         self.exact_max = exact_max
         self.nprobe = nprobe
         self.maker: IndexMaker = maker or FaissMaker(exact_max=exact_max, nprobe=nprobe)
-        self._scopes: dict[str, VectorIndex] = {}
-        self._lock = threading.Lock()
+        self._scopes: dict[str, _Scope] = {}
+        self._lock = threading.Lock()  # the dictionary of scopes only
+        self._rebuilds: list[threading.Thread] = []
+        self._one_rebuild = threading.Lock()  # k-means is CPU-bound: one at a time
+        self.rebuilds = 0  # rebuilds swapped in since this object was made
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(index) for index in self._scopes.values())
+            scopes = list(self._scopes.values())
+        return sum(len(s.index) for s in scopes)
 
     def size(self, scope: str) -> int:
         with self._lock:
-            index = self._scopes.get(scope)
-            return 0 if index is None else len(index)
+            found = self._scopes.get(scope)
+        return 0 if found is None else len(found.index)
 
     def add(self, scope: str, ids: Ids, vectors: Vectors) -> None:
         with self._lock:
             if self.dim is None:
                 self.dim = int(vectors.shape[1])
-            index = self._scopes.get(scope)
-            if index is None:
-                index = self._scopes[scope] = self.maker(self.dim)
-            index.add(ids, vectors)
+            found = self._scopes.get(scope)
+            if found is None:
+                found = self._scopes[scope] = _Scope(self.maker(self.dim))
+        with found.lock.writing():
+            found.index.add(ids, vectors)
+            if found.changes is not None:
+                found.changes.append((np.array(ids, np.int64), np.array(vectors)))
+        self._maybe_rebuild(scope, found)
 
     def remove(self, scope: str, ids: Iterable[int]) -> int:
         with self._lock:
-            index = self._scopes.get(scope)
-            if index is None:
-                return 0
-            removed = index.remove(np.fromiter(ids, np.int64))
-            if len(index) == 0:
-                del self._scopes[scope]
-            return removed
+            found = self._scopes.get(scope)
+        if found is None:
+            return 0
+        doomed = np.fromiter(ids, np.int64)
+        with found.lock.writing():
+            removed = found.index.remove(doomed)
+            if found.changes is not None:
+                found.changes.append((doomed, None))
+            empty = len(found.index) == 0
+        if empty:
+            with self._lock:
+                if self._scopes.get(scope) is found and len(found.index) == 0:
+                    del self._scopes[scope]
+        else:
+            self._maybe_rebuild(scope, found)
+        return removed
 
     def drop(self, scope: str) -> None:
         with self._lock:
@@ -235,24 +349,32 @@ class ScopedIndex:
     def search(self, scope: str, vectors: Vectors, k: int) -> tuple[Vectors, Ids]:
         """Top ``k`` ids and cosine scores per query row; missing slots have id -1."""
         with self._lock:
-            index = self._scopes.get(scope)
-            if index is None:
-                n = len(vectors)
-                return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
-            return index.search(vectors, k)
+            found = self._scopes.get(scope)
+        if found is None:
+            n = len(vectors)
+            return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+        with found.lock.reading():
+            return found.index.search(vectors, k)
 
     def describe(self) -> dict[str, int]:
         """How many scopes use each kind of index."""
         with self._lock:
-            kinds: dict[str, int] = {}
-            for index in self._scopes.values():
-                kinds[index.kind] = kinds.get(index.kind, 0) + 1
-            return kinds
+            scopes = list(self._scopes.values())
+        kinds: dict[str, int] = {}
+        for found in scopes:
+            kinds[found.index.kind] = kinds.get(found.index.kind, 0) + 1
+        return kinds
 
     def dump(self) -> dict[str, tuple[int, bytes]]:
-        """Each scope's ``(trained_on, serialized index)``, for a snapshot."""
+        """Each scope's ``(trained_on, serialized index)``, for a snapshot. Each scope is
+        serialised under its read lock: searches go on, its stores wait."""
         with self._lock:
-            return {s: (i.trained_on, i.to_bytes()) for s, i in self._scopes.items()}
+            scopes = dict(self._scopes)
+        dumped = {}
+        for name, found in scopes.items():
+            with found.lock.reading():
+                dumped[name] = (found.index.trained_on, found.index.to_bytes())
+        return dumped
 
     def restore(self, dumped: Mapping[str, tuple[int, bytes]]) -> None:
         """Replace the contents with a :meth:`dump`; raises StoreError if any part is bad."""
@@ -260,11 +382,59 @@ class ScopedIndex:
             raise StoreError("cannot restore an index whose dimension is unknown")
         dim = self.dim
         scopes = {
-            scope: self.maker.load(data, dim=dim, trained_on=trained_on)
+            scope: _Scope(self.maker.load(data, dim=dim, trained_on=trained_on))
             for scope, (trained_on, data) in dumped.items()
         }
         with self._lock:
             self._scopes = scopes
+        for name, found in scopes.items():
+            self._maybe_rebuild(name, found)
+
+    def wait_for_rebuilds(self, timeout_s: float | None = None) -> None:
+        """Return when no rebuild is running (tests, benchmarks, and a clean close)."""
+        with self._lock:
+            threads = list(self._rebuilds)
+        for thread in threads:
+            thread.join(timeout_s)
+
+    def _maybe_rebuild(self, name: str, found: _Scope) -> None:
+        if found.rebuilding or not found.index.due():
+            return
+        found.rebuilding = True
+        thread = threading.Thread(
+            target=self._rebuild, args=(name, found), name="semcache-index", daemon=True
+        )
+        with self._lock:
+            self._rebuilds = [t for t in self._rebuilds if t.is_alive()] + [thread]
+        thread.start()
+
+    def _rebuild(self, name: str, found: _Scope) -> None:
+        try:
+            with self._one_rebuild:
+                with found.lock.reading():  # searches go on while the contents are copied
+                    old = found.index
+                    ids, vectors = old.contents()
+                    found.changes = []
+                new = old.rebuilt(ids, vectors)
+                del ids, vectors
+                with found.lock.writing():
+                    for changed, changed_vectors in found.changes:
+                        if changed_vectors is not None:  # ids are never reused
+                            new.add(changed, changed_vectors)
+                        else:
+                            new.remove(changed)
+                    found.index = new
+                    found.changes = None
+                    self.rebuilds += 1
+        except Exception:
+            logger.exception("rebuilding the index of a scope failed; the old one serves on")
+            found.changes = None
+        finally:
+            found.rebuilding = False
+        with self._lock:
+            current = self._scopes.get(name) is found
+        if current:
+            self._maybe_rebuild(name, found)
 
 
 def _as_vectors(vectors: Vectors, dim: int) -> Vectors:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from semcache.derived import DerivedState
 from semcache.entries import Entry, EntryStore
@@ -95,15 +97,26 @@ class Persistence:
         state.apply(added=entries)
         counters["rebuild"] += 1
 
-    def capture(self, state: DerivedState) -> Snapshot | None:
-        """A copy of the derived state (the caller keeps it from changing meanwhile)."""
-        if state.index.dim is None:
-            return None
+    def capture(
+        self, state: DerivedState, lock: AbstractContextManager[Any] | None = None
+    ) -> Snapshot | None:
+        """A copy of the derived state.
+
+        The store version and the catalog are copied under ``lock`` (the one every change of
+        the state takes); the indexes after it, each scope under its own read lock, so no
+        lookup waits for the serialisation. A change that lands between the two makes the
+        snapshot stale by its version, which the next open notices and rebuilds from.
+        """
+        with lock or nullcontext():
+            if state.index.dim is None:
+                return None
+            version, dim = self.store.version, state.index.dim
+            items = list(state.catalog.items())
         return Snapshot(
-            store_version=self.store.version,
+            store_version=version,
             embedder=self.vectors.name,
-            dim=state.index.dim,
-            items=list(state.catalog.items()),
+            dim=dim,
+            items=items,
             indexes=state.index.dump(),
         )
 

@@ -25,9 +25,10 @@ def assert_consistent(cache: SemanticCache) -> None:
         entry.entry_id for entry in cache._store.scan() if not isinstance(entry, Exception)
     }
     assert catalog_ids == store_ids
+    cache.wait_for_index()
     indexed: set[int] = set()
-    for index in cache._index._scopes.values():
-        ids, _ = index.contents()
+    for scope in cache._index._scopes.values():
+        ids, _ = scope.index.contents()
         indexed.update(ids.tolist())
     assert indexed == catalog_ids
     assert cache._catalog.total_bytes == sum(
@@ -106,11 +107,13 @@ def test_scopes_move_to_ivf_and_back(tmp_path: Path) -> None:
         ids = cache.put_many(
             [f"entry {i} about topic {i % 7}" for i in range(400)], list(range(400))
         )
+        cache.wait_for_index()  # retrained beside the flat index, which served meanwhile
         assert cache.stats()["indexes"] == {"ivf": 1}
         hit = cache.get("entry 123 about topic 4")
         assert hit is not None and hit.response == 123
         for entry_id in ids[:350]:
             cache.delete(entry_id)
+        cache.wait_for_index()
         assert cache.stats()["indexes"] == {"flat": 1}
         assert cache.get("entry 380 about topic 2") is not None
         assert_consistent(cache)
