@@ -2,14 +2,16 @@
 
 A forward pass of the model over 32 short prompts costs little more than over one, so under
 concurrent load the sidecar gathers lookups for at most ``max_wait_ms`` (or until ``max_size``
-are waiting) and runs them as one :meth:`SemanticCache.lookup_many` on a worker thread. One
-batch is in flight at a time: lookups that arrive meanwhile form the next one.
+are waiting) and runs them as one :meth:`SemanticCache.lookup_many` on a worker thread. Up to
+``in_flight`` batches run at once (one per core by default: the ONNX backend runs each call on
+one thread, so two batches use two cores); lookups that arrive meanwhile form the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 
 from semcache.decision import Decision
@@ -19,8 +21,17 @@ RunBatch = Callable[[Sequence[CacheRequest]], Awaitable[list[Decision]]]
 
 
 class LookupBatcher:
-    def __init__(self, run_batch: RunBatch, *, max_wait_ms: float, max_size: int) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_wait_ms: float,
+        max_size: int,
+        in_flight: int | None = None,
+    ) -> None:
         self._run_batch = run_batch
+        self._slots = asyncio.Semaphore(in_flight or os.cpu_count() or 1)
+        self._running: set[asyncio.Task[None]] = set()
         self.max_wait_s = max_wait_ms / 1000
         self.max_size = max_size
         self._pending: list[tuple[CacheRequest, asyncio.Future[Decision]]] = []
@@ -47,6 +58,10 @@ class LookupBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        for task in list(self._running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
@@ -61,21 +76,34 @@ class LookupBatcher:
             await self._wakeup.wait()
             if len(self._pending) < self.max_size:
                 await asyncio.sleep(self.max_wait_s)
+            await self._slots.acquire()  # a batch forms while the slots are busy
             batch = self._pending[: self.max_size]
             self._pending = self._pending[self.max_size :]
             if not self._pending:
                 self._wakeup.clear()
             live = [(request, future) for request, future in batch if not future.done()]
             if not live:
+                self._slots.release()
                 continue
             self._record(len(live))
-            try:
-                decisions = await self._run_batch([request for request, _ in live])
-            except Exception as exc:  # every waiter sees the failure and fails open
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), decision in zip(live, decisions, strict=True):
+            task = asyncio.get_running_loop().create_task(self._run(live))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, live: list[tuple[CacheRequest, asyncio.Future[Decision]]]) -> None:
+        try:
+            decisions = await self._run_batch([request for request, _ in live])
+        except asyncio.CancelledError:  # closing: nobody is left to answer them
+            for _, future in live:
+                future.cancel()
+            raise
+        except Exception as exc:  # every waiter sees the failure and fails open
+            for _, future in live:
                 if not future.done():
-                    future.set_result(decision)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_, future), decision in zip(live, decisions, strict=True):
+            if not future.done():
+                future.set_result(decision)

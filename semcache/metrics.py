@@ -25,6 +25,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.stage_duration = Histogram(
+            "semcache_stage_duration_seconds",
+            "Time a request spent in each stage of the pipeline (parse, look_up, send, ...); "
+            "send and relay include the upstream's own time",
+            ["stage"],
+            buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
+            registry=self.registry,
+        )
+        self.after_response = Gauge(
+            "semcache_after_response_tasks",
+            "Answers being stored after their response was released",
+            registry=self.registry,
+        )
         self.upstream_requests = Counter(
             "semcache_upstream_requests",
             "Calls to the upstreams by upstream, key and HTTP status ('error' when none came)",

@@ -15,6 +15,7 @@ from aiohttp import web
 from semcache import SemanticCache
 from semcache.embedding import Embedder
 from semcache.server import create_app
+from semcache.server.state import STATE
 from semcache.settings import ServerConfig
 from tests.fake_openai import FakeOpenAI
 
@@ -51,7 +52,13 @@ class Sidecar:
                 },
             ) as response,
         ):
-            return response.status, await response.json(content_type=None), dict(response.headers)
+            result = response.status, await response.json(content_type=None), dict(response.headers)
+        await self.settled()
+        return result
+
+    async def settled(self) -> None:
+        """Wait for the answers stored after their responses (what a test then inspects)."""
+        await self.app[STATE].after_response.drain()
 
     async def post_stream(
         self, path: str, data: bytes, headers: dict[str, str] | None = None
@@ -65,7 +72,9 @@ class Sidecar:
                 headers={"Authorization": "Bearer sk-raw", **(headers or {})},
             ) as response,
         ):
-            return response.status, await response.text(), dict(response.headers)
+            result = response.status, await response.text(), dict(response.headers)
+        await self.settled()
+        return result
 
     async def get(self, path: str) -> Any:
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:

@@ -154,6 +154,7 @@ async def test_messages_tenants_apart_and_cut_streams_not_stored(sidecar: Sideca
             messages=asked,  # type: ignore[arg-type]
         )
         assert other.headers["X-Semcache"] == "miss"
+        await sidecar.settled()
         stored = len(sidecar.cache)
         sidecar.upstream.script = [Behaviour(cut_after_chunks=4)]
         with pytest.raises(anthropic.APIError):
@@ -163,6 +164,7 @@ async def test_messages_tenants_apart_and_cut_streams_not_stored(sidecar: Sideca
                 messages=[{"role": "user", "content": "Tell me about the moon"}],
             ) as stream:
                 await stream.get_final_text()
+        await sidecar.settled()
         assert len(sidecar.cache) == stored
     finally:
         await one.close()

@@ -144,6 +144,7 @@ async def test_a_cut_stream_is_not_stored_and_the_client_is_told(sidecar: Sideca
         **ask("Explain photosynthesis briefly.")
     )
     assert again.headers["X-Semcache"] == "miss"
+    await sidecar.settled()
     assert len(sidecar.cache) == 1  # only the complete second answer
     assert len(sidecar.upstream.calls()) == 2
 
@@ -423,6 +424,7 @@ async def test_legacy_completions_are_cached(sidecar: Sidecar) -> None:
 async def test_a_cache_fault_fails_open(sidecar: Sidecar) -> None:
     client = sidecar.client()
     await client.chat.completions.create(**ask("What is the capital of France?"))
+    await sidecar.settled()
 
     def broken(texts: Any) -> Any:
         raise RuntimeError("the model crashed")
@@ -495,3 +497,37 @@ async def test_shadow_checks_are_off_by_default(sidecar: Sidecar) -> None:
     await client.chat.completions.create(**ask("What's the capital city of France?"))
     await sidecar.app[STATE].shadow.drain()
     assert len(sidecar.upstream.calls()) == 1
+
+
+async def test_an_answer_is_stored_after_its_response_and_the_next_ask_waits_for_it(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = asyncio.Event()
+    real_store = sidecar.cache.astore
+
+    async def slow_store(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()
+        return await real_store(*args, **kwargs)
+
+    monkeypatch.setattr(sidecar.cache, "astore", slow_store)
+    client = sidecar.client()
+    first = await asyncio.wait_for(
+        client.chat.completions.with_raw_response.create(**ask("What is the capital of Peru?")),
+        timeout=5,
+    )
+    assert first.headers["X-Semcache"] == "miss"  # answered while its store is still waiting
+    assert len(sidecar.cache) == 0 and len(sidecar.app[STATE].after_response) == 1
+    again = asyncio.ensure_future(
+        client.chat.completions.with_raw_response.create(**ask("What is the capital of Peru?"))
+    )
+    other_scope = await asyncio.wait_for(
+        sidecar.client(api_key="sk-tenant-two").chat.completions.with_raw_response.create(
+            **ask("What is the capital of Chile?")
+        ),
+        timeout=5,
+    )
+    assert other_scope.headers["X-Semcache"] == "miss" and not again.done()
+    release.set()
+    second = await asyncio.wait_for(again, timeout=5)
+    assert second.headers["X-Semcache"] == "hit"  # read your writes, in the same scope
+    assert len(sidecar.upstream.calls()) == 2

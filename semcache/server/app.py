@@ -21,6 +21,7 @@ from semcache.dialects import DIALECTS
 from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
 from semcache.server import accounting, admin, proxy
+from semcache.server.after_response import AfterResponse
 from semcache.server.batch_jobs import JOBS_PATH, BatchJobs, job_status
 from semcache.server.bodies import body_middleware
 from semcache.server.compression import ContextCompression
@@ -193,6 +194,7 @@ def _resources(
             batching=batching,
             batch_jobs=batch_jobs,
             flights=flights,
+            after_response=AfterResponse(metrics_.after_response.set),
         )
         checkpoints = None
         try:
@@ -209,6 +211,7 @@ def _resources(
                 checkpoints.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
+            await app[STATE].after_response.drain()  # answers served are stored
             await batcher.close()
             await batching.windows.close()
             await batch_jobs.close()

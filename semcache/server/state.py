@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,6 +13,7 @@ from semcache.coalescing import Coalescer
 from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
 from semcache.pricing import PriceTable
+from semcache.server.after_response import AfterResponse
 from semcache.server.compression import ContextCompression
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.settings import ServerConfig
@@ -39,6 +40,7 @@ class State:
     batching: RequestBatching
     batch_jobs: BatchJobs
     flights: SharedFlights | None = None  # single-flight across sidecars (--redis)
+    after_response: AfterResponse = field(default_factory=AfterResponse)
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

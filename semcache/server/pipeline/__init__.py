@@ -11,15 +11,17 @@
     send       the router: queue, retry, failover (unless a merged call answered)
     relay      the answer to the client as it arrives; the upstream connection released
     account    what the upstream charged: key limits, metrics, budgets
-    store      a complete, valid answer under the request's key
+    store      a complete, valid answer under the request's key, after the response is
+               released (identical requests wait for it on the coalescer meanwhile)
 
 Each stage takes the :class:`~.exchange.Exchange` and returns a response to end the request
-early, or ``None`` to go on. Whatever fails, the upstream connection is released, what the
+early, or ``None`` to go on; its time goes to ``semcache_stage_duration_seconds{stage}``. Whatever fails, the upstream connection is released, what the
 upstream charged is billed, and the requests waiting on this one's answer are released.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -35,7 +37,7 @@ from semcache.server.pipeline.lookup import look_up
 from semcache.server.pipeline.parse import parse
 from semcache.server.pipeline.relay import relay
 from semcache.server.pipeline.send import send
-from semcache.server.pipeline.store import store
+from semcache.server.pipeline.store import release_followers, store
 from semcache.server.pipeline.transform import transform
 
 Stage = Callable[[Exchange], Awaitable[web.StreamResponse | None]]
@@ -57,9 +59,12 @@ STAGES: tuple[Stage, ...] = (
 
 
 async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResponse:
+    timings = x.state.metrics.stage_duration
     try:
         for stage in stages:
+            started = time.perf_counter()
             early = await stage(x)
+            timings.labels(stage.__name__).observe(time.perf_counter() - started)
             if early is not None:
                 return early
         assert x.response is not None
@@ -67,10 +72,8 @@ async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResp
     finally:
         await x.upstream.aclose()
         await account(x)
-        if x.leader_key is not None:
-            x.state.coalescer.finish(x.leader_key, x.answer)
-        if x.flight_key is not None and x.state.flights is not None:
-            x.state.flights.finish(x.flight_key, x.answer)
+        if not x.storing:  # else released once the answer is stored (see store)
+            release_followers(x)
 
 
 __all__ = ["STAGES", "Exchange", "Stage", "run"]

@@ -48,6 +48,7 @@ class Exchange:
     answer: dict[str, Any] | None = None  # the same when complete, valid and storable
     response: web.StreamResponse | None = None
     accounted: bool = False
+    storing: bool = False  # the answer is being stored after the response (see store)
 
     @property
     def cache_request(self) -> CacheRequest | None:

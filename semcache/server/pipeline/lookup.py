@@ -67,6 +67,8 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
 
 
 async def _lookup(state: State, request: CacheRequest) -> Decision:
+    # Answers of this scope released but not yet stored are waited for (read your writes).
+    await state.after_response.settled(request.scope.key)
     # The exact tier first, on its own threads: an exact hit never waits for the embedding
     # batch that a semantic lookup joins.
     decision = await state.cache.alookup_exact(request)

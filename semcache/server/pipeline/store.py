@@ -1,13 +1,19 @@
 """Stage ``store``: a complete, valid answer is stored under the request's key (never a
 bypass, a no-store request or an answer the client did not read to the end). A failure to
-store is counted and logged; the client has its answer anyway."""
+store is counted and logged; the client has its answer anyway.
+
+The store runs after the response is released (:mod:`semcache.server.after_response`): a miss
+costs its client the upstream's time and nothing more.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
+from semcache.keys import CacheRequest
 from semcache.server.pipeline.exchange import Exchange
 
 logger = logging.getLogger("semcache.server")
@@ -17,9 +23,26 @@ async def store(x: Exchange) -> web.StreamResponse | None:
     request = x.cache_request
     if x.answer is None or request is None or not x.storable:
         return None
+    x.storing = True
+    x.state.after_response.spawn(_store(x, request, x.answer), request.scope.key)
+    return None
+
+
+async def _store(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> None:
     try:
-        await x.state.cache.astore(request, x.answer)
+        await x.state.cache.astore(request, answer)
     except Exception:
         logger.exception("storing an answer failed; the client got it anyway")
         x.state.metrics.cache_errors.labels("store").inc()
-    return None
+    finally:
+        release_followers(x)
+
+
+def release_followers(x: Exchange) -> None:
+    """Hand this request's answer (or ``None``) to the identical requests waiting for it, here
+    and on other sidecars. After the store, when there is one: a request that comes once its
+    leader is released finds the answer in the cache."""
+    if x.leader_key is not None:
+        x.state.coalescer.finish(x.leader_key, x.answer)
+    if x.flight_key is not None and x.state.flights is not None:
+        x.state.flights.finish(x.flight_key, x.answer)
