@@ -15,8 +15,9 @@
                released (identical requests wait for it on the coalescer meanwhile)
 
 Each stage takes the :class:`~.exchange.Exchange` and returns a response to end the request
-early, or ``None`` to go on; its time goes to ``semcache_stage_duration_seconds{stage}``. Whatever fails, the upstream connection is released, what the
-upstream charged is billed, and the requests waiting on this one's answer are released.
+early, or ``None`` to go on; its time goes to ``semcache_stage_duration_seconds{stage}``.
+Whatever fails, the upstream connection is released, what the upstream charged is billed, and
+the requests waiting on this one's answer are released.
 """
 
 from __future__ import annotations
