@@ -68,6 +68,7 @@ R = TypeVar("R")
 S = TypeVar("S", bound="SemanticCache")
 
 _SNAPSHOT_FILE = "index.snapshot"
+COMMIT_CHUNK = 256  # entries written per transaction (and per hold of the cache's lock)
 _LOCK_FILE = "semcache.lock"
 # What a write to a full, read-only or failing disk raises through diskcache.
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
@@ -458,11 +459,16 @@ class SemanticCache:
                         f"({self.config.max_bytes}) allows for the whole cache",
                         field="response",
                     )
-        with self._lock:
-            written = self._commit(entries)
-            self._counters["stored"] += len(entries)
-            self._remove_expired(now)
-            self._enforce_bounds()
+        written = []
+        # In chunks, each one transaction: lookups wait for one chunk's disk write at most,
+        # never for a whole bulk load.
+        for start in range(0, len(entries), COMMIT_CHUNK):
+            chunk = entries[start : start + COMMIT_CHUNK]
+            with self._lock:
+                written += self._commit(chunk)
+                self._counters["stored"] += len(chunk)
+                self._remove_expired(now)
+                self._enforce_bounds()
         if self._stream is not None:
             self._stream.publish([_put_event(entry) for entry in entries])
         return [result.entry_id for result in written]

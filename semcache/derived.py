@@ -8,6 +8,7 @@ that a log of changes could one day be shipped to another replica.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,9 +46,10 @@ class DerivedState:
 
 
 def item_of(entry: Entry) -> Item:
+    # Interned: a million entries of one scope share its key instead of holding a copy each.
     return Item(
-        scope=entry.scope,
-        namespace=entry.namespace,
+        scope=sys.intern(entry.scope),
+        namespace=sys.intern(entry.namespace),
         size=entry.size,
         expires_at=entry.expires_at,
         indexed=entry.vector is not None,

@@ -30,6 +30,7 @@ logger = logging.getLogger("semcache")
 
 Vectors = NDArray[np.float32]
 Ids = NDArray[np.int64]
+Blob = bytes | memoryview  # a serialised index, not copied on its way to or from a file
 
 
 class VectorIndex(Protocol):
@@ -51,7 +52,7 @@ class VectorIndex(Protocol):
     @property
     def trained_on(self) -> int: ...
 
-    def to_bytes(self) -> bytes: ...
+    def to_bytes(self) -> Blob: ...
 
     def due(self) -> bool:
         """Whether the index should be rebuilt for its present size."""
@@ -69,7 +70,7 @@ class IndexMaker(Protocol):
 
     def __call__(self, dim: int) -> VectorIndex: ...
 
-    def load(self, data: bytes, *, dim: int, trained_on: int) -> VectorIndex: ...
+    def load(self, data: Blob, *, dim: int, trained_on: int) -> VectorIndex: ...
 
 
 class FaissIndex:
@@ -149,12 +150,13 @@ class FaissIndex:
             return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
         return np.concatenate(id_parts).astype(np.int64), np.concatenate(vector_parts)
 
-    def to_bytes(self) -> bytes:
-        return bytes(faiss.serialize_index(self._index))
+    def to_bytes(self) -> Blob:
+        serialised: NDArray[np.uint8] = faiss.serialize_index(self._index)
+        return serialised.data
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, dim: int, trained_on: int, exact_max: int, nprobe: int
+        cls, data: Blob, *, dim: int, trained_on: int, exact_max: int, nprobe: int
     ) -> FaissIndex:
         """Raises StoreError when ``data`` is not a FAISS index of dimension ``dim``."""
         try:
@@ -208,7 +210,7 @@ class FaissMaker:
     def __call__(self, dim: int) -> VectorIndex:
         return FaissIndex(dim, exact_max=self.exact_max, nprobe=self.nprobe)
 
-    def load(self, data: bytes, *, dim: int, trained_on: int) -> VectorIndex:
+    def load(self, data: Blob, *, dim: int, trained_on: int) -> VectorIndex:
         return FaissIndex.from_bytes(
             data, dim=dim, trained_on=trained_on, exact_max=self.exact_max, nprobe=self.nprobe
         )
@@ -365,7 +367,7 @@ class ScopedIndex:
             kinds[found.index.kind] = kinds.get(found.index.kind, 0) + 1
         return kinds
 
-    def dump(self) -> dict[str, tuple[int, bytes]]:
+    def dump(self) -> dict[str, tuple[int, Blob]]:
         """Each scope's ``(trained_on, serialized index)``, for a snapshot. Each scope is
         serialised under its read lock: searches go on, its stores wait."""
         with self._lock:
@@ -376,7 +378,7 @@ class ScopedIndex:
                 dumped[name] = (found.index.trained_on, found.index.to_bytes())
         return dumped
 
-    def restore(self, dumped: Mapping[str, tuple[int, bytes]]) -> None:
+    def restore(self, dumped: Mapping[str, tuple[int, Blob]]) -> None:
         """Replace the contents with a :meth:`dump`; raises StoreError if any part is bad."""
         if self.dim is None:
             raise StoreError("cannot restore an index whose dimension is unknown")

@@ -20,6 +20,7 @@ import orjson
 
 from semcache.catalog import Catalog, Item
 from semcache.errors import StoreError
+from semcache.index import Blob
 
 _MAGIC = b"SCSNAP01"
 _LENGTH = struct.Struct("<Q")
@@ -32,7 +33,7 @@ class Snapshot:
     embedder: str
     dim: int
     items: list[tuple[int, Item]]  # least recently used first
-    indexes: dict[str, tuple[int, bytes]]
+    indexes: dict[str, tuple[int, Blob]]
 
     def catalog(self) -> Catalog:
         catalog = Catalog()
@@ -57,7 +58,7 @@ def write_snapshot(path: Path, snapshot: Snapshot) -> None:
         "indexed": np.array([item.indexed for _, item in items], np.bool_),
         "scopes": np.array([scope_number[item.scope] for _, item in items], np.int32),
     }
-    blobs: list[bytes] = [a.tobytes() for a in arrays.values()]
+    blobs: list[bytes | memoryview] = [a.tobytes() for a in arrays.values()]
     blobs += [snapshot.indexes[s][1] for s in scopes if s in snapshot.indexes]
     header = orjson.dumps(
         {
@@ -71,11 +72,16 @@ def write_snapshot(path: Path, snapshot: Snapshot) -> None:
             "lengths": [len(b) for b in blobs],
         }
     )
-    body = b"".join([_MAGIC, _LENGTH.pack(len(header)), header, *blobs])
+    # Written and hashed part by part: joining them first would copy every index once more,
+    # holding the interpreter for as long (lookups on other threads would wait).
+    parts: list[bytes | memoryview] = [_MAGIC, _LENGTH.pack(len(header)), header, *blobs]
+    digest = hashlib.sha256()
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as file:
-        file.write(body)
-        file.write(hashlib.sha256(body).digest())
+        for part in parts:
+            digest.update(part)
+            file.write(part)
+        file.write(digest.digest())
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -92,13 +98,14 @@ def read_snapshot(path: Path) -> Snapshot:
         data = path.read_bytes()
     except OSError as exc:
         raise StoreError(f"no snapshot at {path}: {exc}") from exc
-    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-    if not body.startswith(_MAGIC) or hashlib.sha256(body).digest() != digest:
+    view = memoryview(data)
+    body, digest = view[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if bytes(body[: len(_MAGIC)]) != _MAGIC or hashlib.sha256(body).digest() != digest:
         raise StoreError(f"snapshot {path} is truncated or corrupt")
     try:
         (header_len,) = _LENGTH.unpack_from(body, len(_MAGIC))
         offset = len(_MAGIC) + _LENGTH.size
-        header = orjson.loads(body[offset : offset + header_len])
+        header = orjson.loads(bytes(body[offset : offset + header_len]))
         offset += header_len
         blobs = []
         for length in header["lengths"]:
@@ -128,7 +135,7 @@ def read_snapshot(path: Path) -> Snapshot:
             )
             items.append((int(entry_id), item))
         index_blobs = blobs[len(header["arrays"]) :]
-        indexes = {
+        indexes: dict[str, tuple[int, Blob]] = {
             scope: (int(trained_on), blob)
             for (scope, trained_on), blob in zip(header["indexes"], index_blobs, strict=True)
         }

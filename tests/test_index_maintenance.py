@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from semcache import CacheRequest, SemanticCache
-from semcache.index import FaissIndex, FaissMaker, Ids, ScopedIndex, VectorIndex, Vectors
+from semcache.index import Blob, FaissIndex, FaissMaker, Ids, ScopedIndex, VectorIndex, Vectors
 from tests.conftest import WordHashEmbedder
 
 DIM = 16
@@ -36,7 +36,7 @@ class GatedIndex(FaissIndex):
             assert GatedIndex.gate.wait(10)
         return super().rebuilt(ids, vectors)
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self) -> Blob:
         if GatedIndex.gate_dump:
             GatedIndex.entered.set()
             assert GatedIndex.gate.wait(10)

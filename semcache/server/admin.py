@@ -55,9 +55,16 @@ def _describe(entry: Entry, *, marked_wrong: bool) -> dict[str, object]:
     }
 
 
+async def _settled(request: web.Request) -> None:
+    """Wait for the answers served but not yet stored: the admin sees every entry a client
+    was answered with, and a flush or a delete is not undone by a store that lands after it."""
+    await request.app[STATE].after_response.drain()
+
+
 async def get_entry(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     cache = request.app[STATE].cache
     entry_id = _entry_id(request)
     entry = await cache.aentry(entry_id)
@@ -72,6 +79,7 @@ async def get_entry(request: web.Request) -> web.Response:
 async def list_entries(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     query = request.query
     marked_wrong = query.get("marked_wrong", "false").lower()
     if marked_wrong not in ("true", "false"):
@@ -97,6 +105,7 @@ async def list_entries(request: web.Request) -> web.Response:
 async def list_namespaces(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     counts = await request.app[STATE].cache.anamespaces()
     return web.json_response(
         {"data": [{"namespace": name, "entries": n} for name, n in counts.items()]}
@@ -117,6 +126,7 @@ def _integer(raw: str, name: str, low: int, high: int | None = None) -> int:
 async def delete_entry(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     deleted = await request.app[STATE].cache.adelete(_entry_id(request))
     return web.json_response({"deleted": deleted}, status=200 if deleted else 404)
 
@@ -124,6 +134,7 @@ async def delete_entry(request: web.Request) -> web.Response:
 async def mark_wrong(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     marked = await request.app[STATE].cache.amark_wrong(_entry_id(request))
     return web.json_response({"marked_wrong": marked}, status=200 if marked else 404)
 
@@ -131,6 +142,7 @@ async def mark_wrong(request: web.Request) -> web.Response:
 async def flush_namespace(request: web.Request) -> web.Response:
     if (refused := _refused(request)) is not None:
         return refused
+    await _settled(request)
     removed = await request.app[STATE].cache.aclear(request.match_info["namespace"])
     return web.json_response({"removed": removed})
 
