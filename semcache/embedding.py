@@ -95,12 +95,17 @@ def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return copy_
 
 
-def read_encodings(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Reading]:
-    """What ``tokenizer`` (one that neither pads nor truncates) makes of each text."""
+def read_encodings(
+    tokenizer: Tokenizer, texts: Sequence[str], encodings: Sequence[Any] | None = None
+) -> list[Reading]:
+    """What ``tokenizer`` (one that neither pads nor truncates) makes of each text; pass its
+    ``encodings`` when they are at hand."""
     unknown_token = getattr(tokenizer.model, "unk_token", None)
     unknown_id = None if unknown_token is None else tokenizer.token_to_id(unknown_token)
+    if encodings is None:
+        encodings = tokenizer.encode_batch(list(texts))
     readings = []
-    for text, encoding in zip(texts, tokenizer.encode_batch(list(texts)), strict=True):
+    for text, encoding in zip(texts, encodings, strict=True):
         ids, offsets = encoding.ids, encoding.offsets
         words: dict[int, list[int]] = {}  # word -> positions of its pieces
         for position, word in enumerate(encoding.word_ids):

@@ -30,6 +30,7 @@ import os
 import shutil
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ OPSET = 17
 # 32 at a time; a 256-token one runs with a few of its neighbours in length.
 SUB_BATCH_CELLS = 1024
 MAX_SUB_BATCH = 32
+RECENT_ENCODINGS = 256  # tokenized texts kept from read() for the embed() that follows
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -228,6 +230,7 @@ class OnnxEmbedder:
         models_dir: where models are looked up, and where the graph is exported to.
         threads: intra-op threads of one call.
         parallel: calls that may run at once (from different threads; default: one per core).
+        cells: padded tokens per forward pass (see :func:`sub_batches`).
     """
 
     def __init__(
@@ -237,12 +240,16 @@ class OnnxEmbedder:
         models_dir: Path | None = None,
         threads: int = 1,
         parallel: int | None = None,
+        cells: int = SUB_BATCH_CELLS,
     ) -> None:
+        self.cells = cells
         self._name, self.path = resolve_model(model, models_dir)
         self.graph_dir = export_dir(self._name, models_dir or default_models_dir())
         self.threads = threads
         self._slots = threading.BoundedSemaphore(parallel or os.cpu_count() or 1)
         self._loaded: _Runtime | None = None
+        self._recent: OrderedDict[str, Any] = OrderedDict()  # text -> its tokens, from read()
+        self._recent_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -268,14 +275,27 @@ class OnnxEmbedder:
         return self.runtime.max_tokens
 
     def read(self, texts: Sequence[str]) -> list[Reading]:
-        return read_encodings(self.runtime.tokenizer, texts)
+        encodings = self.runtime.tokenizer.encode_batch(list(texts))
+        with self._recent_lock:  # a lookup reads its prompt, then embeds it: tokenized once
+            for text, encoding in zip(texts, encodings, strict=True):
+                self._recent[text] = encoding
+            while len(self._recent) > RECENT_ENCODINGS:
+                self._recent.popitem(last=False)
+        return read_encodings(self.runtime.tokenizer, texts, encodings)
+
+    def _encodings(self, texts: Sequence[str]) -> list[Any]:
+        with self._recent_lock:
+            known = [self._recent.pop(text, None) for text in texts]
+        missing = [text for text, found in zip(texts, known, strict=True) if found is None]
+        fresh = iter(self.runtime.tokenizer.encode_batch(missing) if missing else [])
+        return [found if found is not None else next(fresh) for found in known]
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         runtime = self.runtime
-        encodings = runtime.tokenizer.encode_batch(list(texts))
+        encodings = self._encodings(texts)
         lengths = [min(len(e.ids), runtime.max_tokens) for e in encodings]
         out: NDArray[np.float32] | None = None
-        for group in sub_batches(lengths, cells=SUB_BATCH_CELLS, most=MAX_SUB_BATCH):
+        for group in sub_batches(lengths, cells=self.cells, most=MAX_SUB_BATCH):
             width = max(lengths[i] for i in group)
             ids = np.zeros((len(group), width), np.int64)
             types = np.zeros_like(ids)

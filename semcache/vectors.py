@@ -30,6 +30,8 @@ class Vectors:
 
     def __init__(self, embedder: Embedder, *, memo_size: int = MEMO_SIZE) -> None:
         self.embedder = embedder
+        # A runtime protocol check walks the protocol's members: once, not per lookup.
+        self._reader = embedder if isinstance(embedder, ReadingEmbedder) else None
         self.memo_size = memo_size
         self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
         self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
@@ -43,8 +45,8 @@ class Vectors:
         """What the model sees of each prompt (see :class:`semcache.embedding.Reading`)."""
         if not prompts:
             return []
-        if isinstance(self.embedder, ReadingEmbedder):
-            readings = self.embedder.read(prompts)
+        if self._reader is not None:
+            readings = self._reader.read(prompts)
         else:
             readings = [generic_reading(p) for p in prompts]
         return [with_unbroken_runs(r, p) for r, p in zip(readings, prompts, strict=True)]
@@ -53,7 +55,7 @@ class Vectors:
         """Why a prompt's vector cannot stand for it (``None`` when it can): longer than the
         model's window, or illegible to it (:func:`semcache.policy.illegible`). Such prompts
         are answered and stored by the exact tier only."""
-        if isinstance(self.embedder, ReadingEmbedder) and reading.tokens > self.embedder.max_tokens:
+        if self._reader is not None and reading.tokens > self._reader.max_tokens:
             return Reason.PROMPT_TOO_LONG
         return Reason.PROMPT_ILLEGIBLE if illegible(reading) else None
 
