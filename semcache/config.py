@@ -84,11 +84,13 @@ class CacheConfig:
     )
     ivf_nprobe: int = option(32, "inverted lists probed per IVF search (recall against speed)")
     workers: int = option(4, "threads that run the model, FAISS and disk work off the event loop")
-    embed_batch_size: int = option(64, "texts per forward pass of the model")
+    embed_batch_size: int = option(
+        64, "texts per forward pass on the torch backend (the onnx one sizes passes by length)"
+    )
     threads: int | None = option(
         1,
-        "threads one embedding or index search may use (none: one per core; see 'Sizing' in "
-        "the README)",
+        "threads one embedding or index search may use; the onnx backend runs one call per core "
+        "at once instead (none: one per core; see 'Sizing' in the README)",
     )
 
     def __post_init__(self) -> None:

@@ -196,7 +196,8 @@ def make_embedder(
         if importlib.util.find_spec("onnxruntime") is not None:
             from semcache.onnx_embedding import OnnxEmbedder
 
-            return OnnxEmbedder(model, models_dir=models_dir, threads=threads or 1)
+            per_call = threads if threads is not None else (os.cpu_count() or 1)
+            return OnnxEmbedder(model, models_dir=models_dir, threads=per_call)
         logger.warning("onnxruntime is not installed; embedding on torch instead")
     return SentenceTransformerEmbedder(model, models_dir=models_dir, batch_size=batch_size)
 

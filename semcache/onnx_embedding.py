@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from semcache.config import default_models_dir
+from semcache.config import DEFAULT_MODEL, default_models_dir
 from semcache.embedding import Reading, read_encodings, resolve_model
 from semcache.errors import ModelNotFoundError
 
@@ -196,6 +196,7 @@ class _Runtime:
         from tokenizers import Tokenizer
 
         _check_mean_pooling(graph_dir)
+        self.graph_dir = graph_dir
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -243,8 +244,18 @@ class OnnxEmbedder:
         cells: int = SUB_BATCH_CELLS,
     ) -> None:
         self.cells = cells
-        self._name, self.path = resolve_model(model, models_dir)
-        self.graph_dir = export_dir(self._name, models_dir or default_models_dir())
+        models_dir = models_dir or default_models_dir()
+        self.path: Path | None
+        try:
+            self._name, self.path = resolve_model(model, models_dir)
+        except ModelNotFoundError:
+            # An exported graph stands on its own where the weights are not installed (an
+            # image that sheds torch keeps only the graph): used as it is, never re-exported.
+            name = Path(model).name if model else DEFAULT_MODEL
+            if not (export_dir(name, models_dir) / RECORD_FILE).is_file():
+                raise
+            self._name, self.path = name, None
+        self.graph_dir = export_dir(self._name, models_dir)
         self.threads = threads
         self._slots = threading.BoundedSemaphore(parallel or os.cpu_count() or 1)
         self._loaded: _Runtime | None = None
@@ -259,12 +270,21 @@ class OnnxEmbedder:
     def runtime(self) -> _Runtime:
         if self._loaded is None:
             with _runtimes_lock:
-                graph_dir = ensure_exported(self.path, self.graph_dir)
+                graph_dir = (
+                    self.graph_dir
+                    if self.path is None
+                    else ensure_exported(self.path, self.graph_dir)
+                )
                 key = (graph_dir, self.threads)
                 if key not in _runtimes:
                     _runtimes[key] = _Runtime(graph_dir, self.threads)
                 self._loaded = _runtimes[key]
         return self._loaded
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The folder of the graph in use (loading it first)."""
+        return self.runtime.graph_dir
 
     @property
     def dim(self) -> int:

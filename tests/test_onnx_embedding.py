@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from semcache import CacheRequest, ConfigError, SemanticCache, SentenceTransformerEmbedder
+from semcache import (
+    CacheRequest,
+    ConfigError,
+    ModelNotFoundError,
+    SemanticCache,
+    SentenceTransformerEmbedder,
+)
 from semcache.embedding import make_embedder, resolve_model
 from semcache.onnx_embedding import (
     RECORD_FILE,
@@ -108,3 +114,22 @@ def test_sub_batches_cover_every_text_once_within_bounds(
     for group in groups:
         assert 1 <= len(group) <= most
         assert len(group) == 1 or len(group) * max(lengths[i] for i in group) <= cells
+
+
+def test_an_exported_graph_serves_where_the_weights_are_not_installed(
+    tmp_path: Path, model: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import semcache.embedding
+
+    shutil.copytree(model.runtime_dir, tmp_path / "onnx" / "all-MiniLM-L6-v2")
+    monkeypatch.setitem(semcache.embedding.PACKAGED_MODELS, "all-MiniLM-L6-v2", "no_such_pkg")
+    with pytest.raises(ModelNotFoundError):
+        resolve_model(models_dir=tmp_path)  # as in an image without torch and the weights
+    alone = OnnxEmbedder(models_dir=tmp_path)
+    assert alone.path is None and alone.name == "all-MiniLM-L6-v2"
+    text = ["Which planet is closest to the sun?"]
+    assert float((alone.embed(text) * model.embed(text)).sum()) > 0.99999
+    with pytest.raises(ModelNotFoundError):
+        OnnxEmbedder(models_dir=tmp_path / "empty")
