@@ -264,16 +264,17 @@ def stall_figures(vectors: NDArray[np.float32], n: int, folder: Path) -> None:
     queries = around(vectors[rng.integers(n, size=500)], 0.93, rng)
     embedder = ArrayEmbedder(vectors, queries)
     cache = SemanticCache(
-        folder, embedder=embedder, verifier=None, guards=False, exact_index_max=n // 8
+        folder, embedder=embedder, verifier=None, guards=False, exact_index_max=n // 4 - 1000
     )
-    first = n // 4
-    fill(cache, first)  # one scope, IVF trained on n/4
+    fill(cache, n // 4)  # one scope, moved to IVF near n/4
     fill(cache, 2000, namespace="other")
     cache.wait_for_index()
-    # Grown to just under 4x the trained size (unmeasured), so that one more batch starts a
-    # retrain: what is measured is the retrain itself, beside the serving index.
-    for start in range(first, n - 1000, 5000):
-        stop = min(n - 1000, start + 5000)
+    trained = max(scope.index.trained_on for scope in cache._index._scopes.values())
+    crossing = 4 * trained + 1  # the size at which the next retrain starts
+    # Grown to just under it (unmeasured): what is measured is the retrain itself, beside the
+    # serving index, started by a store of 50 entries.
+    for start in range(n // 4, crossing - 25, 5000):
+        stop = min(crossing - 25, start + 5000)
         cache.put_many(
             [f"s{i} stored" for i in range(start, stop)],
             [{"answer": i} for i in range(start, stop)],
@@ -283,7 +284,8 @@ def stall_figures(vectors: NDArray[np.float32], n: int, folder: Path) -> None:
 
     def retrain() -> None:
         cache.put_many(
-            [f"s{i} stored" for i in range(n - 1000, n)], [{"answer": i} for i in range(1000)]
+            [f"s{i} stored" for i in range(crossing - 25, crossing + 25)],
+            [{"answer": i} for i in range(50)],
         )
         cache.wait_for_index()
 
@@ -292,7 +294,10 @@ def stall_figures(vectors: NDArray[np.float32], n: int, folder: Path) -> None:
         cache.checkpoint()
 
     say()
-    say(f"## maintenance beside lookups: a scope of {n:,} entries ('default') and one of 2,000")
+    say(
+        f"## maintenance beside lookups: a scope retrained at {crossing:,} entries ('default'), "
+        f"one of 2,000"
+    )
     say(f"{'while':<32} | {'scope':<8} | {'p50 ms':>7} | {'p99 ms':>7} | {'work s':>7}")
     say("-" * 74)
     for label, work in (("nothing", None), ("a retrain (at 4x trained)", retrain),
@@ -317,7 +322,7 @@ def main() -> None:
     say("# vectors shaped like all-MiniLM-L6-v2's (see the docstring)")
     say()
     base = topics(args.data)
-    vectors = synthetic(max(args.entries, args.stall_entries), base, seed=1)
+    vectors = synthetic(max(args.entries, args.stall_entries + 20_000), base, seed=1)
     folder = Path(tempfile.mkdtemp(prefix="semcache-index-bench-"))
     try:
         if "index" not in skip:
@@ -326,7 +331,7 @@ def main() -> None:
             cache_figures(vectors[: args.entries], args.entries, folder / "big")
             shutil.rmtree(folder / "big")
         if "stalls" not in skip:
-            stall_figures(vectors[: args.stall_entries], args.stall_entries, folder / "stalls")
+            stall_figures(vectors, args.stall_entries, folder / "stalls")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

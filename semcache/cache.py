@@ -68,7 +68,7 @@ R = TypeVar("R")
 S = TypeVar("S", bound="SemanticCache")
 
 _SNAPSHOT_FILE = "index.snapshot"
-COMMIT_CHUNK = 256  # entries written per transaction (and per hold of the cache's lock)
+COMMIT_CHUNK = 64  # entries written per transaction (and per hold of the cache's lock)
 _LOCK_FILE = "semcache.lock"
 # What a write to a full, read-only or failing disk raises through diskcache.
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)

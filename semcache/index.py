@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -177,6 +178,7 @@ class FaissIndex:
         return self._trained_on
 
 
+REBUILD_NICENESS = 10  # added to a rebuild thread's niceness: k-means yields to lookups
 TRAINING_POINTS_PER_LIST = 64  # k-means sample per inverted list (FAISS asks at least 39)
 
 
@@ -411,6 +413,7 @@ class ScopedIndex:
         thread.start()
 
     def _rebuild(self, name: str, found: _Scope) -> None:
+        _lower_this_threads_priority()
         try:
             with self._one_rebuild:
                 with found.lock.reading():  # searches go on while the contents are copied
@@ -437,6 +440,15 @@ class ScopedIndex:
             current = self._scopes.get(name) is found
         if current:
             self._maybe_rebuild(name, found)
+
+
+def _lower_this_threads_priority() -> None:
+    """Let lookups have the cores before a rebuild does (on Linux a thread has a niceness of
+    its own; elsewhere this does nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REBUILD_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 def _as_vectors(vectors: Vectors, dim: int) -> Vectors:

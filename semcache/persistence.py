@@ -111,11 +111,12 @@ class Persistence:
             if state.index.dim is None:
                 return None
             version, dim = self.store.version, state.index.dim
-            items = list(state.catalog.items())
+            ids, items = state.catalog.columns()
         return Snapshot(
             store_version=version,
             embedder=self.vectors.name,
             dim=dim,
+            ids=ids,
             items=items,
             indexes=state.index.dump(),
         )

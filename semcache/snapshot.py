@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from semcache.index import Blob
 _MAGIC = b"SCSNAP01"
 _LENGTH = struct.Struct("<Q")
 _DIGEST_SIZE = 32
+_SLICE = 1024  # catalog rows converted between two chances for other threads to run
 
 
 @dataclass(frozen=True)
@@ -32,32 +34,52 @@ class Snapshot:
     store_version: int
     embedder: str
     dim: int
-    items: list[tuple[int, Item]]  # least recently used first
+    ids: list[int]  # least recently used first
+    items: list[Item]  # the entry of each id
     indexes: dict[str, tuple[int, Blob]]
 
     def catalog(self) -> Catalog:
         catalog = Catalog()
-        for entry_id, item in self.items:
+        for entry_id, item in zip(self.ids, self.items, strict=True):
             catalog.add(entry_id, item)
         return catalog
 
 
 def write_snapshot(path: Path, snapshot: Snapshot) -> None:
     """Atomically replace ``path`` with ``snapshot``."""
-    items = snapshot.items
-    scopes = sorted({item.scope for _, item in items} | set(snapshot.indexes))
+    ids, items = snapshot.ids, snapshot.items
+    scopes = sorted(set(snapshot.indexes))
     scope_number = {scope: n for n, scope in enumerate(scopes)}
-    namespaces = {item.scope: item.namespace for _, item in items}
+    namespaces: dict[str, str] = {}
+    count = len(items)
     arrays = {
-        "ids": np.array([i for i, _ in items], np.int64),
-        "sizes": np.array([item.size for _, item in items], np.int64),
-        "expires": np.array(
-            [np.nan if item.expires_at is None else item.expires_at for _, item in items],
-            np.float64,
-        ),
-        "indexed": np.array([item.indexed for _, item in items], np.bool_),
-        "scopes": np.array([scope_number[item.scope] for _, item in items], np.int32),
+        "ids": np.empty(count, np.int64),
+        "sizes": np.empty(count, np.int64),
+        "expires": np.empty(count, np.float64),
+        "indexed": np.empty(count, np.bool_),
+        "scopes": np.empty(count, np.int32),
     }
+    # Column by column, a slice at a time, letting other threads run between slices: a lookup
+    # that waits for the interpreter waits for one slice, not for a million entries.
+    for start in range(0, count, _SLICE):
+        stop = min(count, start + _SLICE)
+        rows = items[start:stop]
+        arrays["ids"][start:stop] = ids[start:stop]
+        arrays["sizes"][start:stop] = [item.size for item in rows]
+        arrays["expires"][start:stop] = [
+            np.nan if item.expires_at is None else item.expires_at for item in rows
+        ]
+        arrays["indexed"][start:stop] = [item.indexed for item in rows]
+        numbers = []
+        for item in rows:
+            number = scope_number.get(item.scope)
+            if number is None:
+                number = scope_number[item.scope] = len(scopes)
+                scopes.append(item.scope)
+            namespaces.setdefault(item.scope, item.namespace)
+            numbers.append(number)
+        arrays["scopes"][start:stop] = numbers
+        time.sleep(0)
     blobs: list[bytes | memoryview] = [a.tobytes() for a in arrays.values()]
     blobs += [snapshot.indexes[s][1] for s in scopes if s in snapshot.indexes]
     header = orjson.dumps(
@@ -116,24 +138,23 @@ def read_snapshot(path: Path) -> Snapshot:
             for (name, dtype), blob in zip(header["arrays"], blobs, strict=False)
         }
         scopes = [(scope, namespace) for scope, namespace in header["scopes"]]
-        items: list[tuple[int, Item]] = []
-        for entry_id, size, expires, indexed, scope_number in zip(
-            arrays["ids"],
-            arrays["sizes"],
-            arrays["expires"],
-            arrays["indexed"],
-            arrays["scopes"],
+        items: list[Item] = []
+        for size, expires, indexed, scope_number in zip(
+            arrays["sizes"].tolist(),
+            arrays["expires"].tolist(),
+            arrays["indexed"].tolist(),
+            arrays["scopes"].tolist(),
             strict=True,
         ):
             scope, namespace = scopes[scope_number]
             item = Item(
                 scope=scope,
                 namespace=namespace,
-                size=int(size),
-                expires_at=None if np.isnan(expires) else float(expires),
-                indexed=bool(indexed),
+                size=size,
+                expires_at=None if expires != expires else expires,  # NaN: no expiry
+                indexed=indexed,
             )
-            items.append((int(entry_id), item))
+            items.append(item)
         index_blobs = blobs[len(header["arrays"]) :]
         indexes: dict[str, tuple[int, Blob]] = {
             scope: (int(trained_on), blob)
@@ -143,6 +164,7 @@ def read_snapshot(path: Path) -> Snapshot:
             store_version=int(header["store_version"]),
             embedder=str(header["embedder"]),
             dim=int(header["dim"]),
+            ids=arrays["ids"].tolist(),
             items=items,
             indexes=indexes,
         )
