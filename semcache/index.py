@@ -18,7 +18,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 import faiss
@@ -445,10 +445,8 @@ class ScopedIndex:
 def _lower_this_threads_priority() -> None:
     """Let lookups have the cores before a rebuild does (on Linux a thread has a niceness of
     its own; elsewhere this does nothing)."""
-    try:
+    with suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REBUILD_NICENESS)
-    except (AttributeError, OSError):
-        pass
 
 
 def _as_vectors(vectors: Vectors, dim: int) -> Vectors:
