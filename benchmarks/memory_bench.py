@@ -31,19 +31,21 @@ from benchmarks.sidecar_bench import (  # noqa: E402
     running,
 )
 
-RESULTS = ROOT / "benchmarks" / "results" / "memory_bench.txt"
+RESULTS = ROOT / "benchmarks" / "results" / "memory_bench_{}.txt"
 lines: list[str] = []
 
 LIBRARY = """
 import json, sys, tempfile
 from semcache import CacheRequest, SemanticCache
 prompts = json.load(open(sys.argv[1]))
-steps, size = int(sys.argv[2]), int(sys.argv[3])
+steps, size, backend = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) * 1024
-with tempfile.TemporaryDirectory() as folder, SemanticCache(folder) as cache:
+with tempfile.TemporaryDirectory() as folder, SemanticCache(
+    folder, embedding_backend=backend
+) as cache:
     cache.warm_up()
     print(rss(), flush=True)
     for step in range(steps):
@@ -77,18 +79,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--misses", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
     args = parser.parse_args()
     banking = (args.data / "clusters_banking77.jsonl").read_text().splitlines()
     texts = [json.loads(line)["text"] for line in banking]
     total = args.misses * args.steps
     prompts = [f"{texts[i % len(texts)]} (case {i})" for i in range(total)]
-    say(f"# memory per entry, {time.strftime('%Y-%m-%d')}, {args.misses} new prompts per step")
+    say(
+        f"# memory per entry, {time.strftime('%Y-%m-%d')}, {args.misses} new prompts per step, "
+        f"{args.backend} backend"
+    )
     sidecar_rss: list[int] = []
     with fake_upstream(0.0) as upstream, tempfile.TemporaryDirectory() as cache_dir:
         port = free_port()
         command = [
             sys.executable, "-m", "semcache", "serve", "--port", str(port), "--upstream",
             upstream, "--cache-dir", cache_dir, "--log-level", "warning",
+            "--embedding-backend", args.backend,
         ]  # fmt: skip
         with running(command, f"http://127.0.0.1:{port}/healthz") as process:
             url = f"http://127.0.0.1:{port}/v1"
@@ -102,7 +109,15 @@ def main() -> None:
         json.dump(prompts, file)
         file.flush()
         out = subprocess.run(
-            [sys.executable, "-c", LIBRARY, file.name, str(args.steps), str(args.misses)],
+            [
+                sys.executable,
+                "-c",
+                LIBRARY,
+                file.name,
+                str(args.steps),
+                str(args.misses),
+                args.backend,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -120,9 +135,10 @@ def main() -> None:
         f"growth per stored entry after step 1: sidecar {sidecar_per / 1024:.1f} KiB, library "
         f"{library_per / 1024:.1f} KiB (ratio {sidecar_per / max(library_per, 1):.2f})"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    results = Path(str(RESULTS).format(args.backend))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {results.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Micro-batching of lookups: concurrent requests share one embedding call.
 
 A forward pass of the model over 32 short prompts costs little more than over one, so under
-concurrent load the sidecar gathers lookups for at most ``max_wait_ms`` (or until ``max_size``
-are waiting) and runs them as one :meth:`SemanticCache.lookup_many` on a worker thread. Up to
+concurrent load (while a batch is running) the sidecar gathers lookups for at most
+``max_wait_ms`` (or until ``max_size`` are waiting) and runs them as one
+:meth:`SemanticCache.lookup_many` on a worker thread; a lookup that finds the cache idle goes
+at once. Up to
 ``in_flight`` batches run at once (one per core by default: the ONNX backend runs each call on
 one thread, so two batches use two cores); lookups that arrive meanwhile form the next one.
 """
@@ -74,7 +76,9 @@ class LookupBatcher:
     async def _work(self) -> None:
         while True:
             await self._wakeup.wait()
-            if len(self._pending) < self.max_size:
+            if self._running and len(self._pending) < self.max_size:
+                # Under load (a batch is running), wait a little for company; a lookup that
+                # comes to an idle cache goes at once and pays no wait.
                 await asyncio.sleep(self.max_wait_s)
             await self._slots.acquire()  # a batch forms while the slots are busy
             batch = self._pending[: self.max_size]

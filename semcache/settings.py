@@ -63,7 +63,9 @@ class ServerConfig(CacheConfig):
     )
     upstream_connect_timeout_s: float = setting(10.0, "longest wait to connect to the upstream")
     lookup_batch_wait_ms: float = setting(
-        3.0, "how long a lookup waits for others to share its embedding batch (0: no batching)"
+        3.0,
+        "how long a lookup waits for others to share its embedding batch while one is running "
+        "(an idle cache never waits; 0: no batching)",
     )
     lookup_batch_size: int = setting(32, "lookups per embedding batch at most")
     checkpoint_interval_s: float = setting(
