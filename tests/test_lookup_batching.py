@@ -1,0 +1,66 @@
+"""Lookup micro-batching: no wait at an idle cache, batches under load, one per core at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from semcache.decision import Decision
+from semcache.keys import CacheRequest
+from semcache.lookup_batching import LookupBatcher
+from semcache.policy import Reason
+
+
+class GatedRuns:
+    """Runs batches only when let through, recording their sizes and how many ran at once."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.sizes: list[int] = []
+        self.running = 0
+        self.most_at_once = 0
+
+    async def __call__(self, requests: Sequence[CacheRequest]) -> list[Decision]:
+        self.sizes.append(len(requests))
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+        return [Decision(hit=None, reason=Reason.BELOW_THRESHOLD) for _ in requests]
+
+
+async def test_a_lookup_at_an_idle_cache_does_not_wait_for_company() -> None:
+    runs = GatedRuns()
+    runs.gate.set()
+    batcher = LookupBatcher(runs, max_wait_ms=60_000, max_size=32, in_flight=2)
+    try:
+        decision = await asyncio.wait_for(batcher.lookup(CacheRequest(prompt="alone")), 5)
+    finally:
+        await batcher.close()
+    assert decision.reason is Reason.BELOW_THRESHOLD and runs.sizes == [1]
+
+
+async def test_under_load_lookups_share_batches_and_batches_run_side_by_side() -> None:
+    runs = GatedRuns()
+    batcher = LookupBatcher(runs, max_wait_ms=20, max_size=8, in_flight=2)
+    try:
+        first = []
+        for running in (1, 2):  # one lookup, then another that finds a batch running
+            first.append(asyncio.ensure_future(batcher.lookup(CacheRequest(prompt="a"))))
+            for _ in range(100):
+                if runs.running == running:
+                    break
+                await asyncio.sleep(0.01)
+        # Two batches hold both slots; what comes now waits and forms full batches.
+        later = [
+            asyncio.ensure_future(batcher.lookup(CacheRequest(prompt=f"q{i}"))) for i in range(16)
+        ]
+        await asyncio.sleep(0.1)
+        runs.gate.set()
+        decisions = await asyncio.wait_for(asyncio.gather(*first, *later), 5)
+    finally:
+        await batcher.close()
+    assert len(decisions) == 18 and runs.most_at_once == 2
+    assert runs.sizes == [1, 1, 8, 8]  # the 16 later ones, in two full batches
