@@ -7,6 +7,12 @@ concurrent load (while a batch is running) the sidecar gathers lookups for at mo
 at once. Up to
 ``in_flight`` batches run at once (one per core by default: the ONNX backend runs each call on
 one thread, so two batches use two cores); lookups that arrive meanwhile form the next one.
+
+Under overload the batcher also says when waiting for the model is not worth it
+(:meth:`LookupBatcher.busy`): the backlog would hold a lookup longer than ``busy_wait_ms`` and
+recent lookups rarely hit. The sidecar then sends such a miss upstream at once, without the
+semantic tier; it never turns a miss into a hit, so it costs hits only in proportion to the
+(low) hit rate it saw.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from semcache.decision import Decision
@@ -30,9 +37,18 @@ class LookupBatcher:
         max_wait_ms: float,
         max_size: int,
         in_flight: int | None = None,
+        busy_wait_ms: float | None = None,
+        busy_hit_rate: float = 0.05,
     ) -> None:
         self._run_batch = run_batch
-        self._slots = asyncio.Semaphore(in_flight or os.cpu_count() or 1)
+        self._in_flight = in_flight or os.cpu_count() or 1
+        self._slots = asyncio.Semaphore(self._in_flight)
+        self.busy_wait_s = None if busy_wait_ms is None else busy_wait_ms / 1000
+        self.busy_hit_rate = busy_hit_rate
+        self._queued = 0  # lookups waiting or running
+        self._seconds_per_lookup = 0.0  # moving average of the model's time per lookup
+        self.hit_rate = 1.0  # moving average over the lookups that reached the model
+        self._skipped = 0
         self._running: set[asyncio.Task[None]] = set()
         self.max_wait_s = max_wait_ms / 1000
         self.max_size = max_size
@@ -42,17 +58,52 @@ class LookupBatcher:
         self.batch_sizes: list[int] = []  # the latest batch sizes, for tests and metrics
         self.on_batch: Callable[[int], None] | None = None
 
+    def expected_wait_s(self) -> float:
+        """How long a lookup asked now would wait for the model, by the backlog."""
+        return self._queued * self._seconds_per_lookup / self._in_flight
+
+    def busy(self) -> bool:
+        """Whether a lookup should skip the semantic tier: the model's backlog would hold it
+        longer than ``busy_wait_ms`` while recent lookups rarely hit (below ``busy_hit_rate``),
+        so waiting would delay nearly every request to save almost none. One lookup in eight
+        goes through anyway, so the hit rate keeps being measured."""
+        if self.busy_wait_s is None or self.expected_wait_s() <= self.busy_wait_s:
+            return False
+        if self.hit_rate >= self.busy_hit_rate:
+            return False
+        self._skipped += 1
+        return self._skipped % 8 != 0
+
     async def lookup(self, request: CacheRequest) -> Decision:
-        if self.max_wait_s == 0 or self.max_size == 1:
-            decisions = await self._run_batch([request])
-            self._record(1)
-            return decisions[0]
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
-        self._wakeup.set()
-        return await future
+        self._queued += 1
+        try:
+            if self.max_wait_s == 0 or self.max_size == 1:
+                started = time.perf_counter()
+                decisions = await self._run_batch([request])
+                self._learn(decisions, time.perf_counter() - started)
+                self._record(1)
+                return decisions[0]
+            if self._worker is None:
+                self._worker = asyncio.get_running_loop().create_task(self._work())
+            future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+            self._pending.append((request, future))
+            self._wakeup.set()
+            return await future
+        finally:
+            self._queued -= 1
+
+    def _learn(self, decisions: Sequence[Decision], seconds: float) -> None:
+        """Fold a batch's time and hits into the moving averages."""
+        if not decisions:
+            return
+        weight = min(1.0, len(decisions) / 50)
+        per_lookup = seconds / len(decisions)
+        if self._seconds_per_lookup == 0:
+            self._seconds_per_lookup = per_lookup
+        else:
+            self._seconds_per_lookup += 0.2 * (per_lookup - self._seconds_per_lookup)
+        hits = sum(1 for d in decisions if d.hit is not None) / len(decisions)
+        self.hit_rate += weight * (hits - self.hit_rate)
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -96,7 +147,9 @@ class LookupBatcher:
 
     async def _run(self, live: list[tuple[CacheRequest, asyncio.Future[Decision]]]) -> None:
         try:
+            started = time.perf_counter()
             decisions = await self._run_batch([request for request, _ in live])
+            self._learn(decisions, time.perf_counter() - started)
         except asyncio.CancelledError:  # closing: nobody is left to answer them
             for _, future in live:
                 future.cancel()

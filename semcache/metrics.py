@@ -33,6 +33,12 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
             registry=self.registry,
         )
+        self.model_busy = Counter(
+            "semcache_model_busy_skips",
+            "Misses sent upstream without the semantic tier: the model's backlog was long and "
+            "recent lookups rarely hit",
+            registry=self.registry,
+        )
         self.after_response = Gauge(
             "semcache_after_response_tasks",
             "Answers being stored after their response was released",

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     PROMPT_TOO_LONG = "prompt_exceeds_embedder_window"
     PROMPT_ILLEGIBLE = "prompt_illegible_to_embedder"
     OPAQUE_MISMATCH = "opaque_text_mismatch"
+    MODEL_BUSY = "model_busy"  # the semantic tier skipped: a long wait for the model, few hits
 
     @property
     def is_hit(self) -> bool:

@@ -68,6 +68,14 @@ class ServerConfig(CacheConfig):
         "(an idle cache never waits; 0: no batching)",
     )
     lookup_batch_size: int = setting(32, "lookups per embedding batch at most")
+    lookup_busy_wait_ms: float | None = setting(
+        50.0,
+        "a miss skips the semantic tier when the model's backlog would hold it longer than "
+        "this while recent lookups hit less than lookup_busy_hit_rate (none: always wait)",
+    )
+    lookup_busy_hit_rate: float = setting(
+        0.05, "recent share of hits under which a busy model is not waited for"
+    )
     checkpoint_interval_s: float = setting(
         300.0, "how often the index snapshot is saved when the cache changed (0: only at exit)"
     )
@@ -230,6 +238,15 @@ class ServerConfig(CacheConfig):
             raise ConfigError(
                 f"checkpoint_interval_s must be 0 or a number of seconds, got "
                 f"{self.checkpoint_interval_s!r}"
+            )
+        if self.lookup_busy_wait_ms is not None and not (0 < self.lookup_busy_wait_ms < math.inf):
+            raise ConfigError(
+                f"lookup_busy_wait_ms must be a positive number of milliseconds or none, got "
+                f"{self.lookup_busy_wait_ms!r}"
+            )
+        if not (0 <= self.lookup_busy_hit_rate <= 1):
+            raise ConfigError(
+                f"lookup_busy_hit_rate must be between 0 and 1, got {self.lookup_busy_hit_rate!r}"
             )
         if not (0 <= self.lookup_batch_wait_ms <= 1000):
             raise ConfigError(

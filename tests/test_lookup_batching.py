@@ -64,3 +64,29 @@ async def test_under_load_lookups_share_batches_and_batches_run_side_by_side() -
         await batcher.close()
     assert len(decisions) == 18 and runs.most_at_once == 2
     assert runs.sizes == [1, 1, 8, 8]  # the 16 later ones, in two full batches
+
+
+async def test_a_busy_model_is_skipped_only_while_lookups_rarely_hit() -> None:
+    runs = GatedRuns()
+    batcher = LookupBatcher(
+        runs, max_wait_ms=0, max_size=1, in_flight=1, busy_wait_ms=10, busy_hit_rate=0.05
+    )
+    runs.gate.set()
+    await batcher.lookup(CacheRequest(prompt="measure"))  # learns a time per lookup
+    assert not batcher.busy()  # no backlog
+    batcher._seconds_per_lookup = 0.05  # as if each lookup took the model 50 ms
+    runs.gate.clear()
+    waiting = [
+        asyncio.ensure_future(batcher.lookup(CacheRequest(prompt=f"q{i}"))) for i in range(4)
+    ]
+    await asyncio.sleep(0.05)
+    assert batcher.expected_wait_s() > 0.01
+    batcher.hit_rate = 0.5
+    assert not batcher.busy()  # lookups often hit: they wait for the model
+    batcher.hit_rate = 0.0
+    skipped = [batcher.busy() for _ in range(16)]
+    assert skipped.count(True) == 14  # one in eight still goes through, to keep measuring
+    runs.gate.set()
+    await asyncio.gather(*waiting)
+    assert batcher.expected_wait_s() == 0 and not batcher.busy()
+    await batcher.close()

@@ -26,13 +26,15 @@ class AfterResponse:
         task.add_done_callback(lambda done: self._done(done, scope))
         self._count()
 
-    async def settled(self, scope: str) -> None:
-        """Wait for the stores into ``scope`` already under way: a client that asks again
-        once it has its answer finds it in the cache, as if it had been stored before the
-        response. Other scopes' stores are not waited for."""
-        pending = self._by_scope.get(scope)
-        if pending:
-            await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+    def pending(self, scope: str) -> list[asyncio.Task[None]]:
+        """The stores into ``scope`` under way now."""
+        return list(self._by_scope.get(scope, ()))
+
+    @staticmethod
+    async def settled(tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks`` (from :meth:`pending`), whatever their outcome."""
+        if tasks:
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
 
     def _done(self, task: asyncio.Task[None], scope: str) -> None:
         self._tasks.discard(task)

@@ -152,6 +152,8 @@ def _resources(
             the_cache.alookup_many,
             max_wait_ms=config.lookup_batch_wait_ms,
             max_size=config.lookup_batch_size,
+            busy_wait_ms=config.lookup_busy_wait_ms,
+            busy_hit_rate=config.lookup_busy_hit_rate,
         )
         batcher.on_batch = metrics_.lookup_batch_size.observe
         shadow = ShadowChecks(

@@ -5,6 +5,7 @@ request is forwarded as a bypass."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from semcache.decision import Decision
 from semcache.keys import CacheRequest
+from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.relay import serve_stored
 from semcache.server.state import State
@@ -67,12 +69,23 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
 
 
 async def _lookup(state: State, request: CacheRequest) -> Decision:
-    # Answers of this scope released but not yet stored are waited for (read your writes).
-    await state.after_response.settled(request.scope.key)
+    # Answers of this scope released but not yet stored are waited for (read your writes: a
+    # client that asks again right after its answer finds it); meanwhile the prompt's vector is
+    # computed, so the wait costs nothing when the stores are quicker than the model.
+    storing = state.after_response.pending(request.scope.key)
+    if storing:
+        await asyncio.gather(state.after_response.settled(storing), state.cache.aprepare(request))
+    return await _tiers(state, request)
+
+
+async def _tiers(state: State, request: CacheRequest) -> Decision:
     # The exact tier first, on its own threads: an exact hit never waits for the embedding
     # batch that a semantic lookup joins.
     decision = await state.cache.alookup_exact(request)
     if decision is None:
+        if state.batcher.busy():  # a miss goes upstream now rather than wait for the model
+            state.metrics.model_busy.inc()
+            return Decision(hit=None, reason=Reason.MODEL_BUSY)
         decision = await state.batcher.lookup(request)
     return decision
 

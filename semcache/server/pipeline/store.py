@@ -18,10 +18,17 @@ from semcache.server.pipeline.exchange import Exchange
 
 logger = logging.getLogger("semcache.server")
 
+MAX_PENDING_STORES = 1024  # answers waiting to be stored after their responses, at most
+
 
 async def store(x: Exchange) -> web.StreamResponse | None:
     request = x.cache_request
     if x.answer is None or request is None or not x.storable:
+        return None
+    if len(x.state.after_response) >= MAX_PENDING_STORES:
+        # Stores fall behind (an overloaded model): this answer is not kept rather than
+        # queued without bound in memory.
+        x.state.metrics.cache_errors.labels("store_backlog").inc()
         return None
     x.storing = True
     x.state.after_response.spawn(_store(x, request, x.answer), request.scope.key)
