@@ -82,7 +82,9 @@ class CacheConfig:
     exact_index_max: int = option(
         50_000, "vectors per scope in an exact index before it moves to IVF"
     )
-    ivf_nprobe: int = option(32, "inverted lists probed per IVF search (recall against speed)")
+    ivf_nprobe: int = option(
+        16, "inverted lists probed per IVF search, of about sqrt(n) (recall against speed)"
+    )
     workers: int = option(4, "threads that run the model, FAISS and disk work off the event loop")
     embed_batch_size: int = option(
         64, "texts per forward pass on the torch backend (the onnx one sizes passes by length)"

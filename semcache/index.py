@@ -82,7 +82,7 @@ class FaissIndex:
     keeps serving (see :class:`ScopedIndex`).
     """
 
-    def __init__(self, dim: int, *, exact_max: int = 50_000, nprobe: int = 32) -> None:
+    def __init__(self, dim: int, *, exact_max: int = 50_000, nprobe: int = 16) -> None:
         self.dim = dim
         self.exact_max = exact_max
         self.nprobe = nprobe
@@ -205,7 +205,7 @@ def _trained_ivf(vectors: Vectors, dim: int, nprobe: int) -> Any:
 class FaissMaker:
     """Makes :class:`FaissIndex` es."""
 
-    def __init__(self, *, exact_max: int = 50_000, nprobe: int = 32) -> None:
+    def __init__(self, *, exact_max: int = 50_000, nprobe: int = 16) -> None:
         self.exact_max = exact_max
         self.nprobe = nprobe
 
@@ -291,7 +291,7 @@ class ScopedIndex:
         dim: int | None = None,
         *,
         exact_max: int = 50_000,
-        nprobe: int = 32,
+        nprobe: int = 16,
         maker: IndexMaker | None = None,
     ) -> None:
         self.dim = dim

@@ -62,14 +62,16 @@ class LookupBatcher:
         """How long a lookup asked now would wait for the model, by the backlog."""
         return self._queued * self._seconds_per_lookup / self._in_flight
 
+    def backlogged(self) -> bool:
+        """Whether a lookup asked now would wait for the model longer than ``busy_wait_ms``."""
+        return self.busy_wait_s is not None and self.expected_wait_s() > self.busy_wait_s
+
     def busy(self) -> bool:
         """Whether a lookup should skip the semantic tier: the model's backlog would hold it
         longer than ``busy_wait_ms`` while recent lookups rarely hit (below ``busy_hit_rate``),
         so waiting would delay nearly every request to save almost none. One lookup in eight
         goes through anyway, so the hit rate keeps being measured."""
-        if self.busy_wait_s is None or self.expected_wait_s() <= self.busy_wait_s:
-            return False
-        if self.hit_rate >= self.busy_hit_rate:
+        if not self.backlogged() or self.hit_rate >= self.busy_hit_rate:
             return False
         self._skipped += 1
         return self._skipped % 8 != 0

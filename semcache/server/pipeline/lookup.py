@@ -5,7 +5,6 @@ request is forwarded as a bypass."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -70,11 +69,11 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
 
 async def _lookup(state: State, request: CacheRequest) -> Decision:
     # Answers of this scope released but not yet stored are waited for (read your writes: a
-    # client that asks again right after its answer finds it); meanwhile the prompt's vector is
-    # computed, so the wait costs nothing when the stores are quicker than the model.
+    # client that asks again right after its answer finds it), unless the model is backlogged:
+    # then the stores wait behind the lookups, and a lookup would wait for all of them.
     storing = state.after_response.pending(request.scope.key)
-    if storing:
-        await asyncio.gather(state.after_response.settled(storing), state.cache.aprepare(request))
+    if storing and not state.batcher.backlogged():
+        await state.after_response.settled(storing)
     return await _tiers(state, request)
 
 
