@@ -315,9 +315,11 @@ class SemanticCache:
         """Decide whether ``request`` is answered from the cache, and why."""
         return self.lookup_many([request])[0]
 
-    def store(self, request: CacheRequest, response: Any) -> int:
-        """Store ``response`` for ``request``; returns the entry id."""
-        return self.store_many([request], [response])[0]
+    def store(self, request: CacheRequest, response: Any, *, embed: bool = True) -> int:
+        """Store ``response`` for ``request``; returns the entry id. With ``embed=False`` the
+        entry is answered by the exact tier only (no call of the model: what a busy sidecar
+        stores)."""
+        return self.store_many([request], [response], embed=embed)[0]
 
     def lookup_exact(self, request: CacheRequest) -> Decision | None:
         """The exact tier alone: a hit for the same scope and normalised prompt, or ``None``.
@@ -397,7 +399,9 @@ class SemanticCache:
                 self._counters[f"lookup.{decision.reason.value}"] += 1
         return result
 
-    def store_many(self, requests: Sequence[CacheRequest], responses: Sequence[Any]) -> list[int]:
+    def store_many(
+        self, requests: Sequence[CacheRequest], responses: Sequence[Any], *, embed: bool = True
+    ) -> list[int]:
         """:meth:`store` for many requests, with one batched embedding call.
 
         Raises:
@@ -419,7 +423,7 @@ class SemanticCache:
                 ) from exc
         if not requests:
             return []
-        readings = self._vectors.readings([r.prompt for r in requests])
+        readings = self._vectors.readings([r.prompt for r in requests]) if embed else []
         embedded = [
             i for i, reading in enumerate(readings) if self._vectors.unembeddable(reading) is None
         ]

@@ -145,9 +145,9 @@ class SlowToStore(SemanticCache):
 
     gate: threading.Event
 
-    async def astore(self, request: CacheRequest, response: Any) -> int:
+    async def astore(self, request: CacheRequest, response: Any, **options: Any) -> int:
         await asyncio.to_thread(self.gate.wait, 30)
-        return await super().astore(request, response)
+        return await super().astore(request, response, **options)
 
 
 async def test_the_upstream_is_released_billed_and_answered_before_the_cache_is_written(

@@ -233,3 +233,15 @@ def test_concurrent_puts_gets_and_deletes_keep_the_cache_consistent(tmp_path: Pa
         assert errors == []
         assert len(cache) <= 800
         assert_consistent(cache)
+
+
+def test_an_entry_stored_without_embedding_is_answered_by_the_exact_tier_only(
+    tmp_path: Path,
+) -> None:
+    with SemanticCache(tmp_path, embedder=WordHashEmbedder(), verifier=None) as cache:
+        cache.put("a first question about rivers", 0)  # a scope with an index
+        request = CacheRequest(prompt="the longest river in Africa")
+        cache.store(request, "the Nile", embed=False)
+        assert cache.get("the longest river in Africa") is not None
+        assert cache.get("the longest river in Africa please", min_similarity=0.5) is None
+        assert len(cache) == 2 and len(cache._index) == 1  # kept, but not in the index

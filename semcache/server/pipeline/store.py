@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from semcache.keys import CacheRequest
+from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange
 
 logger = logging.getLogger("semcache.server")
@@ -36,8 +37,11 @@ async def store(x: Exchange) -> web.StreamResponse | None:
 
 
 async def _store(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> None:
+    # A miss that skipped the model (busy, few hits) is kept for the exact tier only: embedding
+    # it now would feed the very backlog it was spared.
+    embed = x.decision is None or x.decision.reason is not Reason.MODEL_BUSY
     try:
-        await x.state.cache.astore(request, answer)
+        await x.state.cache.astore(request, answer, embed=embed)
     except Exception:
         logger.exception("storing an answer failed; the client got it anyway")
         x.state.metrics.cache_errors.labels("store").inc()
