@@ -69,7 +69,7 @@ class ServerConfig(CacheConfig):
     )
     lookup_batch_size: int = setting(32, "lookups per embedding batch at most")
     lookup_busy_wait_ms: float | None = setting(
-        50.0,
+        None,
         "a miss skips the semantic tier when the model's backlog would hold it longer than "
         "this while recent lookups hit less than lookup_busy_hit_rate (none: always wait)",
     )
