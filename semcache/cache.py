@@ -337,6 +337,14 @@ class SemanticCache:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._exact_executor, self.lookup_exact, request)
 
+    def prepare(self, request: CacheRequest) -> None:
+        """Compute the vector of ``request``'s prompt now, so that a lookup of it soon after
+        finds it among the recent vectors of its namespace (it changes and counts nothing)."""
+        self._check_open()
+        reading = self._vectors.readings([request.prompt])[0]
+        if self._vectors.unembeddable(reading) is None:
+            self._vectors.embed([(request.namespace, request.prompt)])
+
     def lookup_many(self, requests: Sequence[CacheRequest]) -> list[Decision]:
         """:meth:`lookup` for many requests, possibly of different scopes, with one batched
         embedding call for those that reach the semantic tier."""
@@ -752,6 +760,7 @@ class SemanticCache:
     alookup = _offloaded(lookup)
     astore = _offloaded(store)
     alookup_many = _offloaded(lookup_many)
+    aprepare = _offloaded(prepare)
     astore_many = _offloaded(store_many)
     adelete = _offloaded(delete)
     aclear = _offloaded(clear)

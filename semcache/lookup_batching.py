@@ -62,6 +62,10 @@ class LookupBatcher:
         """How long a lookup asked now would wait for the model, by the backlog."""
         return self._queued * self._seconds_per_lookup / self._in_flight
 
+    def idle(self) -> bool:
+        """Whether no lookup is queued or running: one embedded now waits for nothing."""
+        return self._queued == 0 and not self._running
+
     def backlogged(self) -> bool:
         """Whether a lookup asked now would wait for the model longer than ``busy_wait_ms``."""
         return self.busy_wait_s is not None and self.expected_wait_s() > self.busy_wait_s

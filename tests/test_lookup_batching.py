@@ -90,3 +90,25 @@ async def test_a_busy_model_is_skipped_only_while_lookups_rarely_hit() -> None:
     await asyncio.gather(*waiting)
     assert batcher.expected_wait_s() == 0 and not batcher.busy()
     await batcher.close()
+
+
+async def test_idle_only_while_no_lookup_is_queued_or_running() -> None:
+    runs = GatedRuns()
+    batcher = LookupBatcher(runs, max_wait_ms=20, max_size=8, in_flight=2)
+    try:
+        assert batcher.idle()
+        waiting = asyncio.ensure_future(batcher.lookup(CacheRequest(prompt="a")))
+        for _ in range(100):
+            if runs.running:
+                break
+            await asyncio.sleep(0.01)
+        assert not batcher.idle()
+        runs.gate.set()
+        await asyncio.wait_for(waiting, 5)
+        for _ in range(100):  # the batch's task ends just after its waiter is answered
+            if batcher.idle():
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.idle()
+    finally:
+        await batcher.close()

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,6 +53,44 @@ def test_vectors_equal_the_torch_path(
     assert float((onnx_vectors * torch_vectors).sum(axis=1).min()) >= 0.9999
     assert model.read(texts) == torch_model.read(texts)
     assert model.max_tokens == torch_model.max_tokens and model.name == torch_model.name
+
+
+def test_a_call_alone_uses_every_core_and_calls_at_once_one_each(model: OnnxEmbedder) -> None:
+    texts = [str(row["a"]) for row in qqp_pairs()[:64]]
+    alone = model.embed(texts)
+    assert model.alone_threads == max(model.threads, os.cpu_count() or 1)
+    used: list[int] = []
+    session = type(model)._session
+
+    def spy(self: OnnxEmbedder) -> Any:
+        return _recording(session(self), used)
+
+    start = threading.Barrier(2)
+    vectors: list[np.ndarray[Any, Any]] = []
+
+    def call() -> None:
+        start.wait()
+        vectors.append(model.embed(texts))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model), "_session", spy)
+        # While the first call of a thread holds its session, the other thread's starts.
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert model.threads in used  # at least one pass overlapped the other thread's
+    for together in vectors:  # either session gives the same vectors
+        assert float((together * alone).sum(axis=1).min()) >= 0.99999
+
+
+@contextmanager
+def _recording(inner: Any, used: list[int]) -> Iterator[Any]:
+    with inner as runtime:
+        used.append(runtime.session.get_session_options().intra_op_num_threads)
+        time.sleep(0.01)  # hold the session long enough for the other thread to meet it
+        yield runtime
 
 
 def test_the_same_hit_decisions_as_the_torch_path_on_qqp(

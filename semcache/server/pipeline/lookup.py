@@ -5,6 +5,7 @@ request is forwarded as a bypass."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -71,9 +72,16 @@ async def _lookup(state: State, request: CacheRequest) -> Decision:
     # Answers of this scope released but not yet stored are waited for (read your writes: a
     # client that asks again right after its answer finds it), unless the model is backlogged:
     # then the stores wait behind the lookups, and a lookup would wait for all of them.
+    # At an idle model the prompt's vector is computed meanwhile (outside the batcher, which
+    # has nothing to batch it with), so the wait costs nothing when the stores are quicker.
     storing = state.after_response.pending(request.scope.key)
     if storing and not state.batcher.backlogged():
-        await state.after_response.settled(storing)
+        if state.batcher.idle():
+            await asyncio.gather(
+                state.after_response.settled(storing), state.cache.aprepare(request)
+            )
+        else:
+            await state.after_response.settled(storing)
     return await _tiers(state, request)
 
 
