@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -260,6 +261,122 @@ def swapped_order(query: str, candidate: str) -> bool:
     return False
 
 
+# Words that join two things without giving either a role: "between A and B" is "between B
+# and A". Determiners are one word for context: "the A" and "a A" stand in the same slot.
+_COORDINATORS = frozenset(["and", "or", "nor", "vs", "versus", "plus"])
+_COORDINATED_GAP = 3  # words at most between two joined things: "A and B", "A gas and B gas"
+_DETERMINERS = frozenset(["a", "an", "the", "this", "that", "these", "those"])
+_EXCHANGED_CONTEXTS = 3  # of the four neighbours two units have: both left, both right
+# Words between two things that leave their roles as they were: "how important is money" is
+# "money is important" (a question's inversion), not a swap.
+_AUXILIARIES = frozenset({
+    "is", "are", "was", "were", "be", "been", "am", "do", "does", "did", "can", "could",
+    "should", "would", "will", "shall", "may", "might", "must", "has", "have", "had", "not",
+})  # fmt: skip
+# Relations that are the same both ways round: "the difference between A and B", "how is A
+# different from B", "India's relationship with Bangladesh".
+_SYMMETRIC = frozenset({
+    "between", "difference", "differences", "different", "differ", "differs", "similar",
+    "similarity", "same", "compare", "compared", "comparison", "versus", "vs", "relationship",
+    "relation", "equal", "equivalent",
+})  # fmt: skip
+
+
+def _role_tokens(text: str) -> tuple[str, ...]:
+    return tuple(
+        "the" if t in _DETERMINERS else t[:-2] if t.endswith("'s") else t for t in tokens_of(text)
+    )
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A run of content words that both texts have once each and write together."""
+
+    query: tuple[int, int]  # first and last token position in the query
+    candidate: tuple[int, int]
+
+
+def _aligned_units(q: tuple[str, ...], c: tuple[str, ...]) -> list[_Unit]:
+    count_q, count_c = Counter(q), Counter(c)
+    once_q = {t: i for i, t in enumerate(q) if count_q[t] == 1 and t not in _STOPWORDS}
+    once_c = {t: i for i, t in enumerate(c) if count_c[t] == 1 and t not in _STOPWORDS}
+    units: list[_Unit] = []
+    for word in sorted(once_q.keys() & once_c.keys(), key=once_q.__getitem__):
+        i, j = once_q[word], once_c[word]
+        if units and units[-1].query[1] == i - 1 and units[-1].candidate[1] == j - 1:
+            last = units[-1]
+            units[-1] = _Unit((last.query[0], i), (last.candidate[0], j))
+        else:
+            units.append(_Unit((i, i), (j, j)))
+    return units
+
+
+def _context(
+    tokens: tuple[str, ...], span: tuple[int, int], other: tuple[int, int]
+) -> tuple[str, str]:
+    """What stands on either side of ``span``: the function words up to and including the
+    nearest content word ("directed by", "was appointed"), or the text's edge ("^", "$"). The
+    ``other`` unit of the pair shows as "·", so that "from A to B" and "from B to A" give each
+    the same neighbours."""
+
+    def shown(i: int) -> str:
+        return "·" if other[0] <= i <= other[1] else tokens[i]
+
+    first, last = span
+    start = first - 1
+    while start >= 0 and tokens[start] in _STOPWORDS:
+        start -= 1
+    end = last + 1
+    while end < len(tokens) and tokens[end] in _STOPWORDS:
+        end += 1
+    left = ["^"] * (start < 0) + [shown(i) for i in range(max(start, 0), first)]
+    right = [shown(i) for i in range(last + 1, min(end + 1, len(tokens)))]
+    return " ".join(left), " ".join(right + ["$"] * (end >= len(tokens)))
+
+
+def roles_exchanged(query: str, candidate: str) -> bool:
+    """Whether two things trade places between the texts: each stands where the other stood,
+    between the same neighbouring words. "the manager of Arsenal was appointed to Chelsea" /
+    "... of Chelsea was appointed to Arsenal", "German brewery of regional style" / "regional
+    brewery of German style", "why do dogs hate cats" / "why do cats hate dogs".
+
+    A rephrasing moves words with their neighbours ("in Python, how do I ..." / "how do I ...
+    in Python"), and active and passive give them new ones ("the committee appointed her" /
+    "she was appointed by the committee"), so neither exchanges contexts. Things joined only
+    by "and", "or", "vs" ("between A and B") trade places freely.
+    """
+    q, c = _role_tokens(query), _role_tokens(candidate)
+    units = _aligned_units(q, c)
+    for n, u in enumerate(units):
+        for v in units[n + 1 :]:
+            if u.candidate[0] < v.candidate[0]:
+                continue  # the same order in both
+            gap_q = [t for t in q[u.query[1] + 1 : v.query[0]] if t != "the"]
+            gap_c = [t for t in c[v.candidate[1] + 1 : u.candidate[0]] if t != "the"]
+            if any(
+                not gap or (gap[-1] in _COORDINATORS and len(gap) <= _COORDINATED_GAP)
+                for gap in (gap_q, gap_c)
+            ):
+                continue  # "A and B", "A gas and B gas": joined, not given roles
+            if all(t in _AUXILIARIES for t in (*gap_q, *gap_c)):
+                continue
+            uq_left, uq_right = _context(q, u.query, v.query)
+            vq_left, vq_right = _context(q, v.query, u.query)
+            uc_left, uc_right = _context(c, u.candidate, v.candidate)
+            vc_left, vc_right = _context(c, v.candidate, u.candidate)
+            relation = {*gap_q, *gap_c, *uq_left.split(), *vc_left.split()}
+            if relation & _SYMMETRIC:
+                continue  # "between A and B", "A different from B": the same both ways
+            # A side where both had the same neighbour ("audio files", "audio feature") shows
+            # nothing trading places.
+            exchanged = (uq_left != vq_left) * ((uq_left == vc_left) + (vq_left == uc_left)) + (
+                uq_right != vq_right
+            ) * ((uq_right == vc_right) + (vq_right == uc_right))
+            if exchanged >= _EXCHANGED_CONTEXTS:
+                return True
+    return False
+
+
 def guard_mismatch(query: str, candidate: str) -> Reason | None:
     """The first guard on which ``query`` and ``candidate`` differ, or ``None``."""
     q, c = features(query), features(candidate)
@@ -277,6 +394,8 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
     if same_words and q.passive == c.passive and _names_swapped(q, c):
         return Reason.ENTITY_MISMATCH
     if same_words and swapped_order(query, candidate):
+        return Reason.ORDER_MISMATCH
+    if same_words and q.passive == c.passive and roles_exchanged(query, candidate):
         return Reason.ORDER_MISMATCH
     return None
 

@@ -4,9 +4,11 @@ through (the misfires found on pairs_gptcache_mock)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from semcache import SemanticCache
-from semcache.policy import Reason, guard_mismatch
+from semcache.policy import Reason, guard_mismatch, roles_exchanged
 
 PARAPHRASES = [
     # "one" as a pronoun and "first" as "to begin with" are not counts.
@@ -42,6 +44,24 @@ PARAPHRASES = [
         "Tasks provides demos and models for ML tasks.",
         "Tasks furnishes demos and models for Machine Learning projects.",
     ),
+    # Words that move with their neighbours, a question's inversion, active and passive, and
+    # things joined by "and" or compared both ways round do not trade roles.
+    (
+        "What is the tallest mountain in the world?",
+        "Which mountain is the tallest in the world?",
+    ),
+    ("In Python, how do I reverse a list?", "How do I reverse a list in Python?"),
+    ("How important is money in your life?", "Why money is important in our life?"),
+    ("the committee appointed the new manager", "the new manager was appointed by the committee"),
+    (
+        "What is the difference between a list and a tuple?",
+        "What is the difference between a tuple and a list?",
+    ),
+    (
+        "How is the brain different from the mind?",
+        "What is the mind and how is it different from the brain?",
+    ),
+    ("What is the difference between real gas and ideal gas?", "real gas vs ideal gas?"),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -71,6 +91,24 @@ SWAPS = [
     ),
     ("Should I use tabs?", "Should I not use tabs?", Reason.NEGATION_MISMATCH),
     ("Convert celsius to kelvin", "Convert kelvin to celsius", Reason.ORDER_MISMATCH),
+    # Who does what to whom, with no role word the order guard knows and no names.
+    ("why do dogs hate cats", "why do cats hate dogs", Reason.ORDER_MISMATCH),
+    ("German brewery of regional style", "regional brewery of German style", Reason.ORDER_MISMATCH),
+    (
+        "a film directed by nolan and produced by thomas",
+        "a film directed by thomas and produced by nolan",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
+        "the manager of arsenal was appointed to chelsea",
+        "the manager of chelsea was appointed to arsenal",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
+        "flights from new york to los angeles",
+        "flights from los angeles to new york",
+        Reason.ORDER_MISMATCH,
+    ),
 ]
 
 
@@ -84,6 +122,11 @@ def test_true_paraphrases_pass_the_guards(a: str, b: str) -> None:
 def test_swaps_and_changed_details_are_refused(a: str, b: str, reason: Reason) -> None:
     assert guard_mismatch(a, b) is reason
     assert guard_mismatch(b, a) is reason
+
+
+@given(st.text(alphabet=st.sampled_from("ab cd ef the of to and is by"), max_size=60))
+def test_a_text_never_trades_roles_with_itself(text: str) -> None:
+    assert not roles_exchanged(text, text)
 
 
 def test_the_exact_tier_treats_any_run_of_whitespace_as_one(fast_cache: SemanticCache) -> None:

@@ -7,7 +7,10 @@ variant of each kind is made:
 - ``word_order``: two roles traded ("from X to Y", "X than Y", "convert X to Y", two names);
 - ``entity``: one name replaced by another name seen in the rows;
 - ``number``: one number changed;
-- ``negation``: the first auxiliary verb negated ("does" → "doesn't"), or the negation removed.
+- ``negation``: the first auxiliary verb negated ("does" → "doesn't"), or the negation removed;
+- ``roles``: the first and the last content word of the question trade places when at least one
+  word stands between them ("why do dogs hate cats" → "why do cats hate dogs"): who does what
+  to whom, beyond the patterns of ``word_order``.
 
 Every variant is looked up in the cache that holds the originals; a hit is a false hit unless
 the answer served was stored for the very text of the variant (a real question that happens to
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from semcache.keys import normalize_prompt
 from semcache.policy import content_words, features
 
-KINDS = ("word_order", "entity", "number", "negation")
+KINDS = ("word_order", "entity", "number", "negation", "roles")
 
 _ROLE_PATTERNS = (
     re.compile(r"\bfrom (\w+) to (\w+)", re.I),
@@ -67,6 +70,7 @@ def swap_variants(questions: Sequence[str], *, seed: int = 0) -> list[Swap]:
             ("entity", _entity(question, names, rng)),
             ("number", _number(question, rng)),
             ("negation", _negation(question)),
+            ("roles", _roles(question)),
         ):
             if variant and normalize_prompt(variant) != normalize_prompt(question):
                 out.append(Swap(question, variant, kind))
@@ -90,6 +94,22 @@ def _word_order(question: str) -> str | None:
     if len(entities) >= 2:
         return _trade(question, entities[0], entities[1])
     return None
+
+
+_ALPHABETIC_WORD = re.compile(r"\b[A-Za-z][A-Za-z'-]*\b")
+
+
+def _roles(question: str) -> str | None:
+    words = [m.group() for m in _ALPHABETIC_WORD.finditer(question)]
+    lowered = [w.lower() for w in words]
+    content = [
+        i
+        for i, w in enumerate(lowered)
+        if len(w) >= 3 and w in content_words(w) and lowered.count(w) == 1
+    ]
+    if len(content) < 2 or content[-1] - content[0] < 2:
+        return None
+    return _trade(question, words[content[0]], words[content[-1]])
 
 
 def _trade(text: str, first: str, second: str) -> str | None:
