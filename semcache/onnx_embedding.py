@@ -308,17 +308,22 @@ class OnnxEmbedder:
         return self._alone
 
     @contextmanager
-    def _session(self) -> Iterator[_Runtime]:
-        """The runtime for a call starting now, held for its duration."""
-        with self._slots:
+    def _call(self) -> Iterator[None]:
+        """Count an :meth:`embed` call in progress, from its first pass to its last."""
+        with self._running_lock:
+            self._running += 1
+        try:
+            yield
+        finally:
             with self._running_lock:
-                self._running += 1
-                alone = self._running == 1
-            try:
-                yield self.alone_runtime if alone else self.runtime
-            finally:
-                with self._running_lock:
-                    self._running -= 1
+                self._running -= 1
+
+    @contextmanager
+    def _session(self) -> Iterator[_Runtime]:
+        """The runtime for a pass starting now, held for its duration: every core's while no
+        other call is in progress, else one thread's."""
+        with self._slots:
+            yield self.alone_runtime if self._running <= 1 else self.runtime
 
     @property
     def runtime_dir(self) -> Path:
@@ -353,6 +358,15 @@ class OnnxEmbedder:
         runtime = self.runtime
         encodings = self._encodings(texts)
         lengths = [min(len(e.ids), runtime.max_tokens) for e in encodings]
+        with self._call():
+            out = self._passes(runtime, encodings, lengths)
+        if out is None:
+            return np.empty((0, 0), np.float32)
+        return out
+
+    def _passes(
+        self, runtime: _Runtime, encodings: Sequence[Any], lengths: Sequence[int]
+    ) -> NDArray[np.float32] | None:
         out: NDArray[np.float32] | None = None
         for group in sub_batches(lengths, cells=self.cells, most=MAX_SUB_BATCH):
             width = max(lengths[i] for i in group)
@@ -375,10 +389,8 @@ class OnnxEmbedder:
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             if out is None:
-                out = np.empty((len(texts), pooled.shape[1]), np.float32)
+                out = np.empty((len(lengths), pooled.shape[1]), np.float32)
             out[group] = pooled
-        if out is None:
-            return np.empty((0, 0), np.float32)
         return out
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from itertools import takewhile
 
 from semcache.embedding import Reading
 
@@ -120,24 +121,14 @@ def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
     lowered = [_word_key(w) for w in words]
-    found = [
-        (m.start(), _canonical_number(m.group()))
+    digits = {
+        m.start(): float(m.group().replace(",", ""))
         for m in _DIGITS.finditer(text)
-        if not _LIST_MARKER.match(text, m.start())
-    ]
-    matches = list(_WORD.finditer(text))
-    for i, match in enumerate(matches):
-        word = match.group().lower().split("-")[0]  # "two-step" counts two
-        value = _NUMBER_WORDS.get(word)
-        if value is None:
-            continue
-        after = matches[i + 1].group().lower() if i + 1 < len(matches) else ""
-        before = matches[i - 1].group().lower() if i else ""
-        if word == "one" and after in _NOT_COUNTED_AFTER_ONE:
-            continue  # "one can call", "one of them": a pronoun, not a count
-        if word == "first" and (after.endswith("ing") or before in ("at", "by", "will", "must")):
-            continue  # "by first creating", "at first": when, not which
-        found.append((match.start(), _canonical_number(str(value))))
+        if not _LIST_MARKER.match(text, m.start()) and _is_number(m.group())
+    }
+    found = [(position, _canonical_number(m)) for position, m in _digit_tokens(text).items()]
+    found = [(p, n) for p, n in found if p not in digits]
+    found += _spelled_numbers(text, digits)
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
     negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lowered)
     if _ANSWER_NO.match(text):
@@ -156,6 +147,105 @@ def features(text: str) -> TextFeatures:
         quoted=quoted,
         passive=bool(_PASSIVE.search(text)),
     )
+
+
+_MAGNITUDES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+_ATTACHED_MAGNITUDES = {"bn": 10**9, "mn": 10**6}  # "$3bn"
+_ORDINALS_AND_MORE = frozenset(
+    {"first", "second", "third", "fourth", "fifth", "twice", "half", "dozen"}
+)
+_UNITS = {  # cardinals that add up: "twenty" "five"
+    w: v for w, v in _NUMBER_WORDS.items() if w not in _MAGNITUDES and w not in _ORDINALS_AND_MORE
+}
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token.replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _digit_tokens(text: str) -> dict[int, str]:
+    """Digit runs that are not numbers (version strings such as "2.10.0"), by position."""
+    return {
+        m.start(): m.group()
+        for m in _DIGITS.finditer(text)
+        if not _LIST_MARKER.match(text, m.start()) and not _is_number(m.group())
+    }
+
+
+def _spelled_numbers(text: str, digits: dict[int, float]) -> list[tuple[int, str]]:
+    """Numbers written in digits, in words or both, each as one value: "one hundred" and "100",
+    "3 billion", "3bn" and "3,000,000,000", "twenty-five" and "25". A magnitude with no count
+    before it ("several thousand", "hundreds of") says how many only roughly: no number."""
+    matches = list(_WORD.finditer(text))
+    found: list[tuple[int, str]] = []
+    i = 0
+    while i < len(matches):
+        match = matches[i]
+        start = match.start()
+        if start in digits:
+            value = digits[start]
+            i += 1
+            following = matches[i] if i < len(matches) else None
+            if following is not None:
+                word = following.group().lower()
+                attached = following.start() == match.end()
+                if attached and word in _ATTACHED_MAGNITUDES:
+                    value *= _ATTACHED_MAGNITUDES[word]
+                    i += 1
+                elif not attached and word in _MAGNITUDES:
+                    value *= _MAGNITUDES[word]
+                    i += 1
+            found.append((start, _canonical_number(repr(value))))
+            continue
+        parts = match.group().lower().split("-")  # "twenty-five"; "two-step" counts two
+        word = parts[0]
+        before = matches[i - 1].group().lower() if i else ""
+        after = matches[i + 1].group().lower() if i + 1 < len(matches) else ""
+        if word not in _NUMBER_WORDS or (word in _MAGNITUDES and before not in ("a", "one")):
+            i += 1
+            continue
+        if word == "one" and after in _NOT_COUNTED_AFTER_ONE:
+            i += 1
+            continue  # "one can call", "one of them": a pronoun, not a count
+        if word == "first" and (after.endswith("ing") or before in ("at", "by", "will", "must")):
+            i += 1
+            continue  # "by first creating", "at first": when, not which
+        if word not in _UNITS and word not in _MAGNITUDES:
+            found.append((start, _canonical_number(str(_NUMBER_WORDS[word]))))
+            i += 1
+            continue
+        total, current = 0.0, 0.0
+        while i < len(matches):
+            words = matches[i].group().lower().split("-")
+            numeric = list(takewhile(lambda w: w in _UNITS or w in _MAGNITUDES, words))
+            if words == ["and"]:
+                if not total + current or i + 1 >= len(matches):
+                    break
+                if matches[i + 1].group().lower().split("-")[0] not in _UNITS:
+                    break  # "one and the other": "and" joins numbers only to a number
+                i += 1
+                continue
+            if not numeric:
+                break
+            for w in numeric:
+                if w in _MAGNITUDES:
+                    scale = _MAGNITUDES[w]
+                    if scale == 100:
+                        current = (current or 1) * 100
+                    else:
+                        total += (current or 1) * scale
+                        current = 0
+                else:
+                    current += _UNITS[w]
+            i += 1
+            if len(numeric) < len(words):
+                break  # "two-step": the count alone
+        found.append((start, _canonical_number(repr(total + current))))
+    return found
 
 
 def _word_key(word: str) -> str:

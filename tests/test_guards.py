@@ -24,6 +24,14 @@ PARAPHRASES = [
         "The method works in two steps: 1) it first downloads the files, and 2) then builds it.",
         "The method is a two-step process: it first downloads the files, then builds it.",
     ),
+    # A number in digits, in words or both is one value; "thousands" counts nothing exactly.
+    ("The Hub holds more than one hundred languages.", "The Hub holds over 100 languages."),
+    ("Revenue rose 5% to $3 billion.", "Revenue rose five percent to $3bn."),
+    (
+        "It makes datasets of several thousand audio files.",
+        "It makes datasets of thousands of files.",
+    ),
+    ("twenty-five people attended the talk", "25 people attended the talk"),
     # The answer word "No," is not a second negation; "without" twice is still "without".
     ("No, LOAD_HU doesn't exist in v2.10.0.", "LOAD_HU is not a feature of v2.10.0."),
     (
@@ -84,6 +92,8 @@ SWAPS = [
     ),
     ("Is 7 a prime number?", "Is 9 a prime number?", Reason.NUMBER_MISMATCH),
     ("Why is my Note 4 overheating?", "Why is my Note 14 overheating?", Reason.NUMBER_MISMATCH),
+    ("Revenue rose to $3 billion.", "Revenue rose to $3 million.", Reason.NUMBER_MISMATCH),
+    ("two hundred people came", "three hundred people came", Reason.NUMBER_MISMATCH),
     (
         "How do I make coffee with sugar?",
         "How do I make coffee without sugar?",
