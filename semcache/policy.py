@@ -436,13 +436,18 @@ def roles_exchanged(query: str, candidate: str) -> bool:
     by "and", "or", "vs" ("between A and B") trade places freely.
     """
     q, c = _role_tokens(query), _role_tokens(candidate)
+    count_q, count_c = Counter(q), Counter(c)
     units = _aligned_units(q, c)
     for n, u in enumerate(units):
         for v in units[n + 1 :]:
             if u.candidate[0] < v.candidate[0]:
                 continue  # the same order in both
-            gap_q = [t for t in q[u.query[1] + 1 : v.query[0]] if t != "the"]
-            gap_c = [t for t in c[v.candidate[1] + 1 : u.candidate[0]] if t != "the"]
+            # Between them, past determiners and the words said of both ("information" in
+            # "information systems and information technology").
+            gap_q = [t for t in q[u.query[1] + 1 : v.query[0]] if t != "the" and count_q[t] == 1]
+            gap_c = [
+                t for t in c[v.candidate[1] + 1 : u.candidate[0]] if t != "the" and count_c[t] == 1
+            ]
             if any(
                 not gap or (gap[-1] in _COORDINATORS and len(gap) <= _COORDINATED_GAP)
                 for gap in (gap_q, gap_c)
@@ -459,10 +464,14 @@ def roles_exchanged(query: str, candidate: str) -> bool:
                 continue  # "between A and B", "A different from B": the same both ways
             # A side where both had the same neighbour ("audio files", "audio feature") shows
             # nothing trading places.
-            exchanged = (uq_left != vq_left) * ((uq_left == vc_left) + (vq_left == uc_left)) + (
-                uq_right != vq_right
-            ) * ((uq_right == vc_right) + (vq_right == uc_right))
-            if exchanged >= _EXCHANGED_CONTEXTS:
+            left = (uq_left != vq_left) * ((uq_left == vc_left) + (vq_left == uc_left))
+            right = (uq_right != vq_right) * ((uq_right == vc_right) + (vq_right == uc_right))
+            if left + right >= _EXCHANGED_CONTEXTS:
+                return True
+            # Two modifiers of the same word: "a state court ... the federal court".
+            same_right = len({uq_right, vq_right, uc_right, vc_right}) == 1
+            same_left = len({uq_left, vq_left, uc_left, vc_left}) == 1
+            if (left == 2 and same_right) or (right == 2 and same_left):
                 return True
     return False
 

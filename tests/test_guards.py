@@ -70,6 +70,10 @@ PARAPHRASES = [
         "What is the mind and how is it different from the brain?",
     ),
     ("What is the difference between real gas and ideal gas?", "real gas vs ideal gas?"),
+    (
+        "What is the difference between information systems and information technology?",
+        "What's the difference between Information Technology and Information Systems?",
+    ),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -112,6 +116,11 @@ SWAPS = [
     (
         "the manager of arsenal was appointed to chelsea",
         "the manager of chelsea was appointed to arsenal",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
+        "Can a state court overrule a decision by the federal court?",
+        "Can a federal court overrule a decision by the state court?",
         Reason.ORDER_MISMATCH,
     ),
     (
