@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -42,6 +43,7 @@ from semcache.decision import Choice, Decision, Hit, HitDecider, Screened
 from semcache.derived import DerivedState
 from semcache.embedding import Embedder, make_embedder, set_threads
 from semcache.entries import DiskStore, Entry, EntryStore, Written, encode_entry
+from semcache.error_bound import ErrorBound
 from semcache.errors import (
     CacheLockedError,
     ConfigError,
@@ -70,6 +72,8 @@ S = TypeVar("S", bound="SemanticCache")
 _SNAPSHOT_FILE = "index.snapshot"
 COMMIT_CHUNK = 64  # entries written per transaction (and per hold of the cache's lock)
 _LOCK_FILE = "semcache.lock"
+_ERROR_BOUND_FILE = "error_bound.json"  # the labelled tallies of max_error_rate
+_SERVED_REMEMBERED = 10_000  # semantic hits whose score mark_wrong can still report
 # What a write to a full, read-only or failing disk raises through diskcache.
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 
@@ -156,7 +160,10 @@ class SemanticCache:
         )
         self._vectors = Vectors(self._embedder)
         self.verifier = self._verifier(verifier)
-        self._decider = HitDecider(self.config, self.verifier, self._vectors)
+        rate = self.config.max_error_rate
+        self.error_bound = None if rate is None else ErrorBound(rate)
+        self._served: OrderedDict[int, tuple[str, float]] = OrderedDict()  # for mark_wrong
+        self._decider = HitDecider(self.config, self.verifier, self._vectors, self.error_bound)
         # One process owns a directory: the catalog and the index are kept in its memory, and a
         # second writer would make them silently stale. flock is released by the kernel when
         # the owner dies, even by SIGKILL, so a crash never leaves the directory locked.
@@ -173,6 +180,8 @@ class SemanticCache:
                 f"cannot use {self.directory} as a cache directory: {exc.strerror or exc} "
                 f"(it must be writable; nothing in it was changed)"
             ) from exc
+        if self.error_bound is not None:
+            self.error_bound.restore(_read_json(self.directory / _ERROR_BOUND_FILE))
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()  # one snapshot writer at a time
         self._snapshot_version = -1
@@ -562,6 +571,10 @@ class SemanticCache:
             self._forget([entry_id])
             if marked:
                 self._counters["marked_wrong"] += 1
+            served = self._served.pop(entry_id, None)
+        if marked and served is not None and self.error_bound is not None:
+            namespace, score = served  # the last time it was served: it was wrong then
+            self.error_bound.record(namespace, score, wrong=True)
         if marked and entry is not None:
             self._publish_removal("wrong", entry)
         return marked
@@ -699,6 +712,8 @@ class SemanticCache:
                 "marked_wrong": counters.get("marked_wrong", 0),
                 "index_rebuilds": counters.get("rebuild", 0),
                 "index_retrains": self._index.rebuilds,
+                "max_error_rate": self.config.max_error_rate,
+                "error_bound": None if self.error_bound is None else self.error_bound.describe(),
             }
 
     def checkpoint(self) -> bool:
@@ -710,6 +725,7 @@ class SemanticCache:
         is written after.
         """
         self._check_open()
+        self._save_error_bound()
         with self._snapshot_lock:
             with self._lock:
                 if self._store.version == self._snapshot_version:
@@ -720,6 +736,32 @@ class SemanticCache:
             self._persistence.write(snapshot)
             self._snapshot_version = snapshot.store_version
             return True
+
+    def feedback(
+        self, request: CacheRequest, decision: Decision, *, right: bool, weight: float = 1.0
+    ) -> bool:
+        """Tell the error bound (``max_error_rate``) whether the candidate of ``decision`` (a
+        lookup of ``request``, hit or miss) had the right answer for it. ``weight`` counts the
+        label as that many: the inverse of the share of such candidates that get labelled
+        (a shadow check of one hit in ten weighs 10). ``False`` when nothing was recorded: no
+        bound is set, or the decision had no candidate that reached the last stage."""
+        self._check_open()
+        score = self._decider.bound_score(decision)
+        if self.error_bound is None or score is None or decision.reason is Reason.EXACT:
+            return False
+        self.error_bound.record(request.namespace, score, wrong=not right, weight=weight)
+        return True
+
+    def _save_error_bound(self) -> None:
+        if self.error_bound is None:
+            return
+        path = self.directory / _ERROR_BOUND_FILE
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_bytes(orjson.dumps(self.error_bound.state()))
+            os.replace(partial, path)
+        except OSError as exc:
+            logger.warning("could not save the error bound's tallies: %s", exc)
 
     def wait_for_index(self, timeout_s: float | None = None) -> None:
         """Return once no index is being retrained in the background (a scope that outgrew
@@ -735,6 +777,7 @@ class SemanticCache:
             if self._closed:
                 return
             self._closed = True
+            self._save_error_bound()
             try:
                 snapshot = self._persistence.capture(self._derived)
                 if snapshot is not None:
@@ -825,6 +868,13 @@ class SemanticCache:
         confidence: float | None = None,
     ) -> Decision:
         with self._lock:
+            if reason is Reason.SEMANTIC and self.error_bound is not None:
+                bound_score = confidence if self.verifier is not None else score
+                if bound_score is not None:
+                    self._served[entry.entry_id] = (entry.namespace, bound_score)
+                    self._served.move_to_end(entry.entry_id)
+                    while len(self._served) > _SERVED_REMEMBERED:
+                        self._served.popitem(last=False)
             # Under the lock and only while the entry is catalogued, so a hit racing a delete
             # cannot leave statistics behind for an entry that is gone.
             if entry.entry_id in self._catalog:
@@ -951,3 +1001,12 @@ def _put_event(entry: Entry) -> tuple[dict[str, Any], bytes]:
     }
     vector = b"" if entry.vector is None else entry.vector.astype(np.float32).tobytes()
     return event, vector
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; empty when it is missing or unreadable."""
+    try:
+        loaded = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}

@@ -63,6 +63,11 @@ class CacheConfig:
         "candidates past the floor and the guards that the verifier reads, nearest first (1: "
         "it gates the nearest; more served more wrong hits on unlike data)",
     )
+    max_error_rate: float | None = option(
+        None,
+        "share of semantic hits allowed to be wrong, learnt per namespace from feedback "
+        "(none: min_confidence decides alone; see 'Error bound' in the README)",
+    )
     ttl_s: float | None = option(None, "lifetime of a cached answer in seconds (none: no limit)")
     max_entries: int | None = option(None, "bound on cached answers, least recently used evicted")
     max_bytes: int | None = option(None, "bound on the size of cached answers in bytes")
@@ -103,6 +108,14 @@ class CacheConfig:
         if self.verifier is not None and (not isinstance(self.verifier, str) or not self.verifier):
             raise ConfigError(
                 f"verifier must be 'auto', a name, a path or None, got {self.verifier!r}"
+            )
+        if self.max_error_rate is not None and (
+            isinstance(self.max_error_rate, bool)
+            or not isinstance(self.max_error_rate, int | float)
+            or not 0.0 < self.max_error_rate < 1.0
+        ):
+            raise ConfigError(
+                f"max_error_rate must be a number in (0, 1) or None, got {self.max_error_rate!r}"
             )
         if self.ttl_s is not None:
             check_ttl(self.ttl_s, "ttl_s")

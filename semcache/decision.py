@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
 from semcache.embedding import Reading
 from semcache.entries import Entry
+from semcache.error_bound import ErrorBound
 from semcache.keys import CacheRequest
 from semcache.policy import Reason, guard_mismatch
 from semcache.vectors import Vectors
@@ -74,10 +75,25 @@ class Choice:
 
 
 class HitDecider:
-    def __init__(self, config: CacheConfig, verifier: Verifier | None, vectors: Vectors) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        verifier: Verifier | None,
+        vectors: Vectors,
+        error_bound: ErrorBound | None = None,
+    ) -> None:
         self.config = config
         self.verifier = verifier
         self.vectors = vectors
+        self.error_bound = error_bound
+
+    def bound_score(self, decision: Decision) -> float | None:
+        """The score :class:`~semcache.error_bound.ErrorBound` judges a decision's candidate
+        by: the verifier's probability with a verifier, else the cosine; ``None`` when no
+        candidate reached that stage."""
+        if self.verifier is not None:
+            return decision.confidence
+        return decision.score
 
     @property
     def min_similarity(self) -> float:
@@ -151,7 +167,7 @@ class HitDecider:
         verifier call for the candidates of every lookup of a batch."""
         if self.verifier is None:
             return {
-                i: Choice(*s.candidates[0], None) if s.candidates else s.miss
+                i: self._bounded(requests[i], *s.candidates[0]) if s.candidates else s.miss
                 for i, s in screened.items()
             }
         pairs = [(i, entry, score) for i, s in screened.items() for entry, score in s.candidates]
@@ -172,17 +188,34 @@ class HitDecider:
                 best[i] = (probability, entry, score)
         for i, (probability, entry, score) in best.items():
             wanted = requests[i].min_confidence
-            if probability >= (self.verifier.min_confidence if wanted is None else wanted):
+            bound = self.error_bound
+            reason: Reason | None = None
+            if bound is not None and not bound.allows(requests[i].namespace, probability):
+                reason = Reason.ERROR_BOUND
+            elif bound is not None and wanted is None:
+                pass  # the bound stands in for the verifier's own operating point
+            elif probability < (self.verifier.min_confidence if wanted is None else wanted):
+                reason = Reason.UNVERIFIED
+            if reason is None:
                 outcomes[i] = Choice(entry, score, probability)
             else:
                 outcomes[i] = Decision(
                     hit=None,
-                    reason=Reason.UNVERIFIED,
+                    reason=reason,
                     score=min(1.0, score),
                     entry_id=entry.entry_id,
                     confidence=probability,
                 )
         return outcomes
+
+    def _bounded(self, request: CacheRequest, entry: Entry, score: float) -> Choice | Decision:
+        """Without a verifier: the nearest candidate, unless the error bound refuses its
+        cosine."""
+        if self.error_bound is None or self.error_bound.allows(request.namespace, score):
+            return Choice(entry, score, None)
+        return Decision(
+            hit=None, reason=Reason.ERROR_BOUND, score=min(1.0, score), entry_id=entry.entry_id
+        )
 
 
 def _vector(entry: Entry) -> NDArray[np.float32]:

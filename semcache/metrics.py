@@ -145,6 +145,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self.error_bound_labels = Counter(
+            "semcache_error_bound_labels",
+            "Candidates labelled right or wrong for max_error_rate, by source (miss: the "
+            "upstream's answer to a miss compared with its candidate's; shadow: a checked hit)",
+            ["source"],
+            registry=self.registry,
+        )
         self.shadow_checks = Counter(
             "semcache_shadow_checks",
             "Hits also answered upstream and compared, by verdict (agree, disagree, failed)",

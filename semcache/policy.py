@@ -36,6 +36,7 @@ class Reason(StrEnum):
     QUOTE_MISMATCH = "quote_mismatch"
     ORDER_MISMATCH = "order_mismatch"
     UNVERIFIED = "below_min_confidence"
+    ERROR_BOUND = "beyond_error_bound"  # its score is below the one max_error_rate allows
     PROMPT_TOO_LONG = "prompt_exceeds_embedder_window"
     PROMPT_ILLEGIBLE = "prompt_illegible_to_embedder"
     OPAQUE_MISMATCH = "opaque_text_mismatch"

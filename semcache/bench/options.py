@@ -18,6 +18,7 @@ class BenchOptions:
     seed: int = 0
     limit: int | None = None
     target_precision: float = 0.9
+    max_error_rate: float | None = None
     min_similarity: float | None = None
     min_confidence: float | None = None
     model: str | None = None
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.9,
         help="pairs: report the setting of the knob that first reaches this precision",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="pairs: also replay the lookups as a stream with this error bound, every "
+        "candidate's label fed back, and report the realised error (see 'Error bound')",
     )
     parser.add_argument(
         "--min-similarity",

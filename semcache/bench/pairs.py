@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
 from semcache.decision import Hit
 from semcache.embedding import Embedder, SentenceTransformerEmbedder
+from semcache.error_bound import ErrorBound
 from semcache.evaluation import (
     Labels,
     Outcome,
@@ -52,6 +54,50 @@ class PairReport:
     baselines: dict[str, Scores | None] = field(default_factory=dict)
     swaps: dict[str, dict[str, Scores]] = field(default_factory=dict)  # cache -> kind -> figures
     notes: list[str] = field(default_factory=list)
+    bounded: BoundedReplay | None = None
+
+
+@dataclass(frozen=True)
+class BoundedReplay:
+    """The lookups replayed in a random order under ``max_error_rate``, each candidate's label
+    fed back after its lookup (as the sidecar's miss comparisons and shadow checks would),
+    against the best single threshold for the same bound, chosen knowing every label."""
+
+    max_error_rate: float
+    candidates: int  # lookups that had a candidate past the floor and the guards
+    served: int
+    wrong: int  # served and not right (unjudged counted wrong)
+    fixed_threshold: float | None  # the best fixed threshold within the bound, in hindsight
+    fixed_served: int
+    fixed_wrong: int
+
+    @property
+    def realised_error(self) -> float:
+        return self.wrong / self.served if self.served else 0.0
+
+
+def replay_bounded(
+    outcomes: Sequence[Outcome], by: str, max_error_rate: float, *, seed: int
+) -> BoundedReplay:
+    """See :class:`BoundedReplay`."""
+    labelled = [(key, o.right) for o in outcomes if (key := o.key(by)) is not None]
+    order = list(range(len(labelled)))
+    random.Random(seed).shuffle(order)
+    bound = ErrorBound(max_error_rate)
+    served = wrong = 0
+    for i in order:
+        key, right = labelled[i]
+        if bound.allows("bench", key):
+            served += 1
+            wrong += not right
+        bound.record("bench", key, wrong=not right)
+    best: tuple[float | None, int, int] = (None, 0, 0)
+    mistakes = 0
+    for seen, (key, right) in enumerate(sorted(labelled, key=lambda pair: -pair[0]), start=1):
+        mistakes += not right
+        if mistakes <= max_error_rate * seen and seen > best[1]:
+            best = (key, seen, mistakes)
+    return BoundedReplay(max_error_rate, len(labelled), served, wrong, *best)
 
 
 def pair_rows(raw: Sequence[dict[str, Any]], split: str | None) -> list[PairRow]:
@@ -73,6 +119,7 @@ def run(
     min_confidence: float | None = None,
     seed: int = 0,
     labels: Labels | None = None,
+    max_error_rate: float | None = None,
 ) -> PairReport:
     """Semcache at its defaults (the knob swept), semcache without its verifier, and the
     baselines, on the pairs and on adversarial swaps of the stored questions.
@@ -122,6 +169,8 @@ def run(
         target_precision=target_precision,
         target_threshold=reaching[0].threshold if reaching else None,
     )
+    if max_error_rate is not None:
+        report.bounded = replay_bounded(outcomes, by, max_error_rate, seed=seed)
     report.swaps["semcache"] = _swap_figures(swaps, swap_outcomes, threshold, by)
     if plain is not None:
         name = f"semcache without verifier ({plain_floor})"

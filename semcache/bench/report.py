@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ def pair_figures(report: PairReport) -> dict[str, Any]:
         },
         "sweep": [m.as_dict() for m in report.sweep],
         "notes": report.notes,
+        "error_bound": None
+        if report.bounded is None
+        else {
+            **dataclasses.asdict(report.bounded),
+            "realised_error": report.bounded.realised_error,
+        },
     }
 
 
@@ -149,6 +156,18 @@ def print_pair_table(report: PairReport) -> str:
             f"{m.threshold:>14.2f} | {m.precision:>9.3f} | {m.precision_judged:>6.3f} | "
             f"{m.recall:>6.3f} | {m.hit_rate:>8.3f}"
         )
+    bounded = report.bounded
+    if bounded is not None:
+        fixed = bounded.fixed_wrong / bounded.fixed_served if bounded.fixed_served else 0.0
+        lines += [
+            "",
+            f"error bound {bounded.max_error_rate}: the lookups replayed in a random order, "
+            f"each of the {bounded.candidates} candidates' labels fed back after it",
+            f"  learnt online:  {bounded.served} hits served, {bounded.wrong} wrong, realised "
+            f"error {bounded.realised_error:.4f}",
+            f"  best fixed {report.knob} in hindsight ({bounded.fixed_threshold}): "
+            f"{bounded.fixed_served} hits, {bounded.fixed_wrong} wrong, error {fixed:.4f}",
+        ]
     if report.target_threshold is None:
         lines.append(f"no {report.knob} reaches precision {report.target_precision}")
     else:

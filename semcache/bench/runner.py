@@ -49,6 +49,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             model=options.model,
             progress=options.progress,
             seed=options.seed,
+            max_error_rate=options.max_error_rate,
         )
         figures.update(split=options.split, rows=result.rows, duplicates=result.duplicates)
         figures.update(report.pair_figures(result))

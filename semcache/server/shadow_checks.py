@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 
 from semcache.cache import SemanticCache
+from semcache.decision import Decision
 from semcache.dialects import Dialect
+from semcache.keys import CacheRequest
 from semcache.metrics import Metrics
 from semcache.shadow import ShadowSampler
 from semcache.upstream.router import PRIORITIES, Attempt, Router
@@ -56,12 +58,14 @@ class ShadowChecks:
         served: dict[str, Any],
         entry_id: int,
         tenant: str,
+        labelled: tuple[CacheRequest, Decision] | None = None,
     ) -> None:
-        """Start a check of this hit in the background when the sample picks it."""
+        """Start a check of this hit in the background when the sample picks it; its verdict
+        also labels the hit (``labelled``: the lookup and its decision) for the error bound."""
         if not self.sampler.should_check():
             return
         task = asyncio.get_running_loop().create_task(
-            self._check(dialect, dict(headers), body, served, entry_id, tenant)
+            self._check(dialect, dict(headers), body, served, entry_id, tenant, labelled)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -74,6 +78,7 @@ class ShadowChecks:
         served: dict[str, Any],
         entry_id: int,
         tenant: str,
+        labelled: tuple[CacheRequest, Decision] | None = None,
     ) -> None:
         fresh_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         model = str(body.get("model"))
@@ -104,6 +109,12 @@ class ShadowChecks:
             self._metrics.shadow_checks.labels("failed").inc()
             return
         self.sampler.record(verdict)
+        if labelled is not None and self.sampler.fraction > 0:
+            # One hit in 1/fraction is checked: its label stands for that many.
+            request, decision = labelled
+            weight = 1 / self.sampler.fraction
+            if self._cache.feedback(request, decision, right=verdict.agree, weight=weight):
+                self._metrics.error_bound_labels.labels("shadow").inc()
         self._metrics.shadow_checks.labels("agree" if verdict.agree else "disagree").inc()
         rate = self.sampler.false_hit_rate()
         if rate is not None:

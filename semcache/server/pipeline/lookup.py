@@ -48,7 +48,7 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
         if x.dialect.valid_answer(decision.hit.response):
             x.state.shadow.maybe_check(
                 x.dialect, x.request.headers, x.body, decision.hit.response,
-                decision.hit.entry_id, x.tenant,
+                decision.hit.entry_id, x.tenant, labelled=(request, decision),
             )  # fmt: skip
             return await _serve(x, decision, {})
         logger.error("entry %d does not hold an API answer; ignoring it", decision.hit.entry_id)

@@ -47,6 +47,30 @@ async def _store(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> 
         x.state.metrics.cache_errors.labels("store").inc()
     finally:
         release_followers(x)
+    await label_candidate(x, request, answer)
+
+
+async def label_candidate(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> None:
+    """Under ``max_error_rate``, a miss whose lookup had a candidate is a free label: the
+    candidate's stored answer against the one the upstream just gave, compared by meaning as
+    shadow checks compare them."""
+    cache, decision = x.state.cache, x.decision
+    if cache.error_bound is None or decision is None or decision.entry_id is None:
+        return
+    try:
+        candidate = await cache.aentry(decision.entry_id)
+        if candidate is None or not x.dialect.valid_answer(candidate.response):
+            return
+        verdict = await cache.acompare_answers(
+            x.dialect.answer_text(candidate.response),
+            x.dialect.answer_text(answer),
+            x.state.config.shadow_agreement,
+        )
+        if cache.feedback(request, decision, right=verdict.agree):
+            x.state.metrics.error_bound_labels.labels("miss").inc()
+    except Exception:
+        logger.exception("labelling a candidate for the error bound failed")
+        x.state.metrics.cache_errors.labels("error_bound").inc()
 
 
 def release_followers(x: Exchange) -> None:
