@@ -66,10 +66,11 @@ class ErrorBound:
     """Per namespace, the score a candidate needs so that served hits are wrong at most
     ``max_error_rate`` of the time (see the module's docstring). Thread-safe."""
 
-    def __init__(self, max_error_rate: float) -> None:
+    def __init__(self, max_error_rate: float, *, z: float = CONFIDENCE_Z) -> None:
         if not 0.0 < max_error_rate < 1.0:
             raise ValueError(f"max_error_rate must be in (0, 1), got {max_error_rate!r}")
         self.max_error_rate = max_error_rate
+        self.z = z  # how sure the bound must be: 1.645 one-sided 95%, 0 the observed rate
         self._tallies: dict[str, _Tally] = {}
         self._lock = threading.Lock()
 
@@ -102,7 +103,8 @@ class ErrorBound:
         for position in range(BINS - 1, -1, -1):
             if tally.seen[position] <= 0:
                 continue
-            if wilson_upper(float(wrong[position]), float(seen[position])) <= self.max_error_rate:
+            upper = wilson_upper(float(wrong[position]), float(seen[position]), self.z)
+            if upper <= self.max_error_rate:
                 best = position / BINS
         return best
 

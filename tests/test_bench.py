@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from semcache.bench import gptcache_baseline
 from semcache.bench.datasets import detect_format, read_rows, stream_items
 from semcache.bench.options import BenchOptions
+from semcache.bench.pairs import replay_bounded
 from semcache.bench.runner import run_bench
 from semcache.errors import InvalidRequestError
+from semcache.evaluation import Outcome
 from tests.conftest import DATA, CountingEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +51,26 @@ def test_pair_mode_reports_every_figure_and_plots(
     swaps = saved["swaps"]["semcache"]
     assert swaps["all"]["queries"] == sum(swaps[k]["queries"] for k in swaps if k != "all")
     assert figures["precision"] == saved["precision"]
+    assert saved["error_bound"] == []  # no --max-error-rate: no bounded replay
+
+
+def test_the_bounded_replay_stays_within_the_bound_and_names_the_best_fixed_threshold() -> None:
+    rng = random.Random(3)
+    outcomes = []
+    for _ in range(6000):
+        confidence = rng.random()
+        outcomes.append(
+            Outcome(score=0.9, right=rng.random() < 0.7 + 0.3 * confidence, confidence=confidence)
+        )
+    outcomes += [Outcome(None, False)] * 50  # lookups without a candidate are not replayed
+    replay = replay_bounded(outcomes, "confidence", 0.05, seed=0, z=1.645)
+    assert replay.candidates == 6000 and replay.served > 300
+    assert replay.realised_error <= 0.05
+    # In hindsight, the lowest threshold whose hits at or above it are wrong <= 5% of the time.
+    assert replay.fixed_threshold is not None and replay.fixed_served >= replay.served * 0.5
+    assert replay.fixed_wrong <= 0.05 * replay.fixed_served
+    above = [o for o in outcomes if o.confidence is not None and o.confidence >= 0.9]
+    assert sum(not o.right for o in above) / len(above) <= 0.05  # the generator's premise
 
 
 def test_the_split_keeps_train_and_test_apart(tmp_path: Path, embedder: CountingEmbedder) -> None:

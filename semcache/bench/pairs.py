@@ -19,7 +19,7 @@ from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
 from semcache.decision import Hit
 from semcache.embedding import Embedder, SentenceTransformerEmbedder
-from semcache.error_bound import ErrorBound
+from semcache.error_bound import CONFIDENCE_Z, ErrorBound
 from semcache.evaluation import (
     Labels,
     Outcome,
@@ -54,7 +54,7 @@ class PairReport:
     baselines: dict[str, Scores | None] = field(default_factory=dict)
     swaps: dict[str, dict[str, Scores]] = field(default_factory=dict)  # cache -> kind -> figures
     notes: list[str] = field(default_factory=list)
-    bounded: BoundedReplay | None = None
+    bounded: list[BoundedReplay] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class BoundedReplay:
     against the best single threshold for the same bound, chosen knowing every label."""
 
     max_error_rate: float
+    z: float  # the bound's confidence (ErrorBound's z)
     candidates: int  # lookups that had a candidate past the floor and the guards
     served: int
     wrong: int  # served and not right (unjudged counted wrong)
@@ -76,14 +77,17 @@ class BoundedReplay:
         return self.wrong / self.served if self.served else 0.0
 
 
+BOUND_CONFIDENCES = (CONFIDENCE_Z, 1.0, 0.0)  # the default, then less sure ones
+
+
 def replay_bounded(
-    outcomes: Sequence[Outcome], by: str, max_error_rate: float, *, seed: int
+    outcomes: Sequence[Outcome], by: str, max_error_rate: float, *, seed: int, z: float
 ) -> BoundedReplay:
     """See :class:`BoundedReplay`."""
     labelled = [(key, o.right) for o in outcomes if (key := o.key(by)) is not None]
     order = list(range(len(labelled)))
     random.Random(seed).shuffle(order)
-    bound = ErrorBound(max_error_rate)
+    bound = ErrorBound(max_error_rate, z=z)
     served = wrong = 0
     for i in order:
         key, right = labelled[i]
@@ -97,7 +101,7 @@ def replay_bounded(
         mistakes += not right
         if mistakes <= max_error_rate * seen and seen > best[1]:
             best = (key, seen, mistakes)
-    return BoundedReplay(max_error_rate, len(labelled), served, wrong, *best)
+    return BoundedReplay(max_error_rate, z, len(labelled), served, wrong, *best)
 
 
 def pair_rows(raw: Sequence[dict[str, Any]], split: str | None) -> list[PairRow]:
@@ -170,7 +174,9 @@ def run(
         target_threshold=reaching[0].threshold if reaching else None,
     )
     if max_error_rate is not None:
-        report.bounded = replay_bounded(outcomes, by, max_error_rate, seed=seed)
+        report.bounded = [
+            replay_bounded(outcomes, by, max_error_rate, seed=seed, z=z) for z in BOUND_CONFIDENCES
+        ]
     report.swaps["semcache"] = _swap_figures(swaps, swap_outcomes, threshold, by)
     if plain is not None:
         name = f"semcache without verifier ({plain_floor})"

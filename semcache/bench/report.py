@@ -95,12 +95,9 @@ def pair_figures(report: PairReport) -> dict[str, Any]:
         },
         "sweep": [m.as_dict() for m in report.sweep],
         "notes": report.notes,
-        "error_bound": None
-        if report.bounded is None
-        else {
-            **dataclasses.asdict(report.bounded),
-            "realised_error": report.bounded.realised_error,
-        },
+        "error_bound": [
+            {**dataclasses.asdict(b), "realised_error": b.realised_error} for b in report.bounded
+        ],
     }
 
 
@@ -156,18 +153,21 @@ def print_pair_table(report: PairReport) -> str:
             f"{m.threshold:>14.2f} | {m.precision:>9.3f} | {m.precision_judged:>6.3f} | "
             f"{m.recall:>6.3f} | {m.hit_rate:>8.3f}"
         )
-    bounded = report.bounded
-    if bounded is not None:
-        fixed = bounded.fixed_wrong / bounded.fixed_served if bounded.fixed_served else 0.0
+    if report.bounded:
+        first = report.bounded[0]
+        fixed = first.fixed_wrong / first.fixed_served if first.fixed_served else 0.0
         lines += [
             "",
-            f"error bound {bounded.max_error_rate}: the lookups replayed in a random order, "
-            f"each of the {bounded.candidates} candidates' labels fed back after it",
-            f"  learnt online:  {bounded.served} hits served, {bounded.wrong} wrong, realised "
-            f"error {bounded.realised_error:.4f}",
-            f"  best fixed {report.knob} in hindsight ({bounded.fixed_threshold}): "
-            f"{bounded.fixed_served} hits, {bounded.fixed_wrong} wrong, error {fixed:.4f}",
+            f"error bound {first.max_error_rate}: the lookups replayed in a random order, each "
+            f"of the {first.candidates} candidates' labels fed back after it",
+            f"  best fixed {report.knob} in hindsight ({first.fixed_threshold}): "
+            f"{first.fixed_served} hits, {first.fixed_wrong} wrong, error {fixed:.4f}",
         ]
+        for bounded in report.bounded:
+            lines.append(
+                f"  learnt online, z {bounded.z:.3g}: {bounded.served} hits served, "
+                f"{bounded.wrong} wrong, realised error {bounded.realised_error:.4f}"
+            )
     if report.target_threshold is None:
         lines.append(f"no {report.knob} reaches precision {report.target_precision}")
     else:
