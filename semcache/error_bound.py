@@ -51,11 +51,12 @@ def wilson_upper(wrong: float, total: float, z: float = CONFIDENCE_Z) -> float:
 class _Tally:
     seen: NDArray[np.float64]  # weight of labelled candidates per score bin
     wrong: NDArray[np.float64]  # of which wrong
+    squares: NDArray[np.float64]  # sum of squared weights: how many labels the weight is
     threshold: float = NOTHING
 
     @classmethod
     def empty(cls) -> _Tally:
-        return cls(np.zeros(BINS), np.zeros(BINS))
+        return cls(np.zeros(BINS), np.zeros(BINS), np.zeros(BINS))
 
 
 def _bin(score: float) -> int:
@@ -92,6 +93,7 @@ class ErrorBound:
             position = _bin(score)
             tally.seen[position] += weight
             tally.wrong[position] += weight * wrong
+            tally.squares[position] += weight * weight
             tally.threshold = self._fit(tally)
 
     def _fit(self, tally: _Tally) -> float:
@@ -99,11 +101,16 @@ class ErrorBound:
         (never below the lowest score seen: no evidence, no hit)."""
         seen = np.cumsum(tally.seen[::-1])[::-1]  # weight at or above each bin
         wrong = np.cumsum(tally.wrong[::-1])[::-1]
+        squares = np.cumsum(tally.squares[::-1])[::-1]
         best = NOTHING
         for position in range(BINS - 1, -1, -1):
             if tally.seen[position] <= 0:
                 continue
-            upper = wilson_upper(float(wrong[position]), float(seen[position]), self.z)
+            # Weighted labels (a shadow check of one hit in ten weighs 10) are as sure as
+            # their effective number, (sum w)^2 / sum w^2, not as their total weight.
+            labels = float(seen[position] ** 2 / squares[position])
+            rate = float(wrong[position] / seen[position])
+            upper = wilson_upper(rate * labels, labels, self.z)
             if upper <= self.max_error_rate:
                 best = position / BINS
         return best
@@ -127,7 +134,11 @@ class ErrorBound:
             return {
                 "bins": BINS,
                 "namespaces": {
-                    namespace: {"seen": t.seen.tolist(), "wrong": t.wrong.tolist()}
+                    namespace: {
+                        "seen": t.seen.tolist(),
+                        "wrong": t.wrong.tolist(),
+                        "squares": t.squares.tolist(),
+                    }
                     for namespace, t in self._tallies.items()
                 },
             }
@@ -139,15 +150,18 @@ class ErrorBound:
                 return
             tallies = {}
             for namespace, saved in state["namespaces"].items():
-                seen = np.asarray(saved["seen"], dtype=np.float64)
-                wrong = np.asarray(saved["wrong"], dtype=np.float64)
-                if seen.shape != (BINS,) or wrong.shape != (BINS,):
+                seen, wrong, squares = (
+                    np.asarray(saved[key], dtype=np.float64) for key in ("seen", "wrong", "squares")
+                )
+                if any(
+                    a.shape != (BINS,) or not np.isfinite(a).all() for a in (seen, wrong, squares)
+                ):
                     return
-                if not (np.isfinite(seen).all() and np.isfinite(wrong).all()):
+                if (wrong < 0).any() or (wrong > seen + 1e-9).any() or (squares < 0).any():
                     return
-                if (seen < 0).any() or (wrong < 0).any() or (wrong > seen + 1e-9).any():
+                if ((seen > 0) & (squares <= 0)).any():
                     return
-                tallies[str(namespace)] = _Tally(seen, wrong)
+                tallies[str(namespace)] = _Tally(seen, wrong, squares)
         except (AttributeError, KeyError, TypeError, ValueError):
             return
         with self._lock:

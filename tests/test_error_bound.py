@@ -49,6 +49,15 @@ def test_the_threshold_falls_as_right_answers_are_seen_and_rises_with_wrong_ones
     assert bound.threshold("other") == math.inf  # namespaces learn apart
 
 
+def test_a_weighted_label_is_not_as_sure_as_that_many_labels() -> None:
+    many, few = ErrorBound(0.05), ErrorBound(0.05)
+    for _ in range(150):
+        many.record("n", 0.9, wrong=False)
+    for _ in range(15):  # a shadow check of one hit in ten stands for ten hits
+        few.record("n", 0.9, wrong=False, weight=10)
+    assert many.allows("n", 0.9) and not few.allows("n", 0.9)
+
+
 def test_on_a_labelled_stream_the_served_hits_stay_within_the_bound() -> None:
     """Scores whose true error is 1 - score (calibrated) or 1.3 x that (overconfident): the
     hits served while learning are wrong at most as often as the bound allows."""
@@ -83,7 +92,9 @@ def test_the_served_region_always_meets_the_bound_on_what_was_seen(
     above = [(w, weight) for s, w, weight in labels if s >= threshold]
     if above:
         seen = sum(weight for _, weight in above)
-        assert wilson_upper(sum(weight for w, weight in above if w), seen) <= rate + 1e-9
+        effective = seen**2 / sum(weight**2 for _, weight in above)
+        wrong = sum(weight for w, weight in above if w) / seen * effective
+        assert wilson_upper(wrong, effective) <= rate + 1e-9
 
 
 def test_state_round_trips_and_a_damaged_one_is_ignored() -> None:
