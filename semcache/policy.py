@@ -85,6 +85,11 @@ _NOT_ENTITIES = {
     "if", "in", "on", "at", "for", "to", "of", "and", "or", "but", "my", "your", "it", "this",
     "that", "there", "please", "tell", "give", "explain", "list", "write", "describe", "best",
     "good", "ok", "okay", "hi", "hello", "hey", "thanks", "yes", "no", "vs", "mr", "mrs", "dr",
+    # Titles and company forms, which a rephrasing adds or drops around the same name:
+    # "Gov. Schwarzenegger" / "Governor Schwarzenegger", "Microsoft Corp." / "Microsoft".
+    "ms", "prof", "gov", "governor", "president", "sen", "senator", "rep", "minister", "prime",
+    "secretary", "chairman", "mayor", "gen", "general", "sir", "judge", "chancellor", "corp",
+    "inc", "ltd", "llc", "plc", "co",
 }  # fmt: skip
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -287,7 +292,8 @@ def _entities(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     )
     seen: dict[str, None] = {}
     occurrences: list[tuple[str, int]] = []
-    for index, (word, opens_sentence) in enumerate(tokens):
+    for index, (written, opens_sentence) in enumerate(tokens):
+        word = _name_head(written)
         lowered = _word_key(word)
         if lowered in _NOT_ENTITIES or lowered in _STOPWORDS or not word[0].isalpha():
             continue
@@ -299,6 +305,20 @@ def _entities(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
         if acronym or mixed or capitalised:
             occurrences.append((word, index))
     return tuple(seen), tuple(occurrences)
+
+
+def _name_head(word: str) -> str:
+    """A capitalised word without the lower-case parts hyphened to it: "York-based" is York,
+    "Obama-era" is Obama; "Coca-Cola" stays whole."""
+    if not word[:1].isupper() or "-" not in word:
+        return word
+    parts = word.split("-")
+    kept = [parts[0]]
+    for part in parts[1:]:
+        if not part[:1].isupper():
+            break
+        kept.append(part)
+    return "-".join(kept)
 
 
 @lru_cache(maxsize=16384)

@@ -74,6 +74,10 @@ PARAPHRASES = [
         "What is the difference between information systems and information technology?",
         "What's the difference between Information Technology and Information Systems?",
     ),
+    # News: titles and company forms come and go around a name; "New York-based" names York.
+    ("Gov. Schwarzenegger signed the bill.", "Governor Schwarzenegger signed the bill."),
+    ("Shares of Microsoft Corp. rose 3 percent.", "Microsoft shares rose 3%."),
+    ("A New York firm reported a loss.", "A New York-based firm reported a loss."),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -83,6 +87,11 @@ PARAPHRASES = [
 
 SWAPS = [
     ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
+    (
+        "Is the Boston-based firm hiring?",
+        "Is the Denver-based firm hiring?",
+        Reason.ENTITY_MISMATCH,
+    ),
     (
         "What do you think about India's surgical strikes on Pakistan?",
         "What do you think about Pakistan's surgical strikes on India?",
