@@ -34,6 +34,10 @@ from numpy.typing import NDArray
 BINS = 100  # score bins over [0, 1]
 CONFIDENCE_Z = 1.645  # one-sided 95%
 NOTHING = math.inf  # the threshold with too little evidence: no score reaches it
+# Labelling a candidate costs model work (two answers embedded); past this many labels in a
+# namespace, a share of the candidates is labelled, each weighing the inverse of that share.
+FULL_LABELS = 2000
+MIN_LABEL_SHARE = 0.05  # labelling never stops: the traffic may change
 
 
 def wilson_upper(wrong: float, total: float, z: float = CONFIDENCE_Z) -> float:
@@ -83,6 +87,14 @@ class ErrorBound:
 
     def allows(self, namespace: str, score: float) -> bool:
         return score >= self.threshold(namespace)
+
+    def label_share(self, namespace: str) -> float:
+        """The share of ``namespace``'s candidates worth labelling now: all of them until it
+        has :data:`FULL_LABELS`, then fewer (never under :data:`MIN_LABEL_SHARE`)."""
+        with self._lock:
+            tally = self._tallies.get(namespace)
+            seen = 0.0 if tally is None else float(tally.seen.sum())
+        return 1.0 if seen <= FULL_LABELS else max(MIN_LABEL_SHARE, FULL_LABELS / seen)
 
     def record(self, namespace: str, score: float, *, wrong: bool, weight: float = 1.0) -> None:
         """A labelled candidate: its score and whether its answer was wrong for the query."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -47,6 +49,18 @@ def test_the_threshold_falls_as_right_answers_are_seen_and_rises_with_wrong_ones
         bound.record("default", 0.70, wrong=True)
     assert not bound.allows("default", 0.70) and bound.allows("default", 0.95)
     assert bound.threshold("other") == math.inf  # namespaces learn apart
+
+
+def test_past_enough_labels_a_share_of_candidates_is_labelled() -> None:
+    bound = ErrorBound(0.05)
+    assert bound.label_share("n") == 1.0
+    for _ in range(2000):
+        bound.record("n", 0.9, wrong=False)
+    assert bound.label_share("n") == 1.0
+    bound.record("n", 0.9, wrong=False, weight=2000)  # as a sample at one in 2000 would
+    assert bound.label_share("n") == pytest.approx(0.5, rel=1e-3)
+    bound.record("n", 0.9, wrong=False, weight=100_000)
+    assert bound.label_share("n") == 0.05 and bound.label_share("other") == 1.0
 
 
 def test_a_weighted_label_is_not_as_sure_as_that_many_labels() -> None:
@@ -181,3 +195,37 @@ async def test_the_sidecar_labels_misses_with_a_candidate_and_checked_hits(
         metrics = await sidecar.get_text("/metrics")
         assert 'semcache_error_bound_labels_total{source="miss"} 1.0' in metrics
         assert 'semcache_error_bound_labels_total{source="shadow"} 1.0' in metrics
+
+
+async def test_a_namespace_with_plenty_of_labels_labels_a_sample_of_its_misses(
+    tmp_path: Path,
+    embedder: CountingEmbedder,
+    upstream: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with start_sidecar(tmp_path, embedder, upstream, max_error_rate=0.05) as sidecar:
+        client = sidecar.client()
+        await client.chat.completions.create(**ask(STORED))
+        await sidecar.settled()
+        reply = await client.chat.completions.with_raw_response.create(**ask(ASKED))
+        await sidecar.settled()
+        (namespace, tally), *_ = sidecar.cache.stats()["error_bound"].items()
+        assert tally["labelled"] == 1
+        bound = sidecar.cache.error_bound
+        assert bound is not None
+        bound.record(namespace, 0.99, wrong=True, weight=39_999)  # share now 2000/40000
+        assert bound.label_share(namespace) == 0.05
+        stage = sys.modules["semcache.server.pipeline.store"]
+        monkeypatch.setattr(stage, "random", SimpleNamespace(random=lambda: 0.5))
+        skipped = await client.chat.completions.with_raw_response.create(
+            **ask("Which mountain is the highest in the world?")
+        )
+        await sidecar.settled()
+        assert skipped.headers["X-Semcache-Reason"] == Reason.ERROR_BOUND.value  # a candidate
+        assert sidecar.cache.stats()["error_bound"][namespace]["labelled"] == 40_000  # skipped
+        monkeypatch.setattr(stage, "random", SimpleNamespace(random=lambda: 0.01))
+        await client.chat.completions.create(**ask("Which peak is the tallest in the world?"))
+        await sidecar.settled()
+        labelled = sidecar.cache.stats()["error_bound"][namespace]["labelled"]
+        assert labelled == pytest.approx(40_020)  # sampled: it weighs 1 / 0.05
+        assert reply.headers["X-Semcache-Reason"] == Reason.ERROR_BOUND.value

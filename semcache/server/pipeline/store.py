@@ -9,6 +9,7 @@ costs its client the upstream's time and nothing more.
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from aiohttp import web
@@ -57,6 +58,9 @@ async def label_candidate(x: Exchange, request: CacheRequest, answer: dict[str, 
     cache, decision = x.state.cache, x.decision
     if cache.error_bound is None or decision is None or decision.entry_id is None:
         return
+    share = cache.error_bound.label_share(request.namespace)
+    if share < 1.0 and random.random() >= share:
+        return  # enough labels here: a sample of the candidates, each weighing 1 / share
     try:
         candidate = await cache.aentry(decision.entry_id)
         if candidate is None or not x.dialect.valid_answer(candidate.response):
@@ -66,7 +70,7 @@ async def label_candidate(x: Exchange, request: CacheRequest, answer: dict[str, 
             x.dialect.answer_text(answer),
             x.state.config.shadow_agreement,
         )
-        if cache.feedback(request, decision, right=verdict.agree):
+        if cache.feedback(request, decision, right=verdict.agree, weight=1.0 / share):
             x.state.metrics.error_bound_labels.labels("miss").inc()
     except Exception:
         logger.exception("labelling a candidate for the error bound failed")
