@@ -746,7 +746,7 @@ class SemanticCache:
         (a shadow check of one hit in ten weighs 10). ``False`` when nothing was recorded: no
         bound is set, or the decision had no candidate that reached the last stage."""
         self._check_open()
-        score = self._decider.bound_score(decision)
+        score = self._decider.bound_score(decision.score, decision.confidence)
         if self.error_bound is None or score is None or decision.reason is Reason.EXACT:
             return False
         self.error_bound.record(request.namespace, score, wrong=not right, weight=weight)
@@ -869,7 +869,7 @@ class SemanticCache:
     ) -> Decision:
         with self._lock:
             if reason is Reason.SEMANTIC and self.error_bound is not None:
-                bound_score = confidence if self.verifier is not None else score
+                bound_score = self._decider.bound_score(score, confidence)
                 if bound_score is not None:
                     self._served[entry.entry_id] = (entry.namespace, bound_score)
                     self._served.move_to_end(entry.entry_id)

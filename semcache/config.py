@@ -109,11 +109,8 @@ class CacheConfig:
             raise ConfigError(
                 f"verifier must be 'auto', a name, a path or None, got {self.verifier!r}"
             )
-        if self.max_error_rate is not None and (
-            isinstance(self.max_error_rate, bool)
-            or not isinstance(self.max_error_rate, int | float)
-            or not 0.0 < self.max_error_rate < 1.0
-        ):
+        rate = self.max_error_rate
+        if rate is not None and (not _is_number(rate) or not 0.0 < rate < 1.0):
             raise ConfigError(
                 f"max_error_rate must be a number in (0, 1) or None, got {self.max_error_rate!r}"
             )

@@ -87,13 +87,11 @@ class HitDecider:
         self.vectors = vectors
         self.error_bound = error_bound
 
-    def bound_score(self, decision: Decision) -> float | None:
-        """The score :class:`~semcache.error_bound.ErrorBound` judges a decision's candidate
-        by: the verifier's probability with a verifier, else the cosine; ``None`` when no
-        candidate reached that stage."""
-        if self.verifier is not None:
-            return decision.confidence
-        return decision.score
+    def bound_score(self, score: float | None, confidence: float | None) -> float | None:
+        """The score :class:`~semcache.error_bound.ErrorBound` judges a candidate by (from a
+        decision's ``score`` and ``confidence``): the verifier's probability with a verifier,
+        else the cosine; ``None`` when no candidate reached that stage."""
+        return confidence if self.verifier is not None else score
 
     @property
     def min_similarity(self) -> float:
@@ -187,14 +185,16 @@ class HitDecider:
             if i not in best or probability > best[i][0]:
                 best[i] = (probability, entry, score)
         for i, (probability, entry, score) in best.items():
-            wanted = requests[i].min_confidence
             bound = self.error_bound
+            # A request's own min_confidence holds; else the bound, when set, stands in for
+            # the verifier's operating point.
+            wanted = requests[i].min_confidence
+            if wanted is None:
+                wanted = 0.0 if bound is not None else self.verifier.min_confidence
             reason: Reason | None = None
             if bound is not None and not bound.allows(requests[i].namespace, probability):
                 reason = Reason.ERROR_BOUND
-            elif bound is not None and wanted is None:
-                pass  # the bound stands in for the verifier's own operating point
-            elif probability < (self.verifier.min_confidence if wanted is None else wanted):
+            elif probability < wanted:
                 reason = Reason.UNVERIFIED
             if reason is None:
                 outcomes[i] = Choice(entry, score, probability)

@@ -359,14 +359,13 @@ class OnnxEmbedder:
         encodings = self._encodings(texts)
         lengths = [min(len(e.ids), runtime.max_tokens) for e in encodings]
         with self._call():
-            out = self._passes(runtime, encodings, lengths)
-        if out is None:
-            return np.empty((0, 0), np.float32)
-        return out
+            out = self._passes(encodings, lengths)
+        return np.empty((0, 0), np.float32) if out is None else out
 
     def _passes(
-        self, runtime: _Runtime, encodings: Sequence[Any], lengths: Sequence[int]
+        self, encodings: Sequence[Any], lengths: Sequence[int]
     ) -> NDArray[np.float32] | None:
+        """The vectors of ``encodings``, in length-sorted passes (``None`` for no text)."""
         out: NDArray[np.float32] | None = None
         for group in sub_batches(lengths, cells=self.cells, most=MAX_SUB_BATCH):
             width = max(lengths[i] for i in group)

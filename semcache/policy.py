@@ -127,14 +127,15 @@ def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
     lowered = [_word_key(w) for w in words]
-    digits = {
-        m.start(): float(m.group().replace(",", ""))
-        for m in _DIGITS.finditer(text)
-        if not _LIST_MARKER.match(text, m.start()) and _is_number(m.group())
-    }
-    found = [(position, _canonical_number(m)) for position, m in _digit_tokens(text).items()]
-    found = [(p, n) for p, n in found if p not in digits]
-    found += _spelled_numbers(text, digits)
+    digits: dict[int, float] = {}  # numbers written in digits, by position
+    found: list[tuple[int, str]] = []  # and digit runs that are no number: "2.10.0"
+    for m in _DIGITS.finditer(text):
+        if not _LIST_MARKER.match(text, m.start()):
+            try:
+                digits[m.start()] = float(m.group().replace(",", ""))
+            except ValueError:
+                found.append((m.start(), _canonical_number(m.group())))
+    found += _number_values(text, digits)
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
     negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lowered)
     if _ANSWER_NO.match(text):
@@ -165,24 +166,7 @@ _UNITS = {  # cardinals that add up: "twenty" "five"
 }
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token.replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def _digit_tokens(text: str) -> dict[int, str]:
-    """Digit runs that are not numbers (version strings such as "2.10.0"), by position."""
-    return {
-        m.start(): m.group()
-        for m in _DIGITS.finditer(text)
-        if not _LIST_MARKER.match(text, m.start()) and not _is_number(m.group())
-    }
-
-
-def _spelled_numbers(text: str, digits: dict[int, float]) -> list[tuple[int, str]]:
+def _number_values(text: str, digits: dict[int, float]) -> list[tuple[int, str]]:
     """Numbers written in digits, in words or both, each as one value: "one hundred" and "100",
     "3 billion", "3bn" and "3,000,000,000", "twenty-five" and "25". A magnitude with no count
     before it ("several thousand", "hundreds of") says how many only roughly: no number."""
