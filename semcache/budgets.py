@@ -1,26 +1,36 @@
-"""Spend budgets: daily and monthly caps in USD, for all traffic and per tenant, persisted.
+"""Spend budgets: daily, weekly and monthly caps in USD, for all traffic, per business line
+and per tenant, persisted.
 
 ::
 
     [budgets]
     daily_usd = 20.0
+    weekly_usd = 100.0
     monthly_usd = 400.0
     tenant_daily_usd = 2.0             # every tenant (API key) gets these caps ...
     tenant_monthly_usd = 40.0
     on_exceeded = "downgrade"          # or "reject"
     downgrade_model = "gpt-4o-mini"    # where requests go once a cap is reached
     warn_at = [0.5, 0.8, 0.9]
+    warn_webhook = "env:BUDGET_WEBHOOK_URL"   # also POST each warning there (JSON)
 
     [budgets.tenants."key-0123456789abcdef"]   # ... unless named here (see /stats)
     daily_usd = 10.0
     monthly_usd = 100.0
 
+    [budgets.lines.payments]           # a business line: named clients sharing caps
+    clients = ["checkout", "refunds"]
+    weekly_usd = 50.0
+
+A request is admitted while every cap that applies to it has room: the overall caps, its
+business line's (when its tenant is in one) and its tenant's.
+
 Spend is what the upstream's ``usage`` says at the price table's prices, added once per answer.
 It lives in a diskcache (SQLite) under the cache directory, in whole micro-dollars updated in
 one transaction each, so a restart or a crash loses nothing and two workers never double-count;
 with ``--redis``, in Redis, for every sidecar at once (see :mod:`semcache.shared.counters`).
-Days and months are UTC. A warning is logged and counted once per cap, period and threshold,
-also across restarts.
+Days, weeks (Monday to Sunday) and months are UTC. A warning is logged, counted and posted to
+``warn_webhook`` once per cap, period and threshold, also across restarts.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,22 +46,48 @@ from typing import Any
 
 from semcache.errors import ConfigError
 from semcache.shared.counters import Counters, DiskCounters
+from semcache.upstream.specs import resolve_secret
 
 logger = logging.getLogger("semcache.budgets")
 
 MICRO = 1_000_000
 GLOBAL = "global"
+LINE_PREFIX = "line:"  # a business line's scope; tenants never contain ':'
+PERIODS = ("day", "week", "month")
+ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
 # How long a period's counters are kept after it began (long enough to look back at it).
-_KEEP_S = {"day": 3 * 86_400, "month": 62 * 86_400}
+_KEEP_S = {"day": 3 * 86_400, "week": 15 * 86_400, "month": 62 * 86_400}
+_CAP_FIELDS = {"daily_usd", "weekly_usd", "monthly_usd"}
 
 
 @dataclass(frozen=True)
 class Caps:
     daily_usd: float | None = None
     monthly_usd: float | None = None
+    weekly_usd: float | None = None
 
     def of(self, period: str) -> float | None:
-        return self.daily_usd if period == "day" else self.monthly_usd
+        return {"day": self.daily_usd, "week": self.weekly_usd, "month": self.monthly_usd}[period]
+
+    @property
+    def any(self) -> bool:
+        return any(self.of(period) is not None for period in PERIODS)
+
+
+@dataclass(frozen=True)
+class BusinessLine:
+    """A named group of clients (tenants) whose spend is capped together."""
+
+    name: str
+    clients: frozenset[str]
+    caps: Caps
+
+
+def scope_kind(scope: str) -> str:
+    """``global``, ``line`` or ``tenant``: what a scope is, for a metric label."""
+    if scope == GLOBAL:
+        return "global"
+    return "line" if scope.startswith(LINE_PREFIX) else "tenant"
 
 
 @dataclass(frozen=True)
@@ -61,18 +98,33 @@ class BudgetConfig:
     on_exceeded: str = "reject"
     downgrade_model: str | None = None
     warn_at: tuple[float, ...] = (0.5, 0.8, 0.9)
+    lines: tuple[BusinessLine, ...] = ()
+    warn_webhook: str | None = field(default=None, repr=False)  # may hold a token
 
     def caps_of(self, tenant: str) -> Caps:
         return self.tenants.get(tenant, self.per_tenant)
 
+    def line_of(self, tenant: str) -> BusinessLine | None:
+        return next((line for line in self.lines if tenant in line.clients), None)
+
+    def scopes(self, tenant: str) -> list[tuple[str, Caps]]:
+        """Every scope a tenant's spend counts in, with its caps: overall, its business line
+        (if any), itself."""
+        scopes = [(GLOBAL, self.overall)]
+        line = self.line_of(tenant)
+        if line is not None:
+            scopes.append((LINE_PREFIX + line.name, line.caps))
+        scopes.append((tenant, self.caps_of(tenant)))
+        return scopes
+
     @property
     def active(self) -> bool:
         caps = [self.overall, self.per_tenant, *self.tenants.values()]
-        return any(c.daily_usd is not None or c.monthly_usd is not None for c in caps)
+        return any(c.any for c in (*caps, *(line.caps for line in self.lines)))
 
 
-def parse_budgets(raw: object) -> BudgetConfig:
-    """Check a ``[budgets]`` table.
+def parse_budgets(raw: object, environ: Mapping[str, str] | None = None) -> BudgetConfig:
+    """Check a ``[budgets]`` table; ``environ`` resolves ``warn_webhook = "env:NAME"``.
 
     Raises:
         ConfigError: naming the field at fault.
@@ -80,8 +132,8 @@ def parse_budgets(raw: object) -> BudgetConfig:
     if not isinstance(raw, dict):
         raise ConfigError("budgets must be a table ([budgets])")
     known = {
-        "daily_usd", "monthly_usd", "tenant_daily_usd", "tenant_monthly_usd", "on_exceeded",
-        "downgrade_model", "warn_at", "tenants",
+        *_CAP_FIELDS, "tenant_daily_usd", "tenant_weekly_usd", "tenant_monthly_usd",
+        "on_exceeded", "downgrade_model", "warn_at", "tenants", "lines", "warn_webhook",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -102,26 +154,65 @@ def parse_budgets(raw: object) -> BudgetConfig:
         raise ConfigError("budgets.tenants must be a table of tables")
     tenants = {}
     for tenant, table in tenants_raw.items():
-        if not isinstance(table, dict) or set(table) - {"daily_usd", "monthly_usd"}:
-            raise ConfigError(f"budgets.tenants.{tenant} may hold daily_usd and monthly_usd only")
-        tenants[tenant] = Caps(
-            _usd(table.get("daily_usd"), f"budgets.tenants.{tenant}.daily_usd"),
-            _usd(table.get("monthly_usd"), f"budgets.tenants.{tenant}.monthly_usd"),
-        )
+        if not isinstance(table, dict) or set(table) - _CAP_FIELDS:
+            raise ConfigError(
+                f"budgets.tenants.{tenant} may hold daily_usd, weekly_usd and monthly_usd only"
+            )
+        tenants[tenant] = _caps(table, f"budgets.tenants.{tenant}.")
     return BudgetConfig(
-        overall=Caps(
-            _usd(raw.get("daily_usd"), "budgets.daily_usd"),
-            _usd(raw.get("monthly_usd"), "budgets.monthly_usd"),
-        ),
-        per_tenant=Caps(
-            _usd(raw.get("tenant_daily_usd"), "budgets.tenant_daily_usd"),
-            _usd(raw.get("tenant_monthly_usd"), "budgets.tenant_monthly_usd"),
-        ),
+        overall=_caps(raw, "budgets."),
+        per_tenant=_caps(raw, "budgets.", prefix="tenant_"),
         tenants=tenants,
         on_exceeded=on_exceeded,
         downgrade_model=downgrade_model,
         warn_at=tuple(sorted(float(w) for w in warn_at)),
+        lines=_lines(raw.get("lines", {})),
+        warn_webhook=_webhook(raw.get("warn_webhook"), environ or {}),
     )
+
+
+def _caps(table: Mapping[str, object], where: str, prefix: str = "") -> Caps:
+    def usd(period: str) -> float | None:
+        name = f"{prefix}{ADJECTIVES[period]}_usd"
+        return _usd(table.get(name), where + name)
+
+    return Caps(daily_usd=usd("day"), weekly_usd=usd("week"), monthly_usd=usd("month"))
+
+
+def _lines(raw: object) -> tuple[BusinessLine, ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError("budgets.lines must be a table of tables ([budgets.lines.<name>])")
+    lines = []
+    owner: dict[str, str] = {}
+    for name, table in raw.items():
+        where = f"budgets.lines.{name}"
+        if not isinstance(table, dict) or set(table) - (_CAP_FIELDS | {"clients"}):
+            raise ConfigError(f"{where} may hold clients, daily_usd, weekly_usd and monthly_usd")
+        clients = table.get("clients")
+        if not isinstance(clients, list) or not clients:
+            raise ConfigError(f"{where}.clients must be a non-empty list of client names")
+        for client in clients:
+            if not isinstance(client, str) or not client or ":" in client:
+                raise ConfigError(f"{where}.clients must be client names, got {client!r}")
+            if client in owner:
+                raise ConfigError(
+                    f"client {client!r} is in two business lines ({owner[client]}, {name})"
+                )
+            owner[client] = name
+        lines.append(BusinessLine(name, frozenset(clients), _caps(table, where + ".")))
+    return tuple(lines)
+
+
+def _webhook(raw: object, environ: Mapping[str, str]) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError("budgets.warn_webhook must be a URL (or env:NAME)")
+    url = resolve_secret(raw, environ, "budgets.warn_webhook")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("budgets.warn_webhook must be an http(s) URL")
+    return url
 
 
 def _usd(value: object, name: str) -> float | None:
@@ -139,18 +230,24 @@ def _usd(value: object, name: str) -> float | None:
 
 @dataclass(frozen=True)
 class Exceeded:
-    """A cap that is reached: who (``global`` or a tenant), which period, and when it resets."""
+    """A cap that is reached: who (``global``, ``line:<name>`` or a tenant), which period, and
+    when it resets."""
 
     scope: str
-    period: str  # "day" or "month"
+    period: str  # "day", "week" or "month"
     cap_usd: float
     spent_usd: float
     resets_at: float  # seconds since the epoch
 
     def message(self) -> str:
-        who = "the sidecar's" if self.scope == GLOBAL else "this API key's"
+        kind = scope_kind(self.scope)
+        who = {
+            "global": "the sidecar's",
+            "line": f"the business line {self.scope.removeprefix(LINE_PREFIX)!r}'s",
+            "tenant": "this API key's",
+        }[kind]
         return (
-            f"{who} {'daily' if self.period == 'day' else 'monthly'} budget of "
+            f"{who} {ADJECTIVES[self.period]} budget of "
             f"${self.cap_usd:.2f} is spent (${self.spent_usd:.2f}); it resets at "
             f"{dt.datetime.fromtimestamp(self.resets_at, dt.UTC):%Y-%m-%d %H:%M} UTC"
         )
@@ -158,11 +255,23 @@ class Exceeded:
 
 @dataclass(frozen=True)
 class BudgetWarning:
-    scope: str
+    scope: str  # "global", "line:<name>" or a tenant
     period: str
     fraction: float
     spent_usd: float
     cap_usd: float
+    resets_at: float
+
+    def describe(self) -> str:
+        who = {
+            "global": "the sidecar",
+            "line": f"business line {self.scope.removeprefix(LINE_PREFIX)}",
+            "tenant": f"tenant {self.scope}",
+        }[scope_kind(self.scope)]
+        return (
+            f"budget: {who} has spent {100 * self.spent_usd / self.cap_usd:.0f}% of its "
+            f"{ADJECTIVES[self.period]} cap (${self.spent_usd:.2f} of ${self.cap_usd:.2f})"
+        )
 
 
 @dataclass(frozen=True)
@@ -207,15 +316,18 @@ class SpendLedger:
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
         midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         tomorrow = midnight + dt.timedelta(days=1)
+        next_monday = midnight + dt.timedelta(days=7 - midnight.weekday())
         first = midnight.replace(day=1)
         next_month = (first + dt.timedelta(days=32)).replace(day=1)
         return {
             "day": (moment.strftime("%Y-%m-%d"), tomorrow.timestamp()),
+            "week": (moment.strftime("%G-W%V"), next_monday.timestamp()),
             "month": (moment.strftime("%Y-%m"), next_month.timestamp()),
         }
 
     def spent(self, scope: str, period: str) -> float:
-        """USD spent by ``scope`` (``global`` or a tenant) in the current ``period``."""
+        """USD spent by ``scope`` (``global``, ``line:<name>`` or a tenant) in the current
+        ``period``."""
         label, _ = self._periods(self._clock())[period]
         return self._counters.get(f"spend:{label}:{scope}") / MICRO
 
@@ -233,7 +345,7 @@ class SpendLedger:
 
     def _first_exceeded(self, tenant: str) -> Exceeded | None:
         now = self._clock()
-        for scope, caps in ((GLOBAL, self.config.overall), (tenant, self.config.caps_of(tenant))):
+        for scope, caps in self.config.scopes(tenant):
             for period, (label, resets_at) in self._periods(now).items():
                 cap = caps.of(period)
                 if cap is None:
@@ -250,8 +362,8 @@ class SpendLedger:
         micro = round(cost_usd * MICRO)
         warnings = []
         now = self._clock()
-        for scope, caps in ((GLOBAL, self.config.overall), (tenant, self.config.caps_of(tenant))):
-            for period, (label, _) in self._periods(now).items():
+        for scope, caps in self.config.scopes(tenant):
+            for period, (label, resets_at) in self._periods(now).items():
                 key = f"spend:{label}:{scope}"
                 total = self._counters.incr(key, micro, ttl_s=_KEEP_S[period]) / MICRO
                 cap = caps.of(period)
@@ -261,24 +373,33 @@ class SpendLedger:
                     if total / cap >= fraction and self._counters.mark(
                         f"warned:{label}:{scope}:{fraction}", ttl_s=_KEEP_S[period]
                     ):
-                        warnings.append(BudgetWarning(scope, period, fraction, total, cap))
+                        warnings.append(
+                            BudgetWarning(scope, period, fraction, total, cap, resets_at)
+                        )
         for warning in warnings:
-            logger.warning(
-                "budget: %s has spent %.0f%% of its %s cap ($%.2f of $%.2f)",
-                "the sidecar" if warning.scope == GLOBAL else f"tenant {warning.scope}",
-                100 * warning.spent_usd / warning.cap_usd,
-                "daily" if warning.period == "day" else "monthly",
-                warning.spent_usd,
-                warning.cap_usd,
-            )
+            logger.warning("%s", warning.describe())
         return warnings
 
+    def capped_scopes(self) -> list[tuple[str, Caps]]:
+        """The overall scope and every business line, with their caps (tenants are many and
+        are not listed: their spend is seen per request)."""
+        return [
+            (GLOBAL, self.config.overall),
+            *((LINE_PREFIX + line.name, line.caps) for line in self.config.lines),
+        ]
+
     def describe(self) -> dict[str, Any]:
-        """Spend against the global caps, for ``/stats``."""
-        return {
-            period: {
-                "spent_usd": self.spent(GLOBAL, period),
-                "cap_usd": self.config.overall.of(period),
+        """Spend against the overall caps and the business lines' caps, for ``/stats``."""
+
+        def spend(scope: str, caps: Caps) -> dict[str, Any]:
+            return {
+                period: {"spent_usd": self.spent(scope, period), "cap_usd": caps.of(period)}
+                for period in PERIODS
             }
-            for period in ("day", "month")
+
+        return {
+            **spend(GLOBAL, self.config.overall),
+            "lines": {
+                line.name: spend(LINE_PREFIX + line.name, line.caps) for line in self.config.lines
+            },
         }

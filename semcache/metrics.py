@@ -101,14 +101,28 @@ class Metrics:
         )
         self.budget_spend = Gauge(
             "semcache_budget_spend_usd",
-            "Spend of the current day and month against the global caps",
-            ["period"],
+            "Spend of the current day, week and month, overall (scope global) and per business "
+            "line (scope line:<name>)",
+            ["scope", "period"],
+            registry=self.registry,
+        )
+        self.budget_cap = Gauge(
+            "semcache_budget_cap_usd",
+            "The spend caps, overall and per business line, by period (absent: no cap)",
+            ["scope", "period"],
             registry=self.registry,
         )
         self.budget_warnings = Counter(
             "semcache_budget_warnings",
-            "Budget thresholds crossed (0.5, 0.8, 0.9, 1.0 of a cap), by scope and period",
+            "Budget thresholds crossed (0.5, 0.8, 0.9, 1.0 of a cap), by kind of scope "
+            "(global, line, tenant) and period",
             ["scope", "period", "threshold"],
+            registry=self.registry,
+        )
+        self.budget_webhook = Counter(
+            "semcache_budget_webhook_deliveries",
+            "Budget warnings posted to budgets.warn_webhook, by outcome (delivered, failed)",
+            ["outcome"],
             registry=self.registry,
         )
         self.budget_actions = Counter(

@@ -281,6 +281,15 @@ class ServerConfig(CacheConfig):
                 "[[clients]] keys are semcache's own and are never sent upstream, so every "
                 "upstream needs its api_keys ([[upstreams]])"
             )
+        if self.budgets is not None and self.budgets.lines:
+            named = {client.name for client in self.clients}
+            for line in self.budgets.lines:
+                unknown = sorted(line.clients - named)
+                if unknown:
+                    raise ConfigError(
+                        f"budgets.lines.{line.name}: {', '.join(unknown)} "
+                        "not among the [[clients]] (a business line groups named clients)"
+                    )
         super().__post_init__()  # the cache's own checks, reported now rather than at first use
 
     def routing_policy(self) -> RoutingPolicy:
@@ -430,7 +439,7 @@ def load_config(
         if "clients" in sections:
             values["clients"] = parse_clients(sections["clients"], environ)
         if "budgets" in sections:
-            values["budgets"] = parse_budgets(sections["budgets"])
+            values["budgets"] = parse_budgets(sections["budgets"], environ)
         if "prices" in sections:
             if not isinstance(sections["prices"], dict):
                 raise ConfigError('prices must be a table of models ([prices."gpt-4o"])')

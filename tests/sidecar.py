@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import openai
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from semcache import SemanticCache
 from semcache.embedding import Embedder
@@ -91,6 +92,19 @@ class Sidecar:
     async def get_text(self, path: str) -> str:
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
             return await response.text()
+
+    async def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample on ``/metrics`` (``None``: not there)."""
+        return metric_value(await self.get_text("/metrics"), name, **labels)
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with ``labels`` in a Prometheus text exposition."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 @asynccontextmanager

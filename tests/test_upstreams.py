@@ -248,12 +248,9 @@ async def test_a_spent_tenant_budget_downgrades_to_the_cheaper_model(
 
 
 async def budget_spend(sidecar: Sidecar) -> float:
-    async with aiohttp.ClientSession() as session:
-        text = await (await session.get(sidecar.url + "/metrics")).text()
-    line = next(
-        x for x in text.splitlines() if x.startswith('semcache_budget_spend_usd{period="day"}')
-    )
-    return float(line.split()[-1])
+    spend = await sidecar.metric("semcache_budget_spend_usd", scope="global", period="day")
+    assert spend is not None
+    return spend
 
 
 async def test_every_answer_the_upstream_charges_for_is_billed(

@@ -6,9 +6,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from semcache.budgets import PERIODS, SpendLedger, scope_kind
 from semcache.compression import Compressed
 from semcache.dialects import Dialect
 from semcache.errors import BudgetExceededError
+from semcache.metrics import Metrics
 from semcache.server.state import State
 from semcache.upstream.router import Attempt
 
@@ -82,12 +84,25 @@ def bill(
     whole = sum(weight for _, weight in payers)
     for payer, weight in payers:
         share = cost * weight / whole if whole > 0 else cost / len(payers)
-        for warning in state.ledger.record(payer, share):
-            scope = "global" if warning.scope == "global" else "tenant"
-            metrics.budget_warnings.labels(scope, warning.period, str(warning.fraction)).inc()
-    for period in ("day", "month"):
-        metrics.budget_spend.labels(period).set(state.ledger.spent("global", period))
+        warnings = state.ledger.record(payer, share)
+        for warning in warnings:
+            metrics.budget_warnings.labels(
+                scope_kind(warning.scope), warning.period, str(warning.fraction)
+            ).inc()
+        if warnings and state.budget_webhook is not None:
+            state.budget_webhook.send(warnings)
+    gauge_budgets(state.ledger, metrics)
     return cost
+
+
+def gauge_budgets(ledger: SpendLedger, metrics: Metrics) -> None:
+    """Set the spend gauges (and the caps') of the overall scope and the business lines."""
+    for scope, caps in ledger.capped_scopes():
+        for period in PERIODS:
+            metrics.budget_spend.labels(scope, period).set(ledger.spent(scope, period))
+            cap = caps.of(period)
+            if cap is not None:
+                metrics.budget_cap.labels(scope, period).set(cap)
 
 
 def admit(state: State, tenant: str, model: str, *, can_downgrade: bool = True) -> str | None:

@@ -24,6 +24,7 @@ from semcache.server import accounting, admin, proxy
 from semcache.server.after_response import AfterResponse
 from semcache.server.batch_jobs import JOBS_PATH, BatchJobs, job_status
 from semcache.server.bodies import body_middleware
+from semcache.server.budget_webhook import BudgetWebhook
 from semcache.server.compression import ContextCompression
 from semcache.server.controls import caller_key
 from semcache.server.error_responses import error_middleware, error_response
@@ -182,6 +183,16 @@ def _resources(
             poll_s=config.batch_jobs_poll_s,
         )
         flights = None if link is None else SharedFlights(link)
+        webhook_url = None if config.budgets is None else config.budgets.warn_webhook
+        webhook = (
+            None
+            if ledger is None or webhook_url is None
+            else BudgetWebhook(
+                webhook_url, on_delivery=lambda o: metrics_.budget_webhook.labels(o).inc()
+            )
+        )
+        if ledger is not None:
+            await asyncio.to_thread(accounting.gauge_budgets, ledger, metrics_)
         app[STATE] = State(
             config=config,
             cache=the_cache,
@@ -197,12 +208,15 @@ def _resources(
             batch_jobs=batch_jobs,
             flights=flights,
             after_response=AfterResponse(metrics_.after_response.set),
+            budget_webhook=webhook,
         )
         checkpoints = None
         try:
             await the_cache.awarm_up()  # the first request should not pay for loading the model
             await router.start()
             await batch_jobs.start()
+            if webhook is not None:
+                await webhook.start()
             if config.checkpoint_interval_s > 0:
                 checkpoints = asyncio.get_running_loop().create_task(
                     _checkpoint_every(the_cache, config.checkpoint_interval_s)
@@ -218,6 +232,8 @@ def _resources(
             await batching.windows.close()
             await batch_jobs.close()
             await shadow.close()
+            if webhook is not None:
+                await webhook.close()
             await asyncio.to_thread(compression.close)
             if given_router is None:
                 await router.close()

@@ -21,6 +21,7 @@ from semcache.upstream.router import Router
 
 if TYPE_CHECKING:
     from semcache.server.batch_jobs import BatchJobs
+    from semcache.server.budget_webhook import BudgetWebhook
     from semcache.server.request_batching import RequestBatching
     from semcache.shared.flights import SharedFlights
 
@@ -41,6 +42,7 @@ class State:
     batch_jobs: BatchJobs
     flights: SharedFlights | None = None  # single-flight across sidecars (--redis)
     after_response: AfterResponse = field(default_factory=AfterResponse)
+    budget_webhook: BudgetWebhook | None = None  # budgets.warn_webhook
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)
