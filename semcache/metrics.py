@@ -82,6 +82,18 @@ class Metrics:
             ["upstream"],
             registry=self.registry,
         )
+        self.upstream_up = Gauge(
+            "semcache_upstream_up",
+            "1 while an upstream is in rotation (its health checks answer), 0 while out",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.health_checks = Counter(
+            "semcache_upstream_health_checks",
+            "Health checks of the upstreams, by outcome (up: answered, down: failed)",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
         self.queue_length = Gauge(
             "semcache_queue_length",
             "Requests waiting for an upstream key",

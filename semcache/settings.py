@@ -86,6 +86,12 @@ class ServerConfig(CacheConfig):
     retry_backoff_max_s: float = setting(20.0, "longest backoff before a retry")
     breaker_failures: int = setting(5, "failures in a row that open an upstream's breaker")
     breaker_reset_s: float = setting(30.0, "how long an open breaker waits before a probe")
+    health_check_interval_s: float = setting(
+        60.0,
+        "how often each upstream is probed (GET /v1/models); failing ones leave the rotation "
+        "until they answer (0: no probes)",
+    )
+    health_check_timeout_s: float = setting(10.0, "longest wait for a health check's answer")
     queue_max_wait_s: float = setting(
         30.0, "longest wait for a free upstream key before a 429 with Retry-After"
     )
@@ -225,6 +231,7 @@ class ServerConfig(CacheConfig):
             "retry_backoff_s",
             "retry_backoff_max_s",
             "breaker_reset_s",
+            "health_check_timeout_s",
             "queue_max_wait_s",
             "body_read_timeout_s",
             "batch_jobs_window_s",
@@ -234,6 +241,11 @@ class ServerConfig(CacheConfig):
             value = getattr(self, name)
             if not (0 < value < math.inf):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not (0 <= self.health_check_interval_s < math.inf):
+            raise ConfigError(
+                f"health_check_interval_s must be 0 or a number of seconds, got "
+                f"{self.health_check_interval_s!r}"
+            )
         if not (0 <= self.checkpoint_interval_s < math.inf):
             raise ConfigError(
                 f"checkpoint_interval_s must be 0 or a number of seconds, got "

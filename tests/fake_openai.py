@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from semcache.tokens import count_messages, count_text
@@ -111,6 +112,7 @@ class FakeOpenAI:
     files: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     polls_to_finish: int = 1
+    down: bool = False  # answer every request with 503, health checks included
     job_outcome: str = "completed"
     job_fault: str | None = None
     _buckets: KeyBuckets | None = None
@@ -127,8 +129,17 @@ class FakeOpenAI:
         """Requests refused with 429 by a key's limit."""
         return [r for r in self.received if r.status == 429]
 
+    @web.middleware
+    async def _unless_down(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.down:
+            self.received.append(
+                Received(request.path, CIMultiDict(request.headers), None, status=503)
+            )
+            return web.json_response({"error": {"message": "down"}}, status=503)
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._unless_down])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_post("/v1/responses", self._responses)

@@ -124,6 +124,9 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 async def start_sidecar(
     tmp_path: Path, embedder: Embedder, upstream: FakeOpenAI, **settings: Any
 ) -> AsyncIterator[Sidecar]:
+    # Health checks would add GET /v1/models calls to what the fake records; tests of them
+    # turn them on.
+    settings.setdefault("health_check_interval_s", 0)
     config = ServerConfig(upstream=upstream.url, cache_dir=tmp_path / "cache", **settings)
     cache = SemanticCache(config.cache_dir, config=config.cache_config(), embedder=embedder)
     app = create_app(config, cache=cache)

@@ -38,6 +38,7 @@ from semcache.shared.flights import SharedFlights
 from semcache.shared.limits import SharedKeyLimiter, bucket_name
 from semcache.shared.link import RedisLink
 from semcache.upstream.breaker import CircuitBreaker
+from semcache.upstream.health import HealthChecks
 from semcache.upstream.limits import KeyLimiter
 from semcache.upstream.router import BreakerFactory, LimiterFactory, Router, RoutingPolicy
 from semcache.upstream.specs import KeySpec, UpstreamSpec, describe, passthrough
@@ -145,6 +146,19 @@ def _resources(
         )
         for name, breaker in router.breakers.items():
             metrics_.breaker_open.labels(name).set_function(_open(breaker))
+            metrics_.upstream_up.labels(name).set_function(_in_rotation(router, name))
+        health = (
+            HealthChecks(
+                router,
+                interval_s=config.health_check_interval_s,
+                timeout_s=config.health_check_timeout_s,
+                on_probe=lambda name, outcome, _: metrics_.health_checks.labels(
+                    name, outcome
+                ).inc(),
+            )
+            if config.health_check_interval_s > 0
+            else None
+        )
         ledger = given_ledger
         if ledger is None and config.budgets is not None and config.budgets.active:
             ledger = await asyncio.to_thread(_ledger, config, link)
@@ -209,6 +223,7 @@ def _resources(
             flights=flights,
             after_response=AfterResponse(metrics_.after_response.set),
             budget_webhook=webhook,
+            health=health,
         )
         checkpoints = None
         try:
@@ -217,6 +232,8 @@ def _resources(
             await batch_jobs.start()
             if webhook is not None:
                 await webhook.start()
+            if health is not None:
+                health.start()
             if config.checkpoint_interval_s > 0:
                 checkpoints = asyncio.get_running_loop().create_task(
                     _checkpoint_every(the_cache, config.checkpoint_interval_s)
@@ -227,6 +244,8 @@ def _resources(
                 checkpoints.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
+            if health is not None:
+                await health.close()
             await app[STATE].after_response.drain()  # answers served are stored
             await batcher.close()
             await batching.windows.close()
@@ -301,6 +320,10 @@ def _open(breaker: CircuitBreaker) -> Callable[[], float]:
     return lambda: float(breaker.state != breaker.CLOSED)
 
 
+def _in_rotation(router: Router, upstream: str) -> Callable[[], float]:
+    return lambda: float(router.in_rotation(upstream))
+
+
 async def _checkpoint_every(cache: SemanticCache, interval_s: float) -> None:
     """Save the index snapshot now and then, so a crash costs a short rebuild, not a long one."""
     while True:
@@ -345,6 +368,7 @@ async def stats(request: web.Request) -> web.Response:
                 "false_hit_rate": state.shadow.sampler.false_hit_rate(),
             },
             "upstreams": describe(state.router.upstreams),
+            "health": None if state.health is None else state.health.describe(),
             "keys": state.router.describe(),
             "queue_length": state.router.queue_length,
             "budgets": None if state.ledger is None else state.ledger.describe(),

@@ -17,6 +17,7 @@ from semcache.server.after_response import AfterResponse
 from semcache.server.compression import ContextCompression
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.settings import ServerConfig
+from semcache.upstream.health import HealthChecks
 from semcache.upstream.router import Router
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class State:
     flights: SharedFlights | None = None  # single-flight across sidecars (--redis)
     after_response: AfterResponse = field(default_factory=AfterResponse)
     budget_webhook: BudgetWebhook | None = None  # budgets.warn_webhook
+    health: HealthChecks | None = None  # health_check_interval_s > 0
 
 
 STATE: web.AppKey[State] = web.AppKey("semcache_state", State)

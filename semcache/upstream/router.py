@@ -251,6 +251,7 @@ class Router:
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._out_of_rotation: set[str] = set()  # upstreams whose health checks fail
 
     @property
     def upstreams(self) -> list[UpstreamSpec]:
@@ -275,6 +276,20 @@ class Router:
     @property
     def queue_length(self) -> int:
         return len(self._waiters)
+
+    def set_in_rotation(self, upstream: str, up: bool) -> None:
+        """Take an upstream out of rotation (its health checks fail) or bring it back: while
+        out, requests go to the other upstreams that serve them, if any."""
+        changed = up == (upstream in self._out_of_rotation)
+        if up:
+            self._out_of_rotation.discard(upstream)
+        else:
+            self._out_of_rotation.add(upstream)
+        if changed and self._waiters:
+            self.dispatch()
+
+    def in_rotation(self, upstream: str) -> bool:
+        return upstream not in self._out_of_rotation
 
     def backlogged(self, model: str | None = None, tokens: int = 1) -> bool:
         """Whether a request now would have to wait: others are queued, or no key is free."""
@@ -430,8 +445,9 @@ class Router:
         api: str | None = None,
         key_id: str | None = None,
     ) -> list[Target]:
-        """Targets that speak ``api`` and serve ``model`` (only ``key_id`` when given);
-        ``exclude`` is ignored when it would leave none."""
+        """Targets that speak ``api`` and serve ``model`` (only ``key_id`` when given), those
+        of upstreams in rotation only, unless none is; ``exclude`` is ignored when it would
+        leave none."""
         serving = [
             t
             for t in self.targets
@@ -439,6 +455,8 @@ class Router:
             and (model is None or t.upstream.serves(model))
             and (key_id is None or t.id == key_id)
         ]
+        rotating = [t for t in serving if t.upstream.name not in self._out_of_rotation]
+        serving = rotating or serving
         kept = [t for t in serving if t.id not in exclude]
         return kept or serving
 
@@ -580,6 +598,7 @@ class Router:
                 "upstream": t.upstream.name,
                 "key": t.id,
                 "breaker": t.breaker.state,
+                "in_rotation": self.in_rotation(t.upstream.name),
                 "headroom": None if t.limiter is None else round(t.limiter.headroom(), 3),
             }
             for t in self.targets
