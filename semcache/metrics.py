@@ -33,6 +33,23 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
             registry=self.registry,
         )
+        self.overhead = Histogram(
+            "semcache_overhead_seconds",
+            "Time a request spent in the sidecar before it was sent upstream (parsing, lookup, "
+            "admission, compression, coalescing; the wait for a key is not included)",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+                     0.5, 1, 2.5),
+            registry=self.registry,
+        )  # fmt: skip
+        self.time_to_first_token = Histogram(
+            "semcache_time_to_first_token_seconds",
+            "Streamed requests: time until the first event of the answer reached the client, "
+            "by endpoint and outcome (hit: replayed from the cache, miss: relayed)",
+            ["endpoint", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.model_busy = Counter(
             "semcache_model_busy_skips",
             "Misses sent upstream without the semantic tier: the model's backlog was long and "
@@ -80,6 +97,19 @@ class Metrics:
             "semcache_upstream_breaker_open",
             "1 while an upstream's circuit breaker is open or half-open",
             ["upstream"],
+            registry=self.registry,
+        )
+        self.key_headroom = Gauge(
+            "semcache_upstream_key_headroom",
+            "Share of a pool key's rate limits free now (the fuller of its RPM and TPM "
+            "buckets decides), by upstream and key",
+            ["upstream", "key"],
+            registry=self.registry,
+        )
+        self.key_limit = Gauge(
+            "semcache_upstream_key_limit",
+            "A pool key's configured limit, by upstream, key and unit (rpm, tpm)",
+            ["upstream", "key", "unit"],
             registry=self.registry,
         )
         self.upstream_up = Gauge(
@@ -145,13 +175,23 @@ class Metrics:
         )
         self.tokens_saved = Counter(
             "semcache_tokens_saved",
-            "Tokens answered from the cache instead of the upstream",
-            ["kind"],
+            "Tokens answered from the cache instead of the upstream, by tier (exact, semantic, "
+            "coalesced: an identical request's answer in flight) and kind (prompt, completion)",
+            ["tier", "kind"],
             registry=self.registry,
         )
         self.cost_saved = Counter(
             "semcache_cost_saved_usd",
-            "Upstream spend avoided by cache hits, by the price table",
+            "Upstream spend avoided by cache hits, by the price table, by tier",
+            ["tier"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "semcache_lookup_decisions",
+            "Lookups by how they ended: exact, semantic (hits), degraded (a hit at the lower "
+            "threshold under backlog), or why they missed (below_threshold, "
+            "below_min_confidence, a guard's *_mismatch, beyond_error_bound, ...)",
+            ["reason"],
             registry=self.registry,
         )
         self.cache_errors = Counter(

@@ -449,7 +449,8 @@ async def test_metrics_stats_and_health(sidecar: Sidecar) -> None:
         stats = await (await session.get(sidecar.url + "/stats")).json()
     assert 'semcache_requests_total{endpoint="/v1/chat/completions",outcome="hit"} 1.0' in text
     assert 'semcache_requests_total{endpoint="/v1/chat/completions",outcome="miss"} 1.0' in text
-    assert 'semcache_tokens_saved_total{kind="prompt"} 12.0' in text
+    assert 'semcache_tokens_saved_total{kind="prompt",tier="semantic"} 12.0' in text
+    assert 'semcache_lookup_decisions_total{reason="semantic"} 1.0' in text
     assert "semcache_cost_saved_usd_total" in text
     assert (
         'semcache_upstream_requests_total{key="default",status="200",upstream="default"} 1.0'

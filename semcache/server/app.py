@@ -147,6 +147,14 @@ def _resources(
         for name, breaker in router.breakers.items():
             metrics_.breaker_open.labels(name).set_function(_open(breaker))
             metrics_.upstream_up.labels(name).set_function(_in_rotation(router, name))
+        for target in router.targets:
+            if target.limiter is None:
+                continue
+            labels = (target.upstream.name, target.id)
+            metrics_.key_headroom.labels(*labels).set_function(target.limiter.headroom)
+            for unit, limit in (("rpm", target.upstream.rpm), ("tpm", target.upstream.tpm)):
+                if limit is not None:
+                    metrics_.key_limit.labels(*labels, unit).set(limit)
         health = (
             HealthChecks(
                 router,

@@ -41,9 +41,9 @@ async def coalesce(x: Exchange) -> web.StreamResponse | None:
     if shared is None or not x.dialect.valid_answer(shared):
         return None
     x.state.metrics.coalesced.inc()
-    count_savings(x, shared)
+    count_savings(x, shared, "coalesced")
     x.headers["X-Semcache-Coalesced"] = "true"
-    return await serve_stored(x.request, x.parsed, shared, x.headers)
+    return await serve_stored(x.request, x.parsed, shared, x.headers, x.first_event)
 
 
 async def _keep(x: Exchange, answer: dict[str, Any]) -> None:

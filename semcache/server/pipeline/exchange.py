@@ -6,6 +6,7 @@ upstream receives (after the rewrites of :mod:`.transform`)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,16 @@ class Exchange:
     response: web.StreamResponse | None = None
     accounted: bool = False
     storing: bool = False  # the answer is being stored after the response (see store)
+    started: float = field(default_factory=time.perf_counter)
+    _first_event_seen: bool = False
+
+    def first_event(self) -> None:
+        """A streamed answer's first event reached the client: time to first token."""
+        if not self._first_event_seen:
+            self._first_event_seen = True
+            self.state.metrics.time_to_first_token.labels(self.request.path, self.outcome).observe(
+                time.perf_counter() - self.started
+            )
 
     @property
     def cache_request(self) -> CacheRequest | None:

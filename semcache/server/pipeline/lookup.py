@@ -61,6 +61,7 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
     ):
         return await _serve(x, degraded, {"X-Semcache-Degraded": "true"})
     x.outcome = "miss"
+    x.state.metrics.decisions.labels(decision.reason.value).inc()
     x.headers.update({"X-Semcache": "miss", "X-Semcache-Reason": decision.reason.value})
     if decision.score is not None:
         x.headers["X-Semcache-Score"] = f"{decision.score:.4f}"
@@ -111,17 +112,21 @@ async def _serve(x: Exchange, decision: Decision, extra: dict[str, str]) -> web.
             **_confidence(decision),
         }
     )
-    count_savings(x, hit.response)
-    return await serve_stored(x.request, x.parsed, hit.response, x.headers)
+    reason = "degraded" if extra else decision.reason.value
+    x.state.metrics.decisions.labels(reason).inc()
+    count_savings(x, hit.response, "exact" if decision.reason is Reason.EXACT else "semantic")
+    return await serve_stored(x.request, x.parsed, hit.response, x.headers, x.first_event)
 
 
-def count_savings(x: Exchange, stored: Any) -> None:
+def count_savings(x: Exchange, stored: Any, tier: str) -> None:
+    """What answering from ``tier`` (exact, semantic, coalesced) instead of the upstream
+    saved."""
     assert x.parsed is not None
     prompt, completion = x.dialect.usage(stored)
     metrics = x.state.metrics
-    metrics.tokens_saved.labels("prompt").inc(prompt)
-    metrics.tokens_saved.labels("completion").inc(completion)
-    metrics.cost_saved.inc(x.state.prices.cost(x.parsed.model, prompt, completion))
+    metrics.tokens_saved.labels(tier, "prompt").inc(prompt)
+    metrics.tokens_saved.labels(tier, "completion").inc(completion)
+    metrics.cost_saved.labels(tier).inc(x.state.prices.cost(x.parsed.model, prompt, completion))
 
 
 async def _degraded(x: Exchange, decision: Decision) -> Decision | None:

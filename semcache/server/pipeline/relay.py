@@ -6,6 +6,7 @@ error event. The upstream connection is released at the end of this stage."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -35,7 +36,7 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
         if upstream.status == 200 and upstream.content_type == "text/event-stream":
             assembler = dialect.assembler(hide_usage=x.hide_usage)
             x.response, delivered = await _relay_stream(
-                x.request, upstream, headers, dialect, assembler
+                x.request, upstream, headers, dialect, assembler, x.first_event
             )
             x.received = assembler.result() if assembler.started else None
             complete = delivered and dialect.valid_answer(x.received)
@@ -63,9 +64,14 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
 
 
 async def serve_stored(
-    request: web.Request, parsed: Parsed, stored: dict[str, Any], headers: dict[str, str]
+    request: web.Request,
+    parsed: Parsed,
+    stored: dict[str, Any],
+    headers: dict[str, str],
+    on_first_event: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
-    """A stored answer to the client: rendered fresh as JSON, or replayed as the API's stream."""
+    """A stored answer to the client: rendered fresh as JSON, or replayed as the API's stream
+    (``on_first_event`` is called once its first event is written)."""
     dialect = parsed.dialect
     if not parsed.stream:
         return web.json_response(dialect.render_hit(stored), headers=headers, dumps=json_text)
@@ -73,6 +79,9 @@ async def serve_stored(
     await response.prepare(request)
     for event in dialect.replay(stored, include_usage=parsed.include_usage):
         await response.write(event)
+        if on_first_event is not None:
+            on_first_event()
+            on_first_event = None
     await response.write_eof()
     return response
 
@@ -98,9 +107,10 @@ async def _relay_stream(
     headers: dict[str, str],
     dialect: Dialect,
     assembler: Assembler,
+    on_first_event: Callable[[], None],
 ) -> tuple[web.StreamResponse, bool]:
     """Pass the upstream's events on as they come, feeding ``assembler``; also returns whether
-    the whole stream reached the client."""
+    the whole stream reached the client (``on_first_event``: after each event passed on)."""
     response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
     buffer = b""
@@ -116,6 +126,7 @@ async def _relay_stream(
                     return response, False
                 if verdict is Event.PASS:
                     await response.write(event + b"\n\n")
+                    on_first_event()
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
         return response, False
