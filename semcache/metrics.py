@@ -18,6 +18,13 @@ class Metrics:
             ["endpoint", "outcome"],
             registry=self.registry,
         )
+        self.responses = Counter(
+            "semcache_responses",
+            "Responses to /v1/ requests by status class (2xx, 3xx, 4xx, 5xx; 429 on its own: "
+            "limits, queue and budgets)",
+            ["code"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "semcache_request_duration_seconds",
             "Time to the end of the response, by endpoint and outcome",
@@ -322,6 +329,15 @@ class Metrics:
         self.entries = Gauge(
             "semcache_cache_entries", "Entries in the cache", registry=self.registry
         )
+
+    def hold_false_hits_to(self, max_error_rate: float) -> None:
+        """Export the error bound (only when one is set: alerts compare the shadow checks'
+        false-hit rate with it, or with a default when it is absent)."""
+        Gauge(
+            "semcache_false_hit_bound",
+            "The share of wrong hits the cache is held to (max_error_rate)",
+            registry=self.registry,
+        ).set(max_error_rate)
 
     def track_entries(self, count: Callable[[], int]) -> None:
         self.entries.set_function(count)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The servers some tests start for real (redis-server: sidecars sharing one Redis), from
-# Debian's packages. Installs what is missing when it can (root, or sudo without a password);
-# otherwise says so, and those tests are skipped.
+# The servers and tools some tests run for real, from Debian's packages: redis-server (sidecars
+# sharing one Redis), promtool (the alert rules' unit tests; Debian ships it in prometheus).
+# Installs what is missing when it can (root, or sudo without a password); otherwise says so,
+# and those tests are skipped.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v promtool >/dev/null || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   as_root=()

@@ -60,7 +60,7 @@ def create_app(
     ``config`` and closed with the app; ones passed in belong to the caller, who closes them.
     ``clock`` drives the rate limits (tests).
     """
-    middlewares: list[Middleware] = [error_middleware]
+    middlewares: list[Middleware] = [status_middleware, error_middleware]
     if config.clients:
         middlewares.append(client_middleware(Clients(config.clients)))
     middlewares.append(
@@ -87,6 +87,18 @@ def create_app(
     app.router.add_get(JOBS_PATH + "/{id}", job_status)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.forward_verbatim)
     return app
+
+
+@web.middleware
+async def status_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the responses to the API by status class (the success rate of dashboards and
+    alerts), errors turned into responses by the error middleware included."""
+    response = await handler(request)
+    if request.path.startswith("/v1/") and STATE in request.app:
+        status = response.status
+        code = "429" if status == 429 else f"{status // 100}xx"
+        request.app[STATE].metrics.responses.labels(code).inc()
+    return response
 
 
 def client_middleware(clients: Clients) -> Middleware:
@@ -171,6 +183,8 @@ def _resources(
         if ledger is None and config.budgets is not None and config.budgets.active:
             ledger = await asyncio.to_thread(_ledger, config, link)
         metrics_.track_entries(lambda: len(the_cache))
+        if config.max_error_rate is not None:
+            metrics_.hold_false_hits_to(config.max_error_rate)
         batcher = LookupBatcher(
             the_cache.alookup_many,
             max_wait_ms=config.lookup_batch_wait_ms,
