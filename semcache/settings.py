@@ -92,6 +92,9 @@ class ServerConfig(CacheConfig):
         "until they answer (0: no probes)",
     )
     health_check_timeout_s: float = setting(10.0, "longest wait for a health check's answer")
+    status_interval_s: float = setting(
+        10.0, "how often the status page (/dashboard) takes a point of the last hour"
+    )
     queue_max_wait_s: float = setting(
         30.0, "longest wait for a free upstream key before a 429 with Retry-After"
     )
@@ -232,6 +235,7 @@ class ServerConfig(CacheConfig):
             "retry_backoff_max_s",
             "breaker_reset_s",
             "health_check_timeout_s",
+            "status_interval_s",
             "queue_max_wait_s",
             "body_read_timeout_s",
             "batch_jobs_window_s",

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The servers and tools some tests run for real, from Debian's packages: redis-server (sidecars
-# sharing one Redis), promtool (the alert rules' unit tests; Debian ships it in prometheus).
+# sharing one Redis), promtool (the alert rules' unit tests; Debian ships it in prometheus),
+# chromium (the status page's test in a real headless browser).
 # Installs what is missing when it can (root, or sudo without a password); otherwise says so,
 # and those tests are skipped.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   as_root=()

@@ -20,7 +20,7 @@ from semcache.compression import Compressor
 from semcache.dialects import DIALECTS
 from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
-from semcache.server import accounting, admin, proxy
+from semcache.server import accounting, admin, proxy, status_page
 from semcache.server.after_response import AfterResponse
 from semcache.server.batch_jobs import JOBS_PATH, BatchJobs, job_status
 from semcache.server.bodies import body_middleware
@@ -31,6 +31,7 @@ from semcache.server.error_responses import error_middleware, error_response
 from semcache.server.request_batching import request_batching
 from semcache.server.shadow_checks import ShadowChecks
 from semcache.server.state import CLIENT, STATE, State
+from semcache.server.status_history import StatusHistory
 from semcache.settings import ServerConfig
 from semcache.shared.breakers import SharedCircuitBreaker, breaker_name
 from semcache.shared.counters import DiskCounters, SharedCounters
@@ -84,6 +85,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
     admin.add_routes(app)
+    status_page.add_routes(app)
     app.router.add_get(JOBS_PATH + "/{id}", job_status)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.forward_verbatim)
     return app
@@ -219,6 +221,7 @@ def _resources(
             poll_s=config.batch_jobs_poll_s,
         )
         flights = None if link is None else SharedFlights(link)
+        status = StatusHistory(metrics_.registry, interval_s=config.status_interval_s)
         webhook_url = None if config.budgets is None else config.budgets.warn_webhook
         webhook = (
             None
@@ -246,6 +249,7 @@ def _resources(
             after_response=AfterResponse(metrics_.after_response.set),
             budget_webhook=webhook,
             health=health,
+            status=status,
         )
         checkpoints = None
         try:
@@ -256,6 +260,7 @@ def _resources(
                 await webhook.start()
             if health is not None:
                 health.start()
+            status.start()
             if config.checkpoint_interval_s > 0:
                 checkpoints = asyncio.get_running_loop().create_task(
                     _checkpoint_every(the_cache, config.checkpoint_interval_s)
@@ -268,6 +273,7 @@ def _resources(
                     await checkpoints
             if health is not None:
                 await health.close()
+            await status.close()
             await app[STATE].after_response.drain()  # answers served are stored
             await batcher.close()
             await batching.windows.close()

@@ -16,6 +16,7 @@ from semcache.pricing import PriceTable
 from semcache.server.after_response import AfterResponse
 from semcache.server.compression import ContextCompression
 from semcache.server.shadow_checks import ShadowChecks
+from semcache.server.status_history import StatusHistory
 from semcache.settings import ServerConfig
 from semcache.upstream.health import HealthChecks
 from semcache.upstream.router import Router
@@ -41,6 +42,7 @@ class State:
     compression: ContextCompression
     batching: RequestBatching
     batch_jobs: BatchJobs
+    status: StatusHistory  # the status page's last hour
     flights: SharedFlights | None = None  # single-flight across sidecars (--redis)
     after_response: AfterResponse = field(default_factory=AfterResponse)
     budget_webhook: BudgetWebhook | None = None  # budgets.warn_webhook
