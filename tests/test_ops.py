@@ -167,3 +167,56 @@ async def test_every_metric_the_dashboard_and_alerts_read_is_exported_with_bound
     streamed = 'endpoint="/v1/chat/completions",outcome="hit"'
     assert f"semcache_time_to_first_token_seconds_count{{{streamed}}}" in second
     assert "semcache_upstream_key_limit" in second and "semcache_false_hit_bound 0.05" in second
+
+
+def compose_validator() -> list[str] | None:
+    """``docker compose`` (the plugin) or Debian's ``docker-compose``: both check a file
+    against the Compose specification without a daemon."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return None if legacy is None else [legacy]
+
+
+@pytest.mark.skipif(compose_validator() is None, reason="apt-get install docker-compose")
+@pytest.mark.parametrize("name", ["compose.monitoring.yml", "compose.scaleout.yml"])
+def test_the_compose_files_are_valid(name: str) -> None:
+    validator = compose_validator()
+    assert validator is not None
+    checked = subprocess.run(
+        [*validator, "-f", str(ROOT / "deploy" / name), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_monitoring_stack_mounts_what_the_repo_holds(tmp_path: Path) -> None:
+    """Every file the compose file mounts exists; Prometheus's config loads its rules; Grafana
+    finds the dashboard where its provider looks."""
+    deploy = ROOT / "deploy"
+    stack = yaml.safe_load((deploy / "compose.monitoring.yml").read_text())["services"]
+    mounts = {}
+    for service in stack.values():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (deploy / source).exists(), source
+                mounts[target] = deploy / source
+    provider = yaml.safe_load((deploy / "grafana/provisioning/dashboards/semcache.yml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    assert any(target.startswith(folder + "/") for target in mounts), folder
+    if shutil.which("promtool") is None:
+        return
+    config = yaml.safe_load((deploy / "prometheus/prometheus.yml").read_text())
+    config["rule_files"] = [str(mounts[path]) for path in config["rule_files"]]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(local)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The servers and tools some tests run for real, from Debian's packages: redis-server (sidecars
 # sharing one Redis), promtool (the alert rules' unit tests; Debian ships it in prometheus),
-# chromium (the status page's test in a real headless browser).
+# chromium (the status page's test in a real headless browser), docker-compose (checks the
+# compose files against the Compose specification; no daemon needed).
 # Installs what is missing when it can (root, or sudo without a password); otherwise says so,
 # and those tests are skipped.
 set -euo pipefail
@@ -9,6 +10,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v docker-compose >/dev/null || command -v docker >/dev/null || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   as_root=()
