@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint servers serve demo bench clean
+.PHONY: install test lint servers serve demo bench image image-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/core_bench.py
+
+# The container image: Docker, or podman/buildah over a debootstrap'd Debian base when no
+# registry answers (tools/build_image.sh).
+image:
+	bash tools/build_image.sh semcache:latest
+
+# Build the image, run it against a fake upstream, get a paraphrase hit, stop it (slow).
+image-test: install
+	$(BIN)/pytest -m container tests/test_container.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
