@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -212,3 +213,48 @@ def test_progress_bars_stay_out_of_logs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert piped.returncode == 0, piped.stderr
     assert "it/s" not in piped.stderr and "q/s" not in piped.stderr
+
+
+def test_the_simulated_upstream_answers_agree_within_a_label_only(
+    embedder: CountingEmbedder,
+) -> None:
+    """What a bounded stream replay learns from: a miss's candidate is right when its stored
+    answer agrees in meaning with the upstream's, which holds exactly when the labels match."""
+    from semcache.bench.stream import SimulatedUpstream, Simulation
+    from semcache.shadow import compare_answers
+
+    items = stream_items(read_rows(DATA / "banking77_sample.jsonl"), "clusters")
+    upstream = SimulatedUpstream(Simulation(seed=3), items)
+    by_label: dict[object, list[int]] = {}
+    for i, item in enumerate(items):
+        by_label.setdefault(item.label, []).append(i)
+    same = [ids[:2] for ids in by_label.values() if len(ids) > 1]
+    labels = list(by_label)
+    other = [(by_label[a][0], by_label[b][0]) for a, b in itertools.pairwise(labels)]
+    for pairs, agree in ((same, True), (other, False)):
+        for i, j in pairs:
+            verdict = compare_answers(
+                upstream.answer(i), upstream.answer(j), embed=embedder.embed, agreement=0.75
+            )
+            assert verdict.agree is agree, (items[i].text, items[j].text, verdict.similarity)
+
+
+def test_stream_mode_under_an_error_bound_reports_its_realised_error(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    options = BenchOptions(
+        file=DATA / "banking77_sample.jsonl", out=tmp_path, seed=7, progress=False,
+        max_error_rate=0.05,
+    )  # fmt: skip
+    figures = run_bench(options, embedder=embedder)
+    bounded = figures["error_bound"]
+    replay = figures["baselines"]["semcache, max_error_rate 0.05"]
+    assert bounded["max_error_rate"] == 0.05 and bounded["hits"] == replay["hits"]
+    assert bounded["wrong"] == replay["wrong"] and len(bounded["by_tenth"]) == 10
+    assert bounded["by_tenth"][-1]["requests"] == 45
+    # It learnt from its own misses' candidates: the sidecar labelled them by their answers.
+    assert bounded["labels_learnt"] > 0
+    # A bound that has learnt little serves little: never more than the unbounded cache.
+    assert bounded["hits"] <= figures["semcache"]["hits"]
+    if bounded["realised_error"] is not None:
+        assert bounded["within_bound"] is (bounded["realised_error"] <= 0.05)

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-error-rate",
         type=float,
         help="pairs: also replay the lookups as a stream with this error bound, every "
-        "candidate's label fed back, and report the realised error (see 'Error bound')",
+        "candidate's label fed back; stream: also replay the stream through a sidecar with this "
+        "bound, learning from its own feedback (misses' candidates, wrong hits marked wrong); "
+        "both report the realised error (see 'Error bound')",
     )
     parser.add_argument(
         "--min-similarity",

@@ -53,9 +53,62 @@ def stream_figures(
     }
 
 
+def bounded_stream_figures(result: StreamResult, max_error_rate: float) -> dict[str, Any]:
+    """A replay under ``max_error_rate``: the realised error of its judged hits against the
+    bound, over the whole stream and cumulatively at each tenth of it, and the score the bound
+    asked of a hit at each tenth (``None`` while it served nothing)."""
+    n = len(result.hits)
+    right = np.cumsum(result.right)
+    wrong = np.cumsum(result.wrong)
+    tenths = []
+    for k in range(1, 11):
+        upto = max(1, k * n // 10) - 1 if n else 0
+        judged = int(right[upto] + wrong[upto]) if n else 0
+        tenths.append(
+            {
+                "requests": upto + 1 if n else 0,
+                "hits_judged": judged,
+                "realised_error": float(wrong[upto]) / judged if judged else None,
+                "threshold": result.bounded[upto] if result.bounded else None,
+            }
+        )
+    judged = int(sum(result.right) + sum(result.wrong))
+    realised = sum(result.wrong) / judged if judged else None
+    return {
+        "max_error_rate": max_error_rate,
+        "hits": int(sum(result.hits)),
+        "wrong": int(sum(result.wrong)),
+        "realised_error": realised,
+        "within_bound": realised is None or realised <= max_error_rate,
+        "labels_learnt": round(result.labelled, 1),
+        "by_tenth": tenths,
+    }
+
+
+def print_bounded_stream(figures: dict[str, Any]) -> str:
+    realised = figures["realised_error"]
+    shown = "no judged hit" if realised is None else f"{realised:.4f}"
+    lines = [
+        f"error bound {figures['max_error_rate']}: {figures['hits']} hits, {figures['wrong']} "
+        f"wrong, realised error {shown} "
+        f"({'within' if figures['within_bound'] else 'OVER'} the bound), learnt from "
+        f"{figures['labels_learnt']:g} labels; over the stream:",
+        f"{'requests':>9} | {'judged hits':>11} | {'error so far':>12} | {'score asked':>11}",
+    ]
+    for tenth in figures["by_tenth"]:
+        error = tenth["realised_error"]
+        threshold = tenth["threshold"]
+        lines.append(
+            f"{tenth['requests']:>9} | {tenth['hits_judged']:>11} | "
+            f"{'-' if error is None else f'{error:.4f}':>12} | "
+            f"{'-' if threshold is None else f'{threshold:.3f}':>11}"
+        )
+    return "\n".join(lines)
+
+
 def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
     header = (
-        f"{'cache':<30} | {'hits':>6} | {'right':>6} | {'wrong':>6} | {'unverif':>7} | "
+        f"{'cache':<36} | {'hits':>6} | {'right':>6} | {'wrong':>6} | {'unverif':>7} | "
         f"{'hit rate':>8} | {'precision':>9} | {'recall':>6} | {'calls':>6} | {'$ saved':>8} | "
         f"{'hit p50/p99 ms':>15} | {'miss p50/p99 ms':>16}"
     )
@@ -65,7 +118,7 @@ def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
         hit_lat = "-" if hit["p50"] is None else f"{hit['p50']:.0f}/{hit['p99']:.0f}"
         miss_lat = "-" if miss["p50"] is None else f"{miss['p50']:.0f}/{miss['p99']:.0f}"
         lines.append(
-            f"{name:<30} | {f['hits']:>6} | {f['right']:>6} | {f['wrong']:>6} | "
+            f"{name:<36} | {f['hits']:>6} | {f['right']:>6} | {f['wrong']:>6} | "
             f"{f['unverified']:>7} | {f['hit_rate']:>8.3f} | {_figure(f['precision'], 9)} | "
             f"{_figure(f['recall'], 6)} | {f['upstream_calls']:>6} | {f['dollars_saved']:>8.4f} | "
             f"{hit_lat:>15} | {miss_lat:>16}"

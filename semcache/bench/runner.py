@@ -71,6 +71,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             min_confidence=options.min_confidence,
             model=options.model,
             progress=options.progress,
+            max_error_rate=options.max_error_rate,
         )
         none = results[2]
         by_name = {
@@ -96,6 +97,10 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             notes=notes,
         )
         table = report.print_stream_table(by_name)
+        if options.max_error_rate is not None:
+            bounded = report.bounded_stream_figures(results[-1], options.max_error_rate)
+            figures["error_bound"] = bounded
+            table += "\n\n" + report.print_bounded_stream(bounded)
         plots = report.plot_stream(options.out, results)
     figures["seconds"] = round(time.time() - started, 1)
     path = report.write_json(options.out, figures)

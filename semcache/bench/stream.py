@@ -7,6 +7,13 @@ whose answer it was, and whether that was right: the same label (cluster, conver
 labelled data, the same text after normalisation for unlabelled data (otherwise the hit is
 counted as unverified, probably wrong).
 
+The answer's words depend on the request's label (its normalised text when unlabelled), each
+label drawing from words no other label uses: two requests that share a label get answers that
+agree in meaning, others do not. That is what a sidecar under ``max_error_rate`` learns from (a
+miss's candidate is labelled by comparing its stored answer with the upstream's), so a bounded
+replay learns from the same truth the harness judges by; wrong hits are also marked wrong
+through the admin API, as a user who flags a bad answer would.
+
 Upstream latency is simulated, not slept: each request gets a latency drawn from a log-normal
 distribution (seeded), which is added to the measured time of every miss. Usage is counted with
 a real tokenizer: the prompt's tokens, and an answer whose length is drawn per request.
@@ -15,6 +22,7 @@ a real tokenizer: the prompt's tokens, and an answer whose length is drawn per r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import tempfile
@@ -42,19 +50,9 @@ from semcache.settings import ServerConfig
 from semcache.tokens import count_messages, count_text
 
 _SOURCE = re.compile(r"\[bench #(\d+)\]")
-_WORDS = [
-    "the",
-    "cache",
-    "answers",
-    "questions",
-    "about",
-    "accounts",
-    "cards",
-    "payments",
-    "and",
-    "transfers",
-    "today",
-]
+_WORD = re.compile(r"[a-z]{3,}")
+_ADMIN_TOKEN = "bench-admin"
+_WORDS_PER_LABEL = 12
 
 
 @dataclass
@@ -78,11 +76,16 @@ class StreamResult:
     latency_ms: list[float]
     tokens_saved: int = 0
     dollars_saved: float = 0.0
+    bounded: list[float | None] = field(default_factory=list)  # the bound's threshold after each
+    labelled: float = 0.0  # under a bound: the weight of the labels it learnt from
 
 
 class SimulatedUpstream:
-    def __init__(self, simulation: Simulation, count: int) -> None:
+    def __init__(self, simulation: Simulation, items: Sequence[StreamItem]) -> None:
         self.simulation = simulation
+        count = len(items)
+        self._vocabulary = _vocabularies(items, simulation.seed)
+        self._label_of = [_label_key(item) for item in items]
         rng = np.random.default_rng(simulation.seed)
         self.latency_ms = rng.lognormal(
             np.log(simulation.latency_median_ms), simulation.latency_sigma, count
@@ -104,8 +107,10 @@ class SimulatedUpstream:
         return (prompt * price.input_per_1k + completion * price.output_per_1k) / 1000
 
     def answer(self, item: int) -> str:
-        words = [_WORDS[(item + i) % len(_WORDS)] for i in range(int(self.answer_tokens[item]))]
-        return f"[bench #{item}] " + " ".join(words)
+        """``[bench #item]`` and words of the item's label only: answers to one label agree."""
+        words = self._vocabulary[self._label_of[item]]
+        body = [words[i % len(words)] for i in range(int(self.answer_tokens[item]))]
+        return f"[bench #{item}] " + " ".join(body)
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -143,6 +148,24 @@ class SimulatedUpstream:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _label_key(item: StreamItem) -> Hashable:
+    return item.label if item.label is not None else ("text", normalize_prompt(item.text))
+
+
+def _vocabularies(items: Sequence[StreamItem], seed: int) -> dict[Hashable, list[str]]:
+    """Words for each label's answers, drawn from the stream's own words without
+    replacement: no two labels share a word (a shared pool's words are reused only once it
+    runs out)."""
+    pool = sorted({w for item in items for w in _WORD.findall(item.text.lower())})
+    random.Random(seed).shuffle(pool)
+    labels = list(dict.fromkeys(_label_key(item) for item in items))
+    pool = pool or ["answer"]
+    return {
+        label: [pool[(k * _WORDS_PER_LABEL + i) % len(pool)] for i in range(_WORDS_PER_LABEL)]
+        for k, label in enumerate(labels)
+    }
 
 
 def _record(
@@ -193,13 +216,21 @@ async def _replay_sidecar(
     upstream: SimulatedUpstream,
     cache: SemanticCache,
     progress: bool,
+    name: str = "semcache",
 ) -> StreamResult:
-    config = ServerConfig(upstream=upstream.url, cache_dir=cache.directory, lookup_batch_wait_ms=0)
+    """The stream through the sidecar; under the cache's ``max_error_rate``, each wrong hit is
+    also marked wrong through the admin API (a user flagging it)."""
+    config = ServerConfig(
+        upstream=upstream.url, cache_dir=cache.directory, lookup_batch_wait_ms=0,
+        admin_token=_ADMIN_TOKEN, health_check_interval_s=0,
+    )  # fmt: skip
+    flag_wrong = cache.error_bound is not None
     runner = web.AppRunner(create_app(config, cache=cache))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
-    result = StreamResult("semcache", [], [], [], [], [])
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url = base + "/v1/chat/completions"
+    result = StreamResult(name, [], [], [], [], [])
     try:
         async with aiohttp.ClientSession() as session:
             for item_id, item in tqdm(order, disable=bar_off(progress), desc="stream", unit="req"):
@@ -215,16 +246,40 @@ async def _replay_sidecar(
                 ) as response:
                     answer = await response.json()
                     outcome = response.headers.get("X-Semcache", "error")
+                    entry = response.headers.get("X-Semcache-Entry")
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 judged = None
                 if outcome == "hit":
                     content = answer["choices"][0]["message"]["content"]
                     source = items[int(_SOURCE.search(content).group(1))]  # type: ignore[union-attr]
                     judged = _same_answer(item, source)
+                    if flag_wrong and judged[1] and entry is not None:
+                        await _mark_wrong(session, base, entry)
                 _record(result, upstream, item_id, item, judged, elapsed_ms)
+                result.bounded.append(_bound_state(cache))
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # the labels still under way are drained first
+    if cache.error_bound is not None:
+        result.labelled = sum(t["labelled"] for t in cache.error_bound.describe().values())
     return result
+
+
+async def _mark_wrong(session: aiohttp.ClientSession, base: str, entry: str) -> None:
+    async with session.post(
+        f"{base}/admin/entries/{entry}/wrong",
+        headers={"Authorization": f"Bearer {_ADMIN_TOKEN}"},
+    ) as response:
+        response.raise_for_status()
+
+
+def _bound_state(cache: SemanticCache) -> float | None:
+    """The score the error bound asks of a hit now (the bench has one namespace; ``None``
+    without a bound, or while it serves nothing)."""
+    if cache.error_bound is None:
+        return None
+    learnt = [t["threshold"] for t in cache.error_bound.describe().values()]
+    learnt = [t for t in learnt if t is not None]
+    return float(min(learnt)) if learnt else None
 
 
 def _exact_key(item: StreamItem) -> str:
@@ -304,30 +359,43 @@ def run(
     model: str | None = None,
     progress: bool = True,
     min_confidence: float | None = None,
+    max_error_rate: float | None = None,
 ) -> tuple[list[StreamResult], list[bool], float, list[str]]:
     """The results of semcache, exact match, no cache (and GPTCache), which requests could
-    have hit, what the stream costs with no cache, and notes."""
+    have hit, what the stream costs with no cache, and notes. With ``max_error_rate``, a second
+    semcache replay runs under that bound, last in the list."""
     order = shuffled(items, simulation.seed, limit)
-    upstream = SimulatedUpstream(simulation, len(items))
+    upstream = SimulatedUpstream(simulation, items)
     notes: list[str] = []
-    config = CacheConfig(model=model, min_similarity=min_similarity, min_confidence=min_confidence)
 
-    async def replay() -> StreamResult:
+    async def replay(config: CacheConfig, name: str) -> StreamResult:
         await upstream.start()
         try:
             with tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory:
                 cache = SemanticCache(directory, embedder=embedder, config=config)
                 try:
-                    return await _replay_sidecar(order, items, upstream, cache, progress)
+                    return await _replay_sidecar(order, items, upstream, cache, progress, name)
                 finally:
                     cache.close()
         finally:
             await upstream.stop()
 
-    results = [asyncio.run(replay()), _replay_exact(order, upstream), _replay_none(order, upstream)]
+    config = CacheConfig(model=model, min_similarity=min_similarity, min_confidence=min_confidence)
+    results = [
+        asyncio.run(replay(config, "semcache")),
+        _replay_exact(order, upstream),
+        _replay_none(order, upstream),
+    ]
     total = sum(upstream.cost(i, item.body) for i, item in order)
     if gptcache_baseline.available():
         results.append(_replay_gptcache(order, items, upstream, model, progress))
     else:
         notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
+    if max_error_rate is not None:
+        bounded = dataclasses.replace(config, max_error_rate=max_error_rate)
+        results.append(asyncio.run(replay(bounded, bounded_name(max_error_rate))))
     return results, hittable(order), total, notes
+
+
+def bounded_name(max_error_rate: float) -> str:
+    return f"semcache, max_error_rate {max_error_rate:g}"

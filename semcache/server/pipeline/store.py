@@ -21,6 +21,7 @@ from semcache.server.pipeline.exchange import Exchange
 logger = logging.getLogger("semcache.server")
 
 MAX_PENDING_STORES = 1024  # answers waiting to be stored after their responses, at most
+LABELLING = "#labelling"  # the after-response scope of a scope's labels for the error bound
 
 
 async def store(x: Exchange) -> web.StreamResponse | None:
@@ -48,7 +49,12 @@ async def _store(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> 
         x.state.metrics.cache_errors.labels("store").inc()
     finally:
         release_followers(x)
-    await label_candidate(x, request, answer)
+    # Apart from the store: a lookup of this scope waits for its pending stores (it reads its
+    # writes), not for a label, which costs an embedding of two answers.
+    if x.state.cache.error_bound is not None and x.decision is not None:
+        x.state.after_response.spawn(
+            label_candidate(x, request, answer), request.scope.key + LABELLING
+        )
 
 
 async def label_candidate(x: Exchange, request: CacheRequest, answer: dict[str, Any]) -> None:
