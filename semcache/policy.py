@@ -14,6 +14,7 @@ import dataclasses
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -69,6 +70,11 @@ _NEGATIONS = {
 # Number words that are not counts when followed by one of these ("one can", "one of").
 _NOT_COUNTED_AFTER_ONE = frozenset(
     "can could should would will must may might shall needs has is does of another go".split()  # noqa: SIM905
+)
+_CLAUSE_END = re.compile(r"[.,;:!?()\[\]]")
+_ONE_STANDS_FOR_A_NOUN_AFTER = frozenset(
+    "a an the this that each any every which another no some whichever "  # noqa: SIM905
+    "my your his her its our their".split()
 )
 # "1) download, 2) prepare" and "2. Then" at the start of a line enumerate; they count nothing.
 _LIST_MARKER = re.compile(r"\d{1,2}\)(?=\s)|(?<![^\n])\d{1,2}\.(?=\s)|(?<=\n)[ \t]*\d{1,2}\.(?=\s)")
@@ -166,6 +172,27 @@ _UNITS = {  # cardinals that add up: "twenty" "five"
 }
 
 
+def _pronoun_one(matches: Sequence[re.Match[str]], i: int) -> bool:
+    """Whether the "one" at ``matches[i]`` stands for a noun: after a determiner ("this one",
+    "which one") or a determiner and one word ("a new one", "the right one"), and not before a
+    noun it counts ("the one person", "a single one-page form" still count): the clause ends
+    there, or a function word or an -ing/-ed form follows ("a new one using ...")."""
+    before = [m.group().lower() for m in matches[max(0, i - 2) : i]]
+    after_determiner = bool(before) and (
+        before[-1] in _ONE_STANDS_FOR_A_NOUN_AFTER
+        or (len(before) == 2 and before[0] in _ONE_STANDS_FOR_A_NOUN_AFTER)
+    )
+    if not after_determiner:
+        return False
+    if i + 1 == len(matches):
+        return True
+    word, following = matches[i], matches[i + 1]
+    if _CLAUSE_END.search(word.string, word.end(), following.start()):
+        return True
+    after = following.group().lower()
+    return after in _STOPWORDS or after.endswith(("ing", "ed"))
+
+
 def _number_values(text: str, digits: dict[int, float]) -> list[tuple[int, str]]:
     """Numbers written in digits, in words or both, each as one value: "one hundred" and "100",
     "3 billion", "3bn" and "3,000,000,000", "twenty-five" and "25". A magnitude with no count
@@ -198,9 +225,9 @@ def _number_values(text: str, digits: dict[int, float]) -> list[tuple[int, str]]
         if word not in _NUMBER_WORDS or (word in _MAGNITUDES and before not in ("a", "one")):
             i += 1
             continue
-        if word == "one" and after in _NOT_COUNTED_AFTER_ONE:
+        if word == "one" and (after in _NOT_COUNTED_AFTER_ONE or _pronoun_one(matches, i)):
             i += 1
-            continue  # "one can call", "one of them": a pronoun, not a count
+            continue  # "one can call", "one of them", "a new one": a pronoun, not a count
         if word == "first" and (after.endswith("ing") or before in ("at", "by", "will", "must")):
             i += 1
             continue  # "by first creating", "at first": when, not which
@@ -360,6 +387,7 @@ def swapped_order(query: str, candidate: str) -> bool:
 # and A". Determiners are one word for context: "the A" and "a A" stand in the same slot.
 _COORDINATORS = frozenset(["and", "or", "nor", "vs", "versus", "plus"])
 _COORDINATED_GAP = 3  # words at most between two joined things: "A and B", "A gas and B gas"
+_CLAUSE_END = re.compile(r"[.,;:!?()\[\]]")
 _DETERMINERS = frozenset(["a", "an", "the", "this", "that", "these", "those"])
 _EXCHANGED_CONTEXTS = 3  # of the four neighbours two units have: both left, both right
 # Words between two things that leave their roles as they were: "how important is money" is

@@ -24,6 +24,16 @@ PARAPHRASES = [
         "The method works in two steps: 1) it first downloads the files, and 2) then builds it.",
         "The method is a two-step process: it first downloads the files, then builds it.",
     ),
+    # "one" after a determiner, where no noun follows it, stands for a noun (from the mock
+    # rephrasings and QQP duplicates).
+    (
+        "Use rename_column() with the name of the original column and the new column name.",
+        "Rename the original column to a new one using rename_column().",
+    ),
+    (
+        "Which one is better: your rational intellect or the irrational one?",
+        "Which is better, your rational intellect or your irrational one?",
+    ),
     # A number in digits, in words or both is one value; "thousands" counts nothing exactly.
     ("The Hub holds more than one hundred languages.", "The Hub holds over 100 languages."),
     ("Revenue rose 5% to $3 billion.", "Revenue rose five percent to $3bn."),
@@ -86,6 +96,14 @@ PARAPHRASES = [
 ]
 
 SWAPS = [
+    # ... but "one" before the noun it counts is a count.
+    (
+        "Is the one person who knows here?",
+        "Are the two people who know here?",
+        Reason.NUMBER_MISMATCH,
+    ),
+    ("I need a new one-page form.", "I need a new two-page form.", Reason.NUMBER_MISMATCH),
+    ("Do I have one dog?", "Do I have two dogs?", Reason.NUMBER_MISMATCH),
     ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
     (
         "Is the Boston-based firm hiring?",
