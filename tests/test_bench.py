@@ -126,6 +126,24 @@ def test_conversations_and_request_logs_become_streams() -> None:
     assert first.label == paraphrase.label and first.text != paraphrase.text
     follow_up = items[2]
     assert follow_up.body["messages"][:-1] == rows[0]["messages"][:2]
+
+    # A label is what a turn asks: the same opening question in two conversations is one
+    # label (either answer is right for both); the same follow-up after different openings
+    # is two.
+    def turn(*texts: str) -> dict[str, object]:
+        messages = []
+        for text in texts:
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "."}]
+        return {"messages": messages}
+
+    same = stream_items(
+        [turn("What is AI?", "What are its types?"), turn("what is AI", "What are its types?"),
+         turn("What is ML?", "What are its types?")],
+        "conversations",
+    )  # fmt: skip
+    assert same[0].label == same[2].label  # the opening question, asked twice
+    assert same[1].label != same[5].label  # "its types" after "What is ML?" is another turn
+    assert same[1].label != same[3].label  # ... and after "what is AI": another history
     log = [{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}]
     assert detect_format(log[0]) == "requests"
     (item,) = stream_items(log, "requests")

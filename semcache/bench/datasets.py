@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from semcache.errors import InvalidRequestError
+from semcache.keys import fingerprint, normalize_prompt
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -97,15 +98,20 @@ def _ask(text: str, label: Hashable | None, model: str) -> StreamItem:
 
 def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamItem]:
     """Every user turn with the turns before it; paraphrases (MeanCache's ``paraphrases``,
-    keyed by message index) become extra requests with the same label as their original."""
+    keyed by message index) become extra requests with the same label as their original.
+
+    A turn's label is what it asks: its text and everything said before it. The same question
+    opening two conversations is one label (an answer to one is right for the other); the same
+    follow-up after different histories is two."""
     items = []
-    for number, row in enumerate(rows):
+    for row in rows:
         messages = row["messages"]
         paraphrases = row.get("paraphrases") or {}
         for index, message in enumerate(messages):
             if message.get("role") != "user" or not isinstance(message.get("content"), str):
                 continue
-            label = ("turn", number, index)
+            said = fingerprint({"prior": messages[:index]})
+            label = ("turn", said, normalize_prompt(message["content"]))
             prior = messages[:index]
             variants = [message["content"]]
             if isinstance(paraphrases.get(str(index)), str):
