@@ -28,8 +28,15 @@ lint: install
 servers:
 	bash tools/install_servers.sh
 
+# Where a container tool works (podman, or Docker with an engine), the image is also built
+# and run (tests/test_container.py): the README's one test command covers it too.
 test: lint servers
 	$(BIN)/pytest
+	@if command -v podman >/dev/null || (command -v docker >/dev/null && docker info >/dev/null 2>&1); then \
+		$(MAKE) --no-print-directory image-test; \
+	else \
+		echo "no container tool: the image's build-and-run test is skipped (make image-test)"; \
+	fi
 
 serve: install
 	$(BIN)/semcache serve

@@ -4,7 +4,7 @@ upstream on loopback, passes its own health check, answers a paraphrase from the
 the model it carries, and stops cleanly.
 
 Slow (a build is minutes; later ones reuse the engine's layer cache), so not in the default
-run: ``make image-test`` runs it, and so does .ci/run when a container tool is present."""
+run: ``make image-test`` runs it, and so does ``make test`` where a container tool is present."""
 
 from __future__ import annotations
 
