@@ -307,6 +307,7 @@ class SpendLedger:
         self.config = config
         self._clock = clock
         self._counters = counters if counters is not None else DiskCounters(directory)
+        self._seen: dict[str, float] = {}  # counter key -> USD, as last read or added here
 
     def close(self) -> None:
         self._counters.close()
@@ -329,7 +330,16 @@ class SpendLedger:
         """USD spent by ``scope`` (``global``, ``line:<name>`` or a tenant) in the current
         ``period``."""
         label, _ = self._periods(self._clock())[period]
-        return self._counters.get(f"spend:{label}:{scope}") / MICRO
+        key = f"spend:{label}:{scope}"
+        self._seen[key] = self._counters.get(key) / MICRO
+        return self._seen[key]
+
+    def last_seen(self, scope: str, period: str) -> float:
+        """What :meth:`spent` would say, as this ledger last read or added it, with no read:
+        for gauges scraped at any time (a new period starts at 0; spend added by another
+        sidecar sharing the ledger shows from this one's next read or answer)."""
+        label, _ = self._periods(self._clock())[period]
+        return self._seen.get(f"spend:{label}:{scope}", 0.0)
 
     def admit(self, tenant: str, model: str) -> Admission:
         """Check the caps before a request is sent."""
@@ -366,6 +376,7 @@ class SpendLedger:
             for period, (label, resets_at) in self._periods(now).items():
                 key = f"spend:{label}:{scope}"
                 total = self._counters.incr(key, micro, ttl_s=_KEEP_S[period]) / MICRO
+                self._seen[key] = total
                 cap = caps.of(period)
                 if not cap:
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -91,15 +92,19 @@ def bill(
             ).inc()
         if warnings and state.budget_webhook is not None:
             state.budget_webhook.send(warnings)
-    gauge_budgets(state.ledger, metrics)
     return cost
 
 
 def gauge_budgets(ledger: SpendLedger, metrics: Metrics) -> None:
-    """Set the spend gauges (and the caps') of the overall scope and the business lines."""
+    """Export the spend of the overall scope and of the business lines, and their caps: read
+    once here, then kept by the ledger as it adds each answer's cost (a scrape reads nothing,
+    and a new period shows 0 at once)."""
     for scope, caps in ledger.capped_scopes():
         for period in PERIODS:
-            metrics.budget_spend.labels(scope, period).set(ledger.spent(scope, period))
+            ledger.spent(scope, period)
+            metrics.budget_spend.labels(scope, period).set_function(
+                functools.partial(ledger.last_seen, scope, period)
+            )
             cap = caps.of(period)
             if cap is not None:
                 metrics.budget_cap.labels(scope, period).set(cap)
