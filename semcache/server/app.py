@@ -158,17 +158,7 @@ def _resources(
             limiter=None if link is None else _shared_limits(link, config, clock),
             breaker=None if link is None else _shared_breakers(link),
         )
-        for name, breaker in router.breakers.items():
-            metrics_.breaker_open.labels(name).set_function(_open(breaker))
-            metrics_.upstream_up.labels(name).set_function(_in_rotation(router, name))
-        for target in router.targets:
-            if target.limiter is None:
-                continue
-            labels = (target.upstream.name, target.id)
-            metrics_.key_headroom.labels(*labels).set_function(target.limiter.headroom)
-            for unit, limit in (("rpm", target.upstream.rpm), ("tpm", target.upstream.tpm)):
-                if limit is not None:
-                    metrics_.key_limit.labels(*labels, unit).set(limit)
+        _gauge_router(metrics_, router)
         health = (
             HealthChecks(
                 router,
@@ -342,6 +332,22 @@ def _ledger(config: ServerConfig, link: RedisLink | None) -> SpendLedger:
     if link is not None:
         counters = SharedCounters(link, DiskCounters(directory))
     return SpendLedger(directory, config.budgets, clock=time.time, counters=counters)
+
+
+def _gauge_router(metrics: Metrics, router: Router) -> None:
+    """Export each upstream's breaker and rotation, and each pool key's headroom and limits,
+    read when scraped."""
+    for name, breaker in router.breakers.items():
+        metrics.breaker_open.labels(name).set_function(_open(breaker))
+        metrics.upstream_up.labels(name).set_function(_in_rotation(router, name))
+    for target in router.targets:
+        if target.limiter is None:
+            continue
+        labels = (target.upstream.name, target.id)
+        metrics.key_headroom.labels(*labels).set_function(target.limiter.headroom)
+        for unit, limit in (("rpm", target.upstream.rpm), ("tpm", target.upstream.tpm)):
+            if limit is not None:
+                metrics.key_limit.labels(*labels, unit).set(limit)
 
 
 def _open(breaker: CircuitBreaker) -> Callable[[], float]:
