@@ -63,10 +63,16 @@ _NUMBER_WORDS = {
     "million": 10**6, "billion": 10**9, "first": 1, "second": 2, "third": 3, "fourth": 4,
     "fifth": 5, "twice": 2, "half": 0.5, "dozen": 12,
 }  # fmt: skip
+# "Without" negates as "not" does: "so you don't have to wait" is "without having to wait",
+# "a no-code builder" one "without any coding", "coffee with sugar" not "without sugar".
 _NEGATIONS = {
     "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere",
-    "cannot", "unable",
+    "cannot", "unable", "without", "absence",
 }  # fmt: skip
+# A negated word of negative sense says the positive: "don't forget" is "remember".
+_NEGATED_OPPOSITE = re.compile(
+    r"\b(?:do ?n[o'’]?t|never) (?:forget|hesitate|miss|fail)\b", re.I
+)
 # Number words that are not counts when followed by one of these ("one can", "one of").
 _NOT_COUNTED_AFTER_ONE = frozenset(
     "can could should would will must may might shall needs has is does of another go".split()  # noqa: SIM905
@@ -119,8 +125,8 @@ class TextFeatures:
     """The details of a text that the guards compare."""
 
     numbers: tuple[str, ...]  # in order of first appearance: "10 divided by 2" is not "2 by 10"
-    negations: int  # "not", "no", "-n't" …: an odd number of them negates the sentence
-    without: bool  # "coffee with sugar" against "coffee without sugar" (or "non-dairy")
+    negations: int  # "not", "no", "-n't", "without" …: an odd number negates the sentence
+    privative: bool  # "non-dairy milk" against "dairy milk"
     entities: tuple[str, ...]  # in order of first appearance, lower-cased
     names: tuple[tuple[str, int], ...]  # (name as written, word position) of each occurrence
     words: frozenset[str]
@@ -142,8 +148,13 @@ def features(text: str) -> TextFeatures:
             except ValueError:
                 found.append((m.start(), _canonical_number(m.group())))
     found += _number_values(text, digits)
+    # One written as a word, alone, is what "a", "an" and "the" say too ("use one column" / "use
+    # a single column"; "the first step" / "the initial step"); beside another number ("one or
+    # two") it counts.
+    if all(n == "1" for _, n in found):
+        found = [(at, n) for at, n in found if text[at].isdigit()]
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
-    negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lowered)
+    negations = _negations(lowered) - len(_NEGATED_OPPOSITE.findall(text))
     if _ANSWER_NO.match(text):
         negations -= 1  # "No, it does not exist": the answer word, not a second negation
     quoted = frozenset(
@@ -153,13 +164,25 @@ def features(text: str) -> TextFeatures:
     return TextFeatures(
         numbers=numbers,
         negations=negations,
-        without=any(w == "without" or w == "non" or w.startswith("non-") for w in lowered),
+        privative=any(w == "non" or w.startswith("non-") for w in lowered),
         entities=entities,
         names=names,
         words=frozenset(lowered),
         quoted=quoted,
         passive=bool(_PASSIVE.search(text)),
     )
+
+
+def _negations(lowered: Sequence[str]) -> int:
+    """Negating words; one repeated after "and"/"or" counts once ("without a GPU and without
+    internet" is "without a GPU or internet")."""
+    count, last = 0, ""
+    for i, word in enumerate(lowered):
+        if word in _NEGATIONS or word.endswith("n't") or word.startswith("no-"):
+            if not (word == last and i and lowered[i - 1] in ("and", "or", "nor")):
+                count += 1
+            last = word
+    return count
 
 
 _MAGNITUDES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
@@ -514,7 +537,7 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
     q, c = features(query), features(candidate)
     if q.numbers != c.numbers:
         return Reason.NUMBER_MISMATCH
-    if q.negations % 2 != c.negations % 2 or q.without != c.without:
+    if q.negations % 2 != c.negations % 2 or q.privative != c.privative:
         return Reason.NEGATION_MISMATCH
     if _quotes_differ(q.quoted, candidate) or _quotes_differ(c.quoted, query):
         return Reason.QUOTE_MISMATCH

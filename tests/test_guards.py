@@ -48,6 +48,23 @@ PARAPHRASES = [
         "Run it without a GPU and without internet access.",
         "Run it without a GPU or internet access.",
     ),
+    # "Without" negates as "not" does; "don't forget" says "remember".
+    (
+        "Use it, so you don't have to wait for the whole dataset to download.",
+        "Use it without having to wait for the entire download.",
+    ),
+    (
+        "The builder is a no-code solution for creating an audio dataset.",
+        "The builder creates an audio dataset without any coding.",
+    ),
+    (
+        "If the dataset doesn't have any metadata, a label column is made from the folder.",
+        "A label column is made from the folder in the absence of any metadata.",
+    ),
+    ("Don't forget to pass your credentials.", "Remember to pass your credentials."),
+    # One in words, alone, is what an article says.
+    ("Use one column per struct field.", "Use a single column for each struct field."),
+    ("The first step is to make a list of URLs.", "The initial step is to make a list of URLs."),
     # Active and passive name the same things in the other order.
     (
         "A PyArrow Table serves as the foundation for a Dataset object.",
@@ -104,6 +121,9 @@ SWAPS = [
     ),
     ("I need a new one-page form.", "I need a new two-page form.", Reason.NUMBER_MISMATCH),
     ("Do I have one dog?", "Do I have two dogs?", Reason.NUMBER_MISMATCH),
+    ("Should I buy one or two?", "Should I buy two?", Reason.NUMBER_MISMATCH),
+    ("What is 2+1?", "What is 2+2?", Reason.NUMBER_MISMATCH),
+    ("Is 1 a prime number?", "Is a prime number?", Reason.NUMBER_MISMATCH),
     ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
     (
         "Is the Boston-based firm hiring?",
@@ -131,6 +151,13 @@ SWAPS = [
         Reason.NEGATION_MISMATCH,
     ),
     ("Should I use tabs?", "Should I not use tabs?", Reason.NEGATION_MISMATCH),
+    ("Is non-dairy milk healthy?", "Is dairy milk healthy?", Reason.NEGATION_MISMATCH),
+    ("Is it bad to forget?", "Is it bad not to forget?", Reason.NEGATION_MISMATCH),
+    (
+        "Can I train it with a GPU and with internet access?",
+        "Can I train it without a GPU and without internet access?",
+        Reason.NEGATION_MISMATCH,
+    ),
     ("Convert celsius to kelvin", "Convert kelvin to celsius", Reason.ORDER_MISMATCH),
     # Who does what to whom, with no role word the order guard knows and no names.
     ("why do dogs hate cats", "why do cats hate dogs", Reason.ORDER_MISMATCH),
