@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from semcache.bench import gptcache_baseline
-from semcache.bench.datasets import detect_format, read_rows, stream_items
+from semcache.bench.datasets import detect_format, read_rows, stream_items, stream_rows
 from semcache.bench.options import BenchOptions
 from semcache.bench.pairs import replay_bounded
 from semcache.bench.runner import run_bench
@@ -88,6 +88,25 @@ def test_the_split_keeps_train_and_test_apart(tmp_path: Path, embedder: Counting
         embedder=embedder,
     )
     assert (test["rows"], train["rows"]) == (3, 27)
+
+
+def test_a_stream_split_follows_the_rows_own_split_else_their_position() -> None:
+    """BANKING77 rows carry their split; conversations are split by position, like pair ids,
+    so a verifier trained on the rest is measured on rows it never read."""
+    clusters = [
+        {"cluster": i % 3, "text": f"question {i}", "split": "test" if i % 4 == 0 else "train"}
+        for i in range(20)
+    ]
+    assert [r["text"] for r in stream_rows(clusters, "test")] == [
+        f"question {i}" for i in range(0, 20, 4)
+    ]
+    assert len(stream_rows(clusters, "train")) == 15 and stream_rows(clusters, "all") == clusters
+    conversations = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(25)]
+    assert [r["messages"][0]["content"] for r in stream_rows(conversations, "test")] == [
+        "q0",
+        "q10",
+        "q20",
+    ]
 
 
 def test_stream_mode_replays_through_the_sidecar(

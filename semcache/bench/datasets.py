@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from semcache.errors import InvalidRequestError
+from semcache.evaluation import in_split
 from semcache.keys import fingerprint, normalize_prompt
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -69,6 +70,24 @@ def detect_format(row: dict[str, Any]) -> str:
         f"OpenAI request bodies (model, messages)",
         field="file",
     )
+
+
+def stream_rows(rows: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
+    """The rows of a stream in ``split``: a row's own ``split`` field where it has one
+    (BANKING77's train and test), else its position by the rule of the pair files (test is
+    ``position % 10 == 0``), so that a verifier trained on the rest is measured on rows it
+    never saw."""
+    if split is None or split == "all":
+        return rows
+    return [
+        row
+        for position, row in enumerate(rows)
+        if (
+            row["split"] == split
+            if isinstance(row.get("split"), str)
+            else in_split(position, split)
+        )
+    ]
 
 
 def stream_items(

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split",
         choices=("all", "train", "test"),
         default="all",
-        help="pairs: test = rows with id %% 10 == 0, train = the rest",
+        help="pairs: test = rows with id %% 10 == 0, train = the rest; streams: a row's own "
+        "split field (BANKING77's), else test = rows at position %% 10 == 0",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="order of the stream and simulated draws"

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from semcache.bench import pairs, report, stream
-from semcache.bench.datasets import detect_format, read_rows, stream_items
+from semcache.bench.datasets import detect_format, read_rows, stream_items, stream_rows
 from semcache.bench.options import BenchOptions
 from semcache.embedding import Embedder
 from semcache.errors import InvalidRequestError
@@ -61,7 +61,10 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             latency_median_ms=options.latency_median_ms,
             price=Price(options.price_in_per_1k, options.price_out_per_1k),
         )
-        items = stream_items(rows, fmt)
+        selected_rows = stream_rows(rows, options.split)
+        if not selected_rows:
+            raise InvalidRequestError(f"no rows in split {options.split!r}", field="split")
+        items = stream_items(selected_rows, fmt)
         results, hittable, cost_all, notes = stream.run(
             items,
             simulation=simulation,
@@ -95,6 +98,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             },
             hit_rate_by_tenth=_by_tenth(results[0].hits),
             notes=notes,
+            split=options.split,
         )
         table = report.print_stream_table(by_name)
         if options.max_error_rate is not None:
