@@ -37,6 +37,7 @@ RENAMED = {
     "batch_max_size": "lookup_batch_size",
 }
 COMPRESSION_MODES = tuple(mode.value for mode in Mode)
+HISTORY_MATCHES = ("exact", "meaning")
 
 
 setting = option
@@ -118,6 +119,16 @@ class ServerConfig(CacheConfig):
     max_pending_bodies: int = setting(
         64, "large request bodies (over 64 KiB) read at once at most; others wait their turn"
     )
+    history_match: str = setting(
+        "exact",
+        "how a follow-up's earlier user turns must match a cached conversation's: exact (byte "
+        "for byte) or meaning (each turn a hit on the other's, as a served hit must be; the "
+        "assistant's turns always verbatim)",
+    )
+    history_match_turns: int = setting(
+        4, "history_match meaning: conversations with more earlier user turns match exactly"
+    )
+
     compression: str = setting(
         "off",
         "context compression of long chat histories: off, window, extractive or summary "
@@ -281,6 +292,12 @@ class ServerConfig(CacheConfig):
             )
         if not self.upstream.startswith(("http://", "https://")):
             raise ConfigError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
+        if self.history_match not in HISTORY_MATCHES:
+            raise ConfigError(f"history_match must be exact or meaning, got {self.history_match!r}")
+        if self.history_match_turns < 1:
+            raise ConfigError(
+                f"history_match_turns must be at least 1, got {self.history_match_turns!r}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level must be debug, info, warning or error, got {self.log_level!r}"

@@ -139,12 +139,21 @@ def test_conversations_and_request_logs_become_streams() -> None:
     rows = read_rows(DATA / "meancache_sample.jsonl")
     assert detect_format(rows[0]) == "conversations"
     items = stream_items(rows, "conversations")
-    # Two user turns per conversation, each with its paraphrase: four requests, two labels.
-    assert len(items) == 4 * len(rows)
+    # Two user turns per conversation, each with its paraphrase, and the follow-up and its
+    # paraphrase again after the opening's paraphrase: six requests, two labels.
+    assert len(items) == 6 * len(rows)
     first, paraphrase = items[0], items[1]
     assert first.label == paraphrase.label and first.text != paraphrase.text
-    follow_up = items[2]
+    assert (first.kind, items[2].kind, items[4].kind) == (
+        "opening",
+        "follow-up",
+        "follow-up after reworded history",
+    )
+    follow_up, reworded = items[2], items[4]
     assert follow_up.body["messages"][:-1] == rows[0]["messages"][:2]
+    assert reworded.body["messages"][0]["content"] == rows[0]["paraphrases"]["0"]
+    assert reworded.body["messages"][1:] == follow_up.body["messages"][1:]
+    assert reworded.label == follow_up.label  # the same question after the same exchange
 
     # A label is what a turn asks: the same opening question in two conversations is one
     # label (either answer is right for both); the same follow-up after different openings

@@ -28,6 +28,7 @@ class StreamItem:
     body: dict[str, Any]
     label: Hashable | None
     text: str  # the last user message
+    kind: str = ""  # conversations: opening, follow-up, follow-up after reworded history
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -115,27 +116,38 @@ def _ask(text: str, label: Hashable | None, model: str) -> StreamItem:
     return StreamItem(body, label, text)
 
 
+REWORDED_HISTORY = "follow-up after reworded history"
+
+
 def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamItem]:
     """Every user turn with the turns before it; paraphrases (MeanCache's ``paraphrases``,
-    keyed by message index) become extra requests with the same label as their original.
+    keyed by message index) become extra requests with the same label as their original, and
+    a follow-up is also asked after the paraphrase of the turn that opened its conversation
+    (kind ``follow-up after reworded history``), the assistant's answer unchanged.
 
     A turn's label is what it asks: its text and everything said before it. The same question
     opening two conversations is one label (an answer to one is right for the other); the same
-    follow-up after different histories is two."""
+    follow-up after different histories is two, and after a paraphrase of the same opening, one
+    (the row's paraphrase says it asks the same)."""
     items = []
     for row in rows:
         messages = row["messages"]
         paraphrases = row.get("paraphrases") or {}
+        opening = paraphrases.get("0") if isinstance(paraphrases.get("0"), str) else None
         for index, message in enumerate(messages):
             if message.get("role") != "user" or not isinstance(message.get("content"), str):
                 continue
             said = fingerprint({"prior": messages[:index]})
             label = ("turn", said, normalize_prompt(message["content"]))
-            prior = messages[:index]
             variants = [message["content"]]
             if isinstance(paraphrases.get(str(index)), str):
                 variants.append(paraphrases[str(index)])
-            for text in variants:
-                body = {"model": model, "messages": [*prior, {"role": "user", "content": text}]}
-                items.append(StreamItem(body, label, text))
+            histories = [(messages[:index], "opening" if index == 0 else "follow-up")]
+            if index > 0 and opening is not None and messages[0].get("role") == "user":
+                reworded = [{**messages[0], "content": opening}, *messages[1:index]]
+                histories.append((reworded, REWORDED_HISTORY))
+            for prior, kind in histories:
+                for text in variants:
+                    body = {"model": model, "messages": [*prior, {"role": "user", "content": text}]}
+                    items.append(StreamItem(body, label, text, kind))
     return items

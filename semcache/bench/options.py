@@ -19,6 +19,7 @@ class BenchOptions:
     limit: int | None = None
     target_precision: float = 0.9
     max_error_rate: float | None = None
+    history_match: str = "exact"
     min_similarity: float | None = None
     min_confidence: float | None = None
     model: str | None = None
@@ -62,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "candidate's label fed back; stream: also replay the stream through a sidecar with this "
         "bound, learning from its own feedback (misses' candidates, wrong hits marked wrong); "
         "both report the realised error (see 'Error bound')",
+    )
+    parser.add_argument(
+        "--history-match",
+        choices=("exact", "meaning"),
+        default="exact",
+        help="stream: the sidecar's history_match (how a follow-up's earlier user turns must "
+        "match a cached conversation's)",
     )
     parser.add_argument(
         "--min-similarity",

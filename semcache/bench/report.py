@@ -50,7 +50,22 @@ def stream_figures(
         "share_of_spend_saved": result.dollars_saved / cost_all if cost_all else 0.0,
         "latency_ms_hits": _percentiles(hit_lat),
         "latency_ms_misses": _percentiles(miss_lat),
+        "by_kind": _by_kind(result),
     }
+
+
+def _by_kind(result: StreamResult) -> dict[str, dict[str, int]]:
+    """Requests, hits, right and wrong hits per kind of request (conversations: opening,
+    follow-up, follow-up after reworded history); empty when the stream has no kinds."""
+    out: dict[str, dict[str, int]] = {}
+    for i, kind in enumerate(result.kinds):
+        if kind:
+            counts = out.setdefault(kind, {"requests": 0, "hits": 0, "right": 0, "wrong": 0})
+            counts["requests"] += 1
+            counts["hits"] += result.hits[i]
+            counts["right"] += result.right[i]
+            counts["wrong"] += result.wrong[i]
+    return out
 
 
 def bounded_stream_figures(result: StreamResult, max_error_rate: float) -> dict[str, Any]:
@@ -123,6 +138,18 @@ def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
             f"{_figure(f['recall'], 6)} | {f['upstream_calls']:>6} | {f['dollars_saved']:>8.4f} | "
             f"{hit_lat:>15} | {miss_lat:>16}"
         )
+    kinds = [k for f in figures.values() for k in f.get("by_kind", {})]
+    if kinds:
+        lines += ["", "by kind of request: hits (right / wrong) of requests"]
+        for kind in dict.fromkeys(kinds):
+            cells = []
+            for name, f in figures.items():
+                c = f["by_kind"].get(kind)
+                if c is not None:
+                    cells.append(
+                        f"{name}: {c['hits']} ({c['right']} / {c['wrong']}) of {c['requests']}"
+                    )
+            lines.append(f"{kind:<36} | " + "; ".join(cells))
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             model=options.model,
             progress=options.progress,
             max_error_rate=options.max_error_rate,
+            history_match=options.history_match,
         )
         none = results[2]
         by_name = {

@@ -78,6 +78,7 @@ class StreamResult:
     dollars_saved: float = 0.0
     bounded: list[float | None] = field(default_factory=list)  # the bound's threshold after each
     labelled: float = 0.0  # under a bound: the weight of the labels it learnt from
+    kinds: list[str] = field(default_factory=list)  # each request's StreamItem.kind
 
 
 class SimulatedUpstream:
@@ -191,6 +192,7 @@ def _record(
     result.wrong.append(wrong)
     result.unverified.append(unverified)
     result.latency_ms.append(elapsed_ms)
+    result.kinds.append(item.kind)
 
 
 def shuffled(
@@ -223,12 +225,13 @@ async def _replay_sidecar(
     cache: SemanticCache,
     progress: bool,
     name: str = "semcache",
+    history_match: str = "exact",
 ) -> StreamResult:
     """The stream through the sidecar; under the cache's ``max_error_rate``, each wrong hit is
     also marked wrong through the admin API (a user flagging it)."""
     config = ServerConfig(
         upstream=upstream.url, cache_dir=cache.directory, lookup_batch_wait_ms=0,
-        admin_token=_ADMIN_TOKEN, health_check_interval_s=0,
+        admin_token=_ADMIN_TOKEN, health_check_interval_s=0, history_match=history_match,
     )  # fmt: skip
     flag_wrong = cache.error_bound is not None
     runner = web.AppRunner(create_app(config, cache=cache))
@@ -315,7 +318,7 @@ def _replay_none(
     n = len(order)
     return StreamResult(
         "no cache", [False] * n, [False] * n, [False] * n, [False] * n,
-        [float(upstream.latency_ms[i]) for i, _ in order],
+        [float(upstream.latency_ms[i]) for i, _ in order], kinds=[item.kind for _, item in order],
     )  # fmt: skip
 
 
@@ -366,6 +369,7 @@ def run(
     progress: bool = True,
     min_confidence: float | None = None,
     max_error_rate: float | None = None,
+    history_match: str = "exact",
 ) -> tuple[list[StreamResult], list[bool], float, list[str]]:
     """The results of semcache, exact match, no cache (and GPTCache), which requests could
     have hit, what the stream costs with no cache, and notes. With ``max_error_rate``, a second
@@ -380,7 +384,9 @@ def run(
             with tempfile.TemporaryDirectory(prefix="semcache-bench-") as directory:
                 cache = SemanticCache(directory, embedder=embedder, config=config)
                 try:
-                    return await _replay_sidecar(order, items, upstream, cache, progress, name)
+                    return await _replay_sidecar(
+                        order, items, upstream, cache, progress, name, history_match
+                    )
                 finally:
                     cache.close()
         finally:

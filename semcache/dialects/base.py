@@ -98,6 +98,7 @@ class Dialect:
     path: str  # where the sidecar serves it
     api: str  # "openai" or "anthropic": which upstreams speak it
     object_prefix: str  # of the ids of rendered hits
+    turns_field: str | None = None  # the body's list of conversation turns, if it has one
 
     def parse(self, body: object, keying: Keying) -> Parsed:
         """The cache request of a body, or why it bypasses the cache.

@@ -191,6 +191,7 @@ class ChatCompletions(_Choices):
     name = "chat"
     path = "/v1/chat/completions"
     object_prefix = "chatcmpl"
+    turns_field = "messages"
     chunk_object = "chat.completion.chunk"
     response_object = "chat.completion"
 

@@ -52,6 +52,7 @@ class Messages(Dialect):
     path = "/v1/messages"
     api = "anthropic"
     object_prefix = "msg"
+    turns_field = "messages"
 
     def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:

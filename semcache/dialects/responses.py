@@ -56,6 +56,7 @@ class Responses(Dialect):
     path = "/v1/responses"
     api = "openai"
     object_prefix = "resp"
+    turns_field = "input"
 
     def parse(self, body: object, keying: Keying) -> Parsed:
         """Raises:

@@ -12,7 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from semcache import history
 from semcache.decision import Decision
+from semcache.dialects import Keying
 from semcache.keys import CacheRequest
 from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange
@@ -23,14 +25,17 @@ logger = logging.getLogger("semcache.server")
 
 
 async def look_up(x: Exchange) -> web.StreamResponse | None:
-    request = x.cache_request
-    if request is None:
+    if x.cache_request is None:
         return None
     if x.controls.no_cache:
         x.outcome = "miss"
         x.headers.update({"X-Semcache": "miss", "X-Semcache-Reason": "no-cache"})
         return None
     try:
+        if x.state.config.history_match == "meaning":
+            await _recognise_history(x)
+        request = x.cache_request
+        assert request is not None
         decision = None
         if x.asked is not None and x.asked is not request:
             # An answer stored for the model asked for costs nothing either.
@@ -67,6 +72,40 @@ async def look_up(x: Exchange) -> web.StreamResponse | None:
         x.headers["X-Semcache-Score"] = f"{decision.score:.4f}"
     x.headers.update(_confidence(decision))
     return None
+
+
+async def _recognise_history(x: Exchange) -> None:
+    """Under ``history_match = "meaning"``: the request keyed by its earlier user turns as the
+    cache recognises them (:mod:`semcache.history`), so that a follow-up after a reworded
+    question finds the answers cached after the first wording. Only the key changes: the
+    upstream gets the conversation as the client sent it."""
+    request = x.cache_request
+    if x.dialect.turns_field is None or request is None:
+        return
+    field: str = x.dialect.turns_field
+    turns = x.body.get(field)
+    if not isinstance(turns, list):
+        return
+    keying = Keying(
+        request.namespace, request.min_similarity, request.ttl_s, request.min_confidence
+    )
+
+    def request_of(shorter: list[Any]) -> CacheRequest | None:
+        body: dict[str, Any] = {**x.body, field: shorter}
+        return x.dialect.parse(body, keying).request
+
+    recognised = await history.recognised_turns(
+        turns,
+        request_of,
+        lambda asked: _lookup(x.state, asked),
+        max_user_turns=x.state.config.history_match_turns,
+    )
+    if recognised is not None:
+        as_asked = x.asked is request  # else a budget re-keyed it: that lookup stays verbatim
+        body: dict[str, Any] = {**x.body, field: recognised}
+        x.parsed = x.dialect.parse(body, keying)
+        if as_asked:
+            x.asked = x.parsed.request
 
 
 async def _lookup(state: State, request: CacheRequest) -> Decision:
