@@ -70,9 +70,7 @@ _NEGATIONS = {
     "cannot", "unable", "without", "absence",
 }  # fmt: skip
 # A negated word of negative sense says the positive: "don't forget" is "remember".
-_NEGATED_OPPOSITE = re.compile(
-    r"\b(?:do ?n[o'’]?t|never) (?:forget|hesitate|miss|fail)\b", re.I
-)
+_NEGATED_OPPOSITE = re.compile(r"\b(?:do ?n[o'’]?t|never) (?:forget|hesitate|miss|fail)\b", re.I)
 # Number words that are not counts when followed by one of these ("one can", "one of").
 _NOT_COUNTED_AFTER_ONE = frozenset(
     "can could should would will must may might shall needs has is does of another go".split()  # noqa: SIM905
