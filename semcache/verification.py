@@ -8,7 +8,7 @@ reaches ``min_confidence``.
 
 Two kinds, both trained by ``models/verifier/train.py`` on labelled paraphrase pairs:
 
-- :class:`PairVerifier`, the default (``qqp-mlp-v1``): a small network over features of both
+- :class:`PairVerifier`, the default (``multi-mlp-v2``): a small network over features of both
   embeddings (their element-wise product and difference) and of both texts. Tens of
   microseconds per pair.
 - :class:`CrossEncoderVerifier`: a cross-encoder that reads both texts together, for a model
@@ -42,7 +42,7 @@ from semcache.policy import content_words, swapped_order, tokens_of
 logger = logging.getLogger("semcache")
 
 FEATURE_VERSION = 1
-DEFAULT_VERIFIER = "qqp-mlp-v1"
+DEFAULT_VERIFIER = "multi-mlp-v2"
 CARD_FILE = "verifier.json"
 
 

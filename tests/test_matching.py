@@ -176,21 +176,44 @@ def test_responses_are_any_json_value(cache: SemanticCache) -> None:
 def test_precision_on_held_out_qqp_sample(tmp_path: Path, embedder: CountingEmbedder) -> None:
     """A regression guard on real labelled pairs the default was not tuned on.
 
-    Measured at the time of writing, with the default verifier: 61 hits, 52 right (precision
-    0.85, 0.90 of judged hits), recall 0.40; by similarity alone at 0.85 it was 83 hits, 68
-    right (0.82), recall 0.53. The bounds leave room for a different BLAS, not for a broken
-    guard, verifier or threshold.
+    Measured at the time of writing, with the default verifier: 60 hits, 52 right (precision
+    0.87, 0.90 of judged hits), recall 0.40 (qqp-mlp-v1: 61 hits, 52 right); by similarity
+    alone at 0.85 it was 83 hits, 68 right (0.82), recall 0.53. The bounds leave room for a
+    different BLAS, not for a broken guard, verifier or threshold.
     """
     rows = [
         PairRow(a=r["a"], b=r["b"], duplicate=r["duplicate"], id=r["id"])
         for r in map(orjson.loads, (DATA / "qqp_test_sample.jsonl").read_bytes().splitlines())
     ]
     with SemanticCache(tmp_path / "qqp", embedder=embedder) as cache:
-        assert cache.verifier is not None and cache.verifier.name == "qqp-mlp-v1"
+        assert cache.verifier is not None and cache.verifier.name == "multi-mlp-v2"
         outcomes = run_pairs(cache, rows, floor=cache.min_similarity)
         metrics = metrics_at_defaults(cache, outcomes, rows)
     assert metrics.precision >= 0.8
     assert metrics.recall >= 0.35
+
+
+def test_rephrased_statements_hit_on_held_out_rows(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    """Traffic that is not Quora questions: the held-out rows of GPTCache's rephrasings of
+    documentation sentences (every pair a paraphrase), which the verifier never read.
+
+    Measured at the time of writing: 65 of 100 served, all right; qqp-mlp-v1, which learnt
+    Quora's questions only, served 56 (and 55 before the guards let "without" and "not",
+    "one" and "a single" stand for each other)."""
+    rows = [
+        PairRow(a=r["a"], b=r["b"], duplicate=r["duplicate"], id=r["id"])
+        for r in map(
+            orjson.loads, (DATA / "rephrasings_test_sample.jsonl").read_bytes().splitlines()
+        )
+    ]
+    with SemanticCache(tmp_path / "docs", embedder=embedder) as cache:
+        metrics = metrics_at_defaults(
+            cache, run_pairs(cache, rows, floor=cache.min_similarity), rows
+        )
+    assert metrics.precision >= 0.95
+    assert metrics.recall >= 0.6
 
 
 def test_a_miss_is_stored_without_embedding_its_prompt_again(

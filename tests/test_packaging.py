@@ -113,4 +113,4 @@ def test_an_installed_wheel_resolves_the_verifier_as_a_checkout_does(tmp_path: P
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
     assert resolved.returncode == 0, resolved.stderr
-    assert "qqp-mlp-v1" in resolved.stdout
+    assert "multi-mlp-v2" in resolved.stdout
