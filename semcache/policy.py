@@ -83,8 +83,11 @@ _ONE_STANDS_FOR_A_NOUN_AFTER = frozenset(
 # "1) download, 2) prepare" and "2. Then" at the start of a line enumerate; they count nothing.
 _LIST_MARKER = re.compile(r"\d{1,2}\)(?=\s)|(?<![^\n])\d{1,2}\.(?=\s)|(?<=\n)[ \t]*\d{1,2}\.(?=\s)")
 _ANSWER_NO = re.compile(r"\s*no\s*[,.!]", re.IGNORECASE)
+# A participle and "by": "was backed by", "is written by", also the irregular "bought",
+# "paid", "sung", "struck", "shot", "cut".
 _PASSIVE = re.compile(
-    r"\b(?:is|are|was|were|be|been|being|gets|got)\s+(?:\w+ly\s+)?\w+(?:ed|en|wn|lt|de)\s+by\b",
+    r"\b(?:is|are|was|were|be|been|being|gets|got)\s+(?:\w+ly\s+)?"
+    r"\w+(?:ed|en|wn|lt|de|ght|id|ung|ck|ot|ut|it)\s+by\b",
     re.IGNORECASE,
 )
 # Capitalised words that open clauses or are capitalised by convention, not names.
@@ -550,7 +553,31 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
         return Reason.ORDER_MISMATCH
     if same_words and q.passive == c.passive and roles_exchanged(query, candidate):
         return Reason.ORDER_MISMATCH
+    if q.passive == c.passive and reordered(query, candidate):
+        return Reason.ORDER_MISMATCH
     return None
+
+
+_MAX_REORDERED = 40  # content words at most for the check below (it tries every block move)
+
+
+def reordered(query: str, candidate: str) -> bool:
+    """The same content words, in an order that one block moved elsewhere cannot give: "the
+    wwe fights are scripted and fake" / "the fake fights are scripted and wwe", "German
+    brewery of regional style" / "regional brewery of German style". Moving one block keeps
+    the meaning ("in Python, how do I sort a list" / "how do I sort a list in Python", "A
+    and B" / "B and A"); two words trading places across others changes who does what, unless
+    the relation is the same both ways round."""
+    q, c = content_words(query), content_words(candidate)
+    if q == c or len(q) > _MAX_REORDERED or sorted(q) != sorted(c) or _SYMMETRIC & set(q):
+        return False  # "how is A different from B" is "how is B different from A"
+    n = len(q)
+    for i in range(n):
+        for j in range(i + 1, n):
+            for k in range(j + 1, n + 1):
+                if q[:i] + q[j:k] + q[i:j] + q[k:] == c:
+                    return False
+    return True
 
 
 _SAME_WORDS = 0.7  # share of content words two texts must have in common for order to count

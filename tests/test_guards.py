@@ -62,6 +62,10 @@ PARAPHRASES = [
         "A label column is made from the folder in the absence of any metadata.",
     ),
     ("Don't forget to pass your credentials.", "Remember to pass your credentials."),
+    # One block moved keeps the meaning; so does the passive, irregular participles included.
+    ("In Python, how do I sort a list?", "How do I sort a list in Python?"),
+    ("Google bought YouTube.", "YouTube was bought by Google."),
+    ("What are the pros and cons of remote work?", "What are the cons and pros of remote work?"),
     # One in words, alone, is what an article says.
     ("Use one column per struct field.", "Use a single column for each struct field."),
     ("The first step is to make a list of URLs.", "The initial step is to make a list of URLs."),
@@ -122,6 +126,17 @@ SWAPS = [
     ("I need a new one-page form.", "I need a new two-page form.", Reason.NUMBER_MISMATCH),
     ("Do I have one dog?", "Do I have two dogs?", Reason.NUMBER_MISMATCH),
     ("Should I buy one or two?", "Should I buy two?", Reason.NUMBER_MISMATCH),
+    # The same words, two of them trading places across others (no block move gives it).
+    (
+        "Are the wwe fights scripted and fake?",
+        "Are the fake fights scripted and wwe?",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
+        "What happens when diesel is used in a petrol engine?",
+        "What happens when petrol is used in a diesel engine?",
+        Reason.ORDER_MISMATCH,
+    ),
     ("What is 2+1?", "What is 2+2?", Reason.NUMBER_MISMATCH),
     ("Is 1 a prime number?", "Is a prime number?", Reason.NUMBER_MISMATCH),
     ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
