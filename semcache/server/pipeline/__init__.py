@@ -3,6 +3,7 @@
     parse      the body, the controls, the tenant; the dialect's cache request (or a bypass)
     transform  rewrites: a spent budget's downgrade (re-keyed), usage in streams (outgoing only)
     look_up    exact tier, semantic tier, verifier; a hit is served here and ends the request
+               (history_match meaning: the earlier user turns are recognised first)
     admit      a miss may go upstream unless a spent budget refuses (429)
     defer      a miss marked X-Semcache-Priority: batch waits for a provider batch job (202)
     compress   a long chat history shortened for the upstream (outgoing only)

@@ -1,7 +1,8 @@
 """Stage ``look_up``: the exact tier, then the semantic tier, and under backlog a second look
 at a lower threshold. A hit is served here and ends the request; a miss goes on, with the
-evidence in its headers. A cache fault never fails the request: it is counted and the
-request is forwarded as a bypass."""
+evidence in its headers. Under ``history_match = "meaning"`` the request is first re-keyed by
+its earlier user turns as the cache recognises them. A cache fault never fails the request: it
+is counted and the request is forwarded as a bypass."""
 
 from __future__ import annotations
 
