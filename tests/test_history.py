@@ -122,3 +122,23 @@ async def test_anthropic_messages_follow_ups_after_a_reworded_question(
         assert outcome == "miss"
         assert await ask_claude(sidecar, REWORDED, first, FOLLOW_UP) == ("hit", follow_up)
         assert (await ask_claude(sidecar, OTHER, first, FOLLOW_UP))[0] == "miss"
+
+
+async def test_earlier_turns_the_cache_cannot_read_are_kept_as_they_are(
+    tmp_path: Path, embedder: Any, upstream: FakeOpenAI
+) -> None:
+    """An earlier user turn with an image part has no cache request of its own: it is keyed
+    verbatim, and the request is answered as usual."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": FIRST}, image]},
+        {"role": "assistant", "content": "Everest."},
+        {"role": "user", "content": FOLLOW_UP},
+    ]
+    body = orjson.dumps({"model": MODEL, "messages": messages})
+    async with start_sidecar(tmp_path, embedder, upstream, history_match="meaning") as sidecar:
+        assert (await ask(sidecar, FIRST))[0] == "miss"
+        for expected in ("miss", "hit"):
+            status, answer, headers = await sidecar.post("/v1/chat/completions", body)
+            assert status == 200, answer
+            assert headers["X-Semcache"] == expected

@@ -16,6 +16,7 @@ from aiohttp import web
 from semcache import history
 from semcache.decision import Decision
 from semcache.dialects import Keying
+from semcache.errors import InvalidRequestError
 from semcache.keys import CacheRequest
 from semcache.policy import Reason
 from semcache.server.pipeline.exchange import Exchange
@@ -93,7 +94,10 @@ async def _recognise_history(x: Exchange) -> None:
 
     def request_of(shorter: list[Any]) -> CacheRequest | None:
         body: dict[str, Any] = {**x.body, field: shorter}
-        return x.dialect.parse(body, keying).request
+        try:
+            return x.dialect.parse(body, keying).request
+        except InvalidRequestError:  # an earlier turn this API would not take as the last
+            return None
 
     recognised = await history.recognised_turns(
         turns,
