@@ -51,9 +51,12 @@ class Running:
         self._stop = asyncio.Event()
         try:
             await self.upstream.start()
+            # history_match meaning: every multi-turn body also walks the recognition of its
+            # earlier turns (truncated bodies re-parsed, looked up).
             async with start_sidecar(
-                directory, WordHashEmbedder(), self.upstream, max_retries=0
-            ) as sidecar:
+                directory, WordHashEmbedder(), self.upstream, max_retries=0,
+                history_match="meaning",
+            ) as sidecar:  # fmt: skip
                 started.set_result(sidecar)
                 await self._stop.wait()
         except BaseException as exc:
