@@ -128,7 +128,6 @@ class ServerConfig(CacheConfig):
     history_match_turns: int = setting(
         4, "history_match meaning: conversations with more earlier user turns match exactly"
     )
-
     compression: str = setting(
         "off",
         "context compression of long chat histories: off, window, extractive or summary "

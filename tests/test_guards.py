@@ -126,6 +126,8 @@ SWAPS = [
     ("I need a new one-page form.", "I need a new two-page form.", Reason.NUMBER_MISMATCH),
     ("Do I have one dog?", "Do I have two dogs?", Reason.NUMBER_MISMATCH),
     ("Should I buy one or two?", "Should I buy two?", Reason.NUMBER_MISMATCH),
+    ("What is 2+1?", "What is 2+2?", Reason.NUMBER_MISMATCH),
+    ("Is 1 a prime number?", "Is a prime number?", Reason.NUMBER_MISMATCH),
     # The same words, two of them trading places across others (no block move gives it).
     (
         "Are the wwe fights scripted and fake?",
@@ -137,8 +139,6 @@ SWAPS = [
         "What happens when petrol is used in a diesel engine?",
         Reason.ORDER_MISMATCH,
     ),
-    ("What is 2+1?", "What is 2+2?", Reason.NUMBER_MISMATCH),
-    ("Is 1 a prime number?", "Is a prime number?", Reason.NUMBER_MISMATCH),
     ("Why did Google buy YouTube?", "Why did YouTube buy Google?", Reason.ENTITY_MISMATCH),
     (
         "Is the Boston-based firm hiring?",

@@ -149,15 +149,15 @@ def own_pairs(rows: Sequence[PairRow]) -> list[Example]:
     ]
 
 
-def generated_negatives(rows: Sequence[PairRow], rng: random.Random, limit: int) -> list[Example]:
-    """Questions one content word away from a real one (replaced, or two swapped)."""
-    counts = Counter(t for row in rows for t in _text(row.a).content)
+def generated_negatives(texts: Sequence[str], rng: random.Random, limit: int) -> list[Example]:
+    """Texts one content word away from a real one (replaced, or two swapped)."""
+    counts = Counter(t for text in texts for t in _text(text).content)
     vocabulary = [t for t, n in counts.items() if n >= 3 and t.isalpha() and len(t) > 2]
     by_band: dict[int, list[str]] = {}
     for token in vocabulary:
         by_band.setdefault(int(np.log2(counts[token])), []).append(token)
     out: list[Example] = []
-    questions = list(dict.fromkeys(row.a for row in rows))
+    questions = list(dict.fromkeys(texts))
     rng.shuffle(questions)
     for question in questions:
         if len(out) >= limit:
@@ -585,9 +585,10 @@ SHARES = {"qqp": 0.7, "rephrasings": 0.1, "intents": 0.1, "conversations": 0.05,
 MIN_RECALL = {"qqp": 0.42}
 
 
-def _shares(origins: Sequence[str], source_of: Mapping[str, str]) -> np.ndarray:
-    """Per pair, its weight: its group's share divided by the group's number of pairs."""
-    groups = [source_of.get(o, "generated") for o in origins]
+def _shares(origins: Sequence[str]) -> np.ndarray:
+    """Per pair, its weight: its group's share divided by the group's number of pairs. A
+    source's pairs have origins "<source>:<how>"; generated pairs have none of a source."""
+    groups = [o.split(":")[0] if ":" in o else "generated" for o in origins]
     counts = Counter(groups)
     total = sum(SHARES[g] for g in counts)
     return np.array([SHARES[g] / total / counts[g] * len(groups) for g in groups])
@@ -641,11 +642,8 @@ def main() -> None:
     }
     sources = [builders[name]() for name in args.sources]
     texts = [t for source in sources for t in source.texts]
-    train = [e for source in sources for e in source.train]
-    source_of = {f"{s.name}:{o}": s.name for s in sources for o in {e[3] for e in s.train}}
     train = [(q, c, y, f"{s.name}:{o}") for s in sources for q, c, y, o in s.train]
-    qqp_rows = [PairRow(a=t, b=t, duplicate=True, id=0) for t in texts]
-    train += generated_negatives(qqp_rows, rng, args.generated)
+    train += generated_negatives(texts, rng, args.generated)
     train += perturbations(texts, rng, args.perturbed)
     embedder.prefill([t for e in train for t in e[:2]])
     calibrated = [s for s in sources if s.calibration]
@@ -677,7 +675,7 @@ def main() -> None:
         "verify_top": args.verify_top,
         "seed": args.seed,
     }
-    weights = _shares([e[3] for e in train], source_of)
+    weights = _shares([e[3] for e in train])
     if args.kind == "cross":
         name = "qqp-minilm-ce-v2"
         out = args.out or HERE / name

@@ -54,6 +54,11 @@ class Keying:
     ttl_s: float | None = None
     min_confidence: float | None = None
 
+    @classmethod
+    def of(cls, request: CacheRequest) -> Keying:
+        """The keying a parsed request was made with, to parse its body again."""
+        return cls(request.namespace, request.min_similarity, request.ttl_s, request.min_confidence)
+
     def request(self, prompt: str, context: Mapping[str, Any]) -> CacheRequest:
         return CacheRequest(
             prompt=prompt,

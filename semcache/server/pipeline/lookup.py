@@ -88,9 +88,7 @@ async def _recognise_history(x: Exchange) -> None:
     turns = x.body.get(field)
     if not isinstance(turns, list):
         return
-    keying = Keying(
-        request.namespace, request.min_similarity, request.ttl_s, request.min_confidence
-    )
+    keying = Keying.of(request)
 
     def request_of(shorter: list[Any]) -> CacheRequest | None:
         body: dict[str, Any] = {**x.body, field: shorter}

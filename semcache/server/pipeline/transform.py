@@ -34,10 +34,7 @@ def downgrade(x: Exchange) -> None:
     if request is None:
         x.parsed = dataclasses.replace(x.parsed, model=cheaper)
     else:
-        keying = Keying(
-            request.namespace, request.min_similarity, request.ttl_s, request.min_confidence
-        )
-        x.parsed = x.dialect.parse(x.body, keying)
+        x.parsed = x.dialect.parse(x.body, Keying.of(request))
     x.headers["X-Semcache-Budget"] = f"downgraded to {cheaper}"
 
 
