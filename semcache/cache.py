@@ -398,7 +398,7 @@ class SemanticCache:
                 for row, row_scores, row_ids in zip(rows, scores, ids, strict=True):
                     i = semantic[row]
                     screened[i] = self._decider.screen(
-                        requests[i], readings[i], row_scores, row_ids, fetch
+                        requests[i], readings[i], vectors[row], row_scores, row_ids, fetch
                     )
             vector_of = {i: vectors[row] for row, i in enumerate(semantic)}
             for i, outcome in self._decider.choose(requests, screened, vector_of).items():

@@ -20,6 +20,7 @@ from semcache.config import DEFAULT_MIN_SIMILARITY, CacheConfig
 from semcache.embedding import Reading
 from semcache.entries import Entry
 from semcache.error_bound import ErrorBound
+from semcache.index import SCORE_ERROR
 from semcache.keys import CacheRequest
 from semcache.policy import Reason, guard_mismatch
 from semcache.vectors import Vectors
@@ -116,27 +117,39 @@ class HitDecider:
         self,
         request: CacheRequest,
         reading: Reading,
+        vector: NDArray[np.float32],
         scores: NDArray[np.float32],
         ids: NDArray[np.int64],
         fetch: Callable[[int], Entry | None],
     ) -> Screened:
         """The candidates among the nearest (``scores``, ``ids``, best first) that pass the
-        floor, the opaque-text check and the guards; ``fetch`` gives a live entry or None."""
+        floor, the opaque-text check and the guards; ``fetch`` gives a live entry or None.
+
+        The index's scores may be rounded (:data:`semcache.index.SCORE_ERROR`): they only
+        say which entries to examine. A candidate is judged by the cosine of ``vector`` (the
+        query's) with its stored vector."""
         threshold = request.min_similarity or self.min_similarity
         wanted = 1 if self.verifier is None else self.config.verify_top
         candidates: list[tuple[Entry, float]] = []
         reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
-        for score, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
+        for indexed, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
             if entry_id < 0 or len(candidates) >= wanted:
                 break
             if best_score is None:
-                best_score, best_id = score, entry_id
-            if score < threshold:
+                best_score, best_id = indexed, entry_id
+            if indexed < threshold - SCORE_ERROR:
                 if reason is Reason.NO_CANDIDATE:
                     reason = Reason.BELOW_THRESHOLD
                 break
             entry = fetch(entry_id)
             if entry is None or entry.scope != request.scope.key:
+                continue
+            score = indexed if entry.vector is None else float(np.dot(entry.vector, vector))
+            if entry_id == best_id:
+                best_score = score
+            if score < threshold:
+                if reason is Reason.NO_CANDIDATE:
+                    reason = Reason.BELOW_THRESHOLD
                 continue
             # Text the model cannot see must be the same in both, guards on or off: nothing
             # else tells "is this key valid: <key A>" from "... <key B>".
@@ -152,6 +165,7 @@ class HitDecider:
                     reason, best_score, best_id = mismatch, score, entry_id
                 continue
             candidates.append((entry, score))
+        candidates.sort(key=lambda candidate: -candidate[1])  # stable: index order on ties
         miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
         return Screened(candidates, miss)
 
