@@ -205,6 +205,8 @@ class SemanticCache:
             )
             loaded = self._persistence.load(self._derived, self._counters)
             self._derived, self._snapshot_version = loaded
+            if self._counters["rebuild"]:
+                self._checkpoint_when_indexed()
             if redis is not None:
                 link = redis if isinstance(redis, RedisLink) else RedisLink(redis)
                 self._stream = EntryStream(link, self.directory, self._apply_event)
@@ -728,14 +730,31 @@ class SemanticCache:
         self._save_error_bound()
         with self._snapshot_lock:
             with self._lock:
-                if self._store.version == self._snapshot_version:
-                    return False
+                if self._closed or self._store.version == self._snapshot_version:
+                    return False  # closed meanwhile: close() saved it
             snapshot = self._persistence.capture(self._derived, self._lock)
             if snapshot is None:
                 return False
             self._persistence.write(snapshot)
             self._snapshot_version = snapshot.store_version
             return True
+
+    def _checkpoint_when_indexed(self) -> None:
+        """After a rebuild from the store, save the snapshot in the background once the
+        indexes it left due for training are swapped in: serving does not wait for the write
+        (a million vectors take seconds), and the snapshot holds the trained indexes, so the
+        next open reads it instead of rebuilding. Until then a crash costs only a rebuild."""
+
+        def run() -> None:
+            self._index.wait_for_rebuilds()
+            try:
+                self.checkpoint()
+            except StoreError:  # closed meanwhile: close() saved it
+                pass
+            except OSError as exc:
+                logger.warning("could not save the rebuilt index (rebuilt on next open): %s", exc)
+
+        threading.Thread(target=run, name="semcache-checkpoint", daemon=True).start()
 
     def feedback(
         self, request: CacheRequest, decision: Decision, *, right: bool, weight: float = 1.0

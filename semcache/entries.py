@@ -108,7 +108,7 @@ def decode_entry(entry_id: int, data: object) -> Entry:
         if len(vector_bytes) != 4 * dim:
             raise ValueError(f"vector has {len(vector_bytes)} bytes, expected {4 * dim}")
         vector = np.frombuffer(vector_bytes, "<f4").astype(np.float32) if dim else None
-        if vector is not None and not np.all(np.isfinite(vector)):
+        if vector is not None and not np.isfinite(vector).all():
             raise ValueError("vector holds NaN or infinity")
         return Entry(
             entry_id=entry_id,

@@ -60,7 +60,9 @@ class Persistence:
         except StoreError as exc:
             logger.info("rebuilding the index from the store: %s", exc)
             self.rebuild(empty, counters)
-            return empty, self._saved(empty)
+            # Not saved here: the cache serves now and saves it once the indexes the rebuild
+            # left due for training are swapped in (SemanticCache._checkpoint_when_indexed).
+            return empty, -1
         return DerivedState(snapshot.catalog(), index), snapshot.store_version
 
     def rebuild(self, state: DerivedState, counters: Counter[str]) -> None:
@@ -126,15 +128,3 @@ class Persistence:
         OSError: the snapshot could not be written (the next open rebuilds).
         """
         write_snapshot(self.path, snapshot)
-
-    def _saved(self, state: DerivedState) -> int:
-        """Save a rebuilt state now; the store version saved, or -1."""
-        snapshot = self.capture(state)
-        if snapshot is None:
-            return -1
-        try:
-            self.write(snapshot)
-        except OSError as exc:
-            logger.warning("could not save the rebuilt index (rebuilt again on next open): %s", exc)
-            return -1
-        return snapshot.store_version

@@ -164,6 +164,37 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_store(tmp_path: Path, damage: st
         assert_consistent(cache)
 
 
+def test_a_rebuilt_index_is_saved_in_the_background_before_any_close(tmp_path: Path) -> None:
+    """The open that rebuilt serves at once and saves the snapshot behind it: a process that
+    then dies without closing leaves a snapshot the next open uses."""
+    with SemanticCache(tmp_path, embedder=WordHashEmbedder(), exact_index_max=40) as cache:
+        cache.put_many([f"fact {i} about owls" for i in range(120)], list(range(120)))
+    (tmp_path / "index.snapshot").unlink()
+    code = """
+        import os, sys, time
+        from semcache import SemanticCache
+        from tests.conftest import WordHashEmbedder
+        cache = SemanticCache(sys.argv[1], embedder=WordHashEmbedder(), exact_index_max=40)
+        assert cache.stats()["index_rebuilds"] == 1
+        snapshot = os.path.join(sys.argv[1], "index.snapshot")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(snapshot) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(cache.stats()["indexes"], flush=True)
+        os._exit(0)  # no close(): as if killed
+    """
+    process = run_python(code, str(tmp_path))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert out.strip() == "{'ivf': 1}"  # saved once the retrained index was swapped in
+    with SemanticCache(tmp_path, embedder=WordHashEmbedder(), exact_index_max=40) as cache:
+        assert cache.stats()["index_rebuilds"] == 0
+        assert cache.stats()["indexes"] == {"ivf": 1}
+        hit = cache.get("fact 17 about owls")
+        assert hit is not None and hit.response == 17
+        assert_consistent(cache)
+
+
 def test_a_corrupt_entry_is_removed_and_the_rest_served(tmp_path: Path) -> None:
     with SemanticCache(tmp_path, embedder=WordHashEmbedder()) as cache:
         bad = cache.put("the broken one", "x")
