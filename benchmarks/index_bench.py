@@ -218,9 +218,9 @@ def cache_figures(vectors: NDArray[np.float32], n: int, folder: Path) -> None:
     fill_s = time.perf_counter() - started
     gc.collect()
     per_entry = (rss() - before) / n
-    say(f"filled in {fill_s:.0f} s; memory {per_entry:.0f} bytes per entry: beyond the float32")
-    say(f"vector ({DIM * 4} bytes, held in half precision) {per_entry - DIM * 4:.0f} bytes, beyond")
-    say(f"its {DIM * 2} bytes of half precision {per_entry - DIM * 2:.0f}")
+    say(f"filled in {fill_s:.0f} s; memory {per_entry:.0f} bytes per entry, of which the vector")
+    say(f"is {DIM * 2} (half precision; {DIM * 4} in float32): {per_entry - DIM * 2:.0f} bytes")
+    say("beyond it")
     cache.close()
     del cache
     gc.collect()
