@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from semcache.compression import CompressionSettings, Compressor, Mode, Summaries
 from semcache.compression.compressor import RECALLED
 from semcache.compression.history import count_history, message_tokens
+from semcache.compression.texts import kept_units, names_in, units_of
 from semcache.embedding import SentenceTransformerEmbedder
 from tests.conftest import WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -457,3 +458,50 @@ async def test_anthropic_messages_are_compressed_too(
         assert sent["system"] == SYSTEM["content"]
         assert count_history(sent["messages"]) < count_history(messages)
         assert all(m["role"] in ("user", "assistant") for m in sent["messages"])
+
+
+SENTENCES = [
+    ("Это первое предложение. Это второе! Третье? Да.", 4),
+    ("Das ist der erste Satz. Österreich ist schön. Über allem steht der Himmel.", 3),
+    ("¿Dónde está el banco? ¡Allí está! Él dijo que sí.", 3),
+    ("Αυτή είναι η πρώτη πρόταση. Αυτή είναι η δεύτερη.", 2),
+    ("यह पहला वाक्य है। यह दूसरा वाक्य है।", 2),
+    ("هذه هي الجملة الأولى. هذه هي الجملة الثانية؟ نعم.", 3),
+    ("これは最初の文です。これは二番目の文です。", 2),
+    ('It cost 3.5 dollars, e.g. for Dr. Smith. "Quoted." Next.', 3),
+]
+
+
+@pytest.mark.parametrize(("text", "count"), SENTENCES)
+def test_prose_is_cut_into_sentences_in_any_script(text: str, count: int) -> None:
+    units = units_of(text)
+    spans = [text[u.start : u.end] for u in units]
+    assert len(units) == count, spans
+    # Every character but the spaces between sentences is in a unit: nothing is lost.
+    assert "".join(spans).replace(" ", "") == text.replace(" ", "")
+
+
+def test_a_long_message_in_another_language_is_cut_sentence_by_sentence() -> None:
+    """A long message in Russian keeps its opening and the sentence that carries a fact, not
+    all of itself or nothing (one unit would leave only those two choices)."""
+    message = (
+        "Спасибо за ваш вопрос, я постараюсь ответить подробно. "
+        "Погода в горах меняется очень быстро, поэтому всегда берите тёплую одежду. "
+        "Многие туристы недооценивают ветер на перевалах и мёрзнут даже летом. "
+        "Ваш номер бронирования в приюте — 48213, сохраните его. "
+        "Дорога до приюта занимает около шести часов в спокойном темпе. "
+        "По пути есть два родника, но воду лучше кипятить или фильтровать. "
+        "Если погода испортится, возвращайтесь вниз, не рискуйте понапрасну. "
+        "Хорошего вам похода и отличного настроения на всём маршруте!"
+    )
+    units = units_of(message)
+    assert len(units) == 8
+    kept = kept_units(message, user=True)
+    assert 0 < len(kept) < len(units)
+    kept_text = " ".join(message[units[i].start : units[i].end] for i in sorted(kept))
+    assert "48213" in kept_text and kept_text.startswith("Спасибо")
+
+
+def test_names_are_found_in_any_script_with_case() -> None:
+    text = "Вчера я встретил Ивана Петрова в Москве. Then I met Rosalind Okafor. Είδα τον Γιώργο."
+    assert names_in(text) == ["Ивана", "Петрова", "Москве", "Rosalind", "Okafor", "Γιώργο"]

@@ -24,9 +24,11 @@ ELISION = "[…]"
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LIST_OR_HEADING = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|#{1,6})\s")
-# A sentence ends at . ! ? (or their CJK forms) followed by space and what may open a sentence;
-# "e.g. the", "3.5" and "Dr. Smith" do not end one.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"”')\]]?\s+(?=[\"“'(\[]?[A-Z0-9])|(?<=[。！？])")
+# A sentence ends at . ! ? … (or the danda, the Arabic question mark, the Urdu and Ethiopic
+# full stops) followed by space and what may open a sentence (see _opens_sentence), or at the
+# CJK 。！？ with no space; "e.g. the", "3.5" and "Dr. Smith" do not end one.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…।॥؟۔።])([\"”»’')\]]?)\s+|(?<=[。！？])")
+_OPENING = "\"“„«‹'‘([¿¡"  # what may stand before a sentence's first letter
 _ABBREVIATION = re.compile(
     r"(?:\b(?:e\.g|i\.e|etc|vs|Mr|Mrs|Ms|Dr|Prof|St|No|approx|cf)\.|\b[A-Z]\.)$"
 )
@@ -35,7 +37,7 @@ _IDENTIFIER = re.compile(
     r"\b[A-Za-z]+_[A-Za-z0-9_]+\b|\b[a-z]+[A-Z][A-Za-z0-9]*\b|\b\w+\(\)|`[^`\n]{1,80}`"
 )
 _LINK = re.compile(r"https?://\S+|\b[\w.+-]+@[\w-]+\.[\w.]+\b")
-_WORD_CAPITALISED = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*\b")
+_WORD = re.compile(r"\b[^\W\d_]{2,}\b")  # letters of any script
 _CODE_HEADER = re.compile(
     r"^\s*(?:def|class|function|fn|func|async|export|public|private|struct|interface|impl|"
     r"module|package|import|from|#include|CREATE|SELECT)\b"
@@ -133,9 +135,12 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     spans = []
     cursor = start
     for match in _SENTENCE_BREAK.finditer(text, start, end):
-        if _ABBREVIATION.search(text[cursor : match.start()].rstrip("\"”')]")):
+        if match.end() > match.start() and not _opens_sentence(text, match.end(), end):
             continue
-        piece_end = cursor + len(text[cursor : match.start()].rstrip())
+        if _ABBREVIATION.search(text[cursor : match.start()]):
+            continue
+        closing = match.start() + len(match.group(1) or "")  # a closing quote stays with it
+        piece_end = cursor + len(text[cursor:closing].rstrip())
         if piece_end > cursor:
             spans.append((cursor, piece_end))
         cursor = match.end()
@@ -144,13 +149,29 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _opens_sentence(text: str, position: int, end: int) -> bool:
+    """Whether what follows ``position`` may open a sentence: past opening quotes and
+    brackets, a digit, a capital, or a letter of a script without case (Arabic, Devanagari,
+    Hebrew …), not a lower-case letter ("e.g. the")."""
+    while position < end and text[position] in _OPENING:
+        position += 1
+    if position >= end:
+        return False
+    first = text[position]
+    return first.isdigit() or (first.isalpha() and not first.islower())
+
+
 def names_in(text: str) -> list[str]:
-    """Capitalised words that do not open a sentence: names, mostly."""
+    """Capitalised words (in any script with case) that do not open a sentence: names,
+    mostly."""
     found = []
-    for match in _WORD_CAPITALISED.finditer(text):
-        before = text[max(0, match.start() - 16) : match.start()].rstrip(" \"“'(")
-        if before and before[-1] not in ".!?:\n-*•#" and not before[-1].isdigit():
-            found.append(match.group())
+    for match in _WORD.finditer(text):
+        word = match.group()
+        if not word[0].isupper() or not any(c.islower() for c in word[1:]):
+            continue
+        before = text[max(0, match.start() - 16) : match.start()].rstrip(" \"“„«'(¿¡")
+        if before and before[-1] not in ".!?…:\n-*•#。！？।॥؟۔።" and not before[-1].isdigit():
+            found.append(word)
     return found
 
 
