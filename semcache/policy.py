@@ -362,6 +362,11 @@ def tokens_of(text: str) -> tuple[str, ...]:
     return tuple(_TOKEN.findall(text.lower().replace("’", "'")))
 
 
+def function_word(token: str) -> bool:
+    """Whether a lower-cased token is an (English) function word: "the", "of", "my" …"""
+    return token in _STOPWORDS
+
+
 @lru_cache(maxsize=16384)
 def content_words(text: str) -> tuple[str, ...]:
     """The tokens of ``text`` that are not function words, in order."""

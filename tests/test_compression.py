@@ -184,6 +184,12 @@ FACTS = [
     ("By the way, my order number is QX-58213-7.", "What was my order number again?", "QX-58213-7"),
     ("Also, my name is Rosalind Okafor.", "Do you still remember my name?", "Rosalind Okafor"),
     ("I'm allergic to penicillin, keep that in mind.", "What am I allergic to?", "penicillin"),
+    # Other scripts: their words were invisible to the lexical match (ASCII only), and the
+    # model is English-only, so nothing found them.
+    ("Кстати, мой номер заказа — QX-58213-7.", "Какой у меня номер заказа?", "QX-58213-7"),
+    ("У меня аллергия на пенициллин.", "На что у меня аллергия?", "пенициллин"),
+    ("我叫王小明。", "我叫什么名字？", "王小明"),
+    ("Je m'appelle Hélène Dupré.", "Comment je m'appelle, déjà ?", "Hélène Dupré"),
 ]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import TypeVar
 
-from semcache.policy import content_words
+from semcache.policy import function_word
 from semcache.tokens import count_text
 
 ELISION = "[…]"
@@ -297,13 +297,42 @@ def cues_of(text: str) -> Cues:
     rare = {m.group().lower().strip("`") for m in _NUMBER.finditer(text)}
     rare |= {m.group().lower().strip("`") for m in _IDENTIFIER.finditer(text)}
     rare |= {name.lower() for name in names_in(text)}
-    words = [w for w in content_words(text) if len(w) > 2]
+    words = [w for w in lexical_words(text) if len(w) > 2 or _HAN_OR_KANA.match(w)]
     short = len(text.split()) <= _SHORT_MESSAGE_WORDS
     return Cues(
         frozenset(r for r in rare if len(r) > 1),
         frozenset(stem(w) for w in words if w not in _REFERRING),
         short and (any(w in _REFERRING for w in words) or _REFERS_BACK.search(text) is not None),
     )
+
+
+# Words of any script. Chinese and Japanese are written without spaces: a run of their
+# characters counts as its overlapping pairs of characters, the usual unit for matching them.
+_LEXICAL_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+_HAN_OR_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def lexical_words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` that are not (English) function words, in order;
+    runs of Chinese or Japanese characters as pairs of characters."""
+    words: list[str] = []
+    for word in _LEXICAL_WORD.findall(text.lower().replace("’", "'")):
+        if _HAN_OR_KANA.search(word) is None:
+            if not function_word(word):
+                words.append(word)
+            continue
+        cursor = 0
+        for run in _HAN_OR_KANA.finditer(word):
+            rest = word[cursor : run.start()].strip("'")
+            if rest and not function_word(rest):
+                words.append(rest)
+            chars = run.group()
+            words += [chars[i : i + 2] for i in range(len(chars) - 1)] or [chars]
+            cursor = run.end()
+        rest = word[cursor:].strip("'")
+        if rest and not function_word(rest):
+            words.append(rest)
+    return words
 
 
 def stem(word: str) -> str:
@@ -326,5 +355,5 @@ def lexical_match(question: Cues, unit_text: str) -> float:
     rare = 0.5 if any(r in lowered for r in question.rare) else 0.0
     if not question.words:
         return rare
-    words = {stem(w) for w in content_words(unit_text)}
+    words = {stem(w) for w in lexical_words(unit_text)}
     return rare + len(question.words & words) / len(question.words)
