@@ -577,6 +577,11 @@ class FakeOpenAI:
             return failure
         if (raw := await self._raw(request, behaviour)) is not None:
             return raw
+        if not all("content" in m for m in body["messages"]):
+            # As Anthropic answers a message without content: a 400, never a crash (a 500
+            # would count against the upstream in the sidecar's breaker).
+            error = {"type": "invalid_request_error", "message": "messages: content required"}
+            return web.json_response({"type": "error", "error": error}, status=400)
         asked = body["messages"][-1]["content"]
         answer = behaviour.answer or f"Message #{len(self.received)} to: {asked}"
         usage = {"input_tokens": 12, "output_tokens": len(answer.split())}
