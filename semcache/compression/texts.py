@@ -312,9 +312,11 @@ _LEXICAL_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _HAN_OR_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 
-def lexical_words(text: str) -> list[str]:
+@memoised(8192)
+def lexical_words(text: str) -> tuple[str, ...]:
     """The lower-cased words of ``text`` that are not (English) function words, in order;
-    runs of Chinese or Japanese characters as pairs of characters."""
+    runs of Chinese or Japanese characters as pairs of characters (memoised: a history's
+    units are matched again on every turn)."""
     words: list[str] = []
     for word in _LEXICAL_WORD.findall(text.lower().replace("’", "'")):
         if _HAN_OR_KANA.search(word) is None:
@@ -332,7 +334,7 @@ def lexical_words(text: str) -> list[str]:
         rest = word[cursor:].strip("'")
         if rest and not function_word(rest):
             words.append(rest)
-    return words
+    return tuple(words)
 
 
 def stem(word: str) -> str:
