@@ -317,8 +317,11 @@ def lexical_words(text: str) -> tuple[str, ...]:
     """The lower-cased words of ``text`` that are not (English) function words, in order;
     runs of Chinese or Japanese characters as pairs of characters (memoised: a history's
     units are matched again on every turn)."""
+    found = _LEXICAL_WORD.findall(text.lower().replace("’", "'"))
+    if _HAN_OR_KANA.search(text) is None:  # most text: no word needs splitting
+        return tuple(word for word in found if not function_word(word))
     words: list[str] = []
-    for word in _LEXICAL_WORD.findall(text.lower().replace("’", "'")):
+    for word in found:
         if _HAN_OR_KANA.search(word) is None:
             if not function_word(word):
                 words.append(word)
