@@ -27,7 +27,11 @@ _LIST_OR_HEADING = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)]|#{1,6})\s")
 # A sentence ends at . ! ? … (or the danda, the Arabic question mark, the Urdu and Ethiopic
 # full stops) followed by space and what may open a sentence (see _opens_sentence), or at the
 # CJK 。！？ with no space; "e.g. the", "3.5" and "Dr. Smith" do not end one.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?…।॥؟۔።])([\"”»’')\]]?)\s+|(?<=[。！？])")
+_SENTENCE_END = ".!?…।॥؟۔።"
+_CJK_SENTENCE_END = "。！？"
+_SENTENCE_BREAK = re.compile(
+    f"(?<=[{_SENTENCE_END}])([\"”»’')\\]]?)\\s+|(?<=[{_CJK_SENTENCE_END}])"
+)
 _OPENING = "\"“„«‹'‘([¿¡"  # what may stand before a sentence's first letter
 _ABBREVIATION = re.compile(
     r"(?:\b(?:e\.g|i\.e|etc|vs|Mr|Mrs|Ms|Dr|Prof|St|No|approx|cf)\.|\b[A-Z]\.)$"
@@ -169,8 +173,9 @@ def names_in(text: str) -> list[str]:
         word = match.group()
         if not word[0].isupper() or not any(c.islower() for c in word[1:]):
             continue
-        before = text[max(0, match.start() - 16) : match.start()].rstrip(" \"“„«'(¿¡")
-        if before and before[-1] not in ".!?…:\n-*•#。！？।॥؟۔።" and not before[-1].isdigit():
+        before = text[max(0, match.start() - 16) : match.start()].rstrip(" " + _OPENING)
+        opener = before[-1:] in (_SENTENCE_END + _CJK_SENTENCE_END + ":\n-*•#")
+        if before and not opener and not before[-1].isdigit():
             found.append(word)
     return found
 
@@ -308,8 +313,11 @@ def cues_of(text: str) -> Cues:
 
 # Words of any script. Chinese and Japanese are written without spaces: a run of their
 # characters counts as its overlapping pairs of characters, the usual unit for matching them.
-_LEXICAL_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
-_HAN_OR_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_HAN_OR_KANA_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_HAN_OR_KANA = re.compile(f"[{_HAN_OR_KANA_CHARS}]+")
+_LEXICAL_WORD = re.compile(
+    f"[{_HAN_OR_KANA_CHARS}]+|[^\\W_{_HAN_OR_KANA_CHARS}]+(?:'[^\\W_{_HAN_OR_KANA_CHARS}]+)?"
+)
 
 
 @memoised(8192)
@@ -317,26 +325,12 @@ def lexical_words(text: str) -> tuple[str, ...]:
     """The lower-cased words of ``text`` that are not (English) function words, in order;
     runs of Chinese or Japanese characters as pairs of characters (memoised: a history's
     units are matched again on every turn)."""
-    found = _LEXICAL_WORD.findall(text.lower().replace("’", "'"))
-    if _HAN_OR_KANA.search(text) is None:  # most text: no word needs splitting
-        return tuple(word for word in found if not function_word(word))
     words: list[str] = []
-    for word in found:
-        if _HAN_OR_KANA.search(word) is None:
-            if not function_word(word):
-                words.append(word)
-            continue
-        cursor = 0
-        for run in _HAN_OR_KANA.finditer(word):
-            rest = word[cursor : run.start()].strip("'")
-            if rest and not function_word(rest):
-                words.append(rest)
-            chars = run.group()
-            words += [chars[i : i + 2] for i in range(len(chars) - 1)] or [chars]
-            cursor = run.end()
-        rest = word[cursor:].strip("'")
-        if rest and not function_word(rest):
-            words.append(rest)
+    for word in _LEXICAL_WORD.findall(text.lower().replace("’", "'")):
+        if _HAN_OR_KANA.match(word):
+            words += [word[i : i + 2] for i in range(len(word) - 1)] or [word]
+        elif not function_word(word):
+            words.append(word)
     return tuple(words)
 
 
