@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -73,7 +73,6 @@ _SNAPSHOT_FILE = "index.snapshot"
 COMMIT_CHUNK = 64  # entries written per transaction (and per hold of the cache's lock)
 _LOCK_FILE = "semcache.lock"
 _ERROR_BOUND_FILE = "error_bound.json"  # the labelled tallies of max_error_rate
-_SERVED_REMEMBERED = 10_000  # semantic hits whose score mark_wrong can still report
 # What a write to a full, read-only or failing disk raises through diskcache.
 _WRITE_FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 
@@ -162,7 +161,6 @@ class SemanticCache:
         self.verifier = self._verifier(verifier)
         rate = self.config.max_error_rate
         self.error_bound = None if rate is None else ErrorBound(rate)
-        self._served: OrderedDict[int, tuple[str, float]] = OrderedDict()  # for mark_wrong
         self._decider = HitDecider(self.config, self.verifier, self._vectors, self.error_bound)
         # One process owns a directory: the catalog and the index are kept in its memory, and a
         # second writer would make them silently stale. flock is released by the kernel when
@@ -565,7 +563,13 @@ class SemanticCache:
 
     def mark_wrong(self, entry_id: int) -> bool:
         """Take an entry out of service for good, keeping its record for audit (``w:<id>`` in
-        the store); ``False`` if there was none with this id."""
+        the store); ``False`` if there was none with this id.
+
+        The mark does not feed ``max_error_rate``'s tallies: only wrong hits get marked, and
+        the right hits served beside them are never reported, so counting the marks would
+        put every served score's error above what it is, and the bound would climb until
+        nothing is served (measured on BANKING77: a third of the hits). The tallies learn
+        from labels drawn without regard to the outcome (misses' candidates, shadow checks)."""
         self._check_open()
         with self._lock:
             entry = self._stored(entry_id)
@@ -573,10 +577,6 @@ class SemanticCache:
             self._forget([entry_id])
             if marked:
                 self._counters["marked_wrong"] += 1
-            served = self._served.pop(entry_id, None)
-        if marked and served is not None and self.error_bound is not None:
-            namespace, score = served  # the last time it was served: it was wrong then
-            self.error_bound.record(namespace, score, wrong=True)
         if marked and entry is not None:
             self._publish_removal("wrong", entry)
         return marked
@@ -887,13 +887,6 @@ class SemanticCache:
         confidence: float | None = None,
     ) -> Decision:
         with self._lock:
-            if reason is Reason.SEMANTIC and self.error_bound is not None:
-                bound_score = self._decider.bound_score(score, confidence)
-                if bound_score is not None:
-                    self._served[entry.entry_id] = (entry.namespace, bound_score)
-                    self._served.move_to_end(entry.entry_id)
-                    while len(self._served) > _SERVED_REMEMBERED:
-                        self._served.popitem(last=False)
             # Under the lock and only while the entry is catalogued, so a hit racing a delete
             # cannot leave statistics behind for an entry that is gone.
             if entry.entry_id in self._catalog:

@@ -14,8 +14,9 @@ served on a guess (exact hits are not affected).
 Labels come from feedback (:meth:`semcache.SemanticCache.feedback`): in the sidecar, every miss
 that had a candidate (its stored answer compared with the upstream's, as shadow checks compare
 them), shadow checks of served hits (weighted by the inverse of the share checked, so that the
-sampled hits count as much as the misses that are all labelled), and answers marked wrong; in
-the bench, the data's labels.
+sampled hits count as much as the misses that are all labelled); in the bench, the data's
+labels. Every label must be drawn without regard to whether it is right or wrong: answers
+marked wrong are not labels (only wrong hits get marked, so they would bias every tally up).
 
 This module holds no I/O: the cache persists :meth:`ErrorBound.state` beside its entries.
 """
