@@ -304,3 +304,37 @@ def test_stream_mode_under_an_error_bound_reports_its_realised_error(
     assert bounded["hits"] <= figures["semcache"]["hits"]
     if bounded["realised_error"] is not None:
         assert bounded["within_bound"] is (bounded["realised_error"] <= 0.05)
+    # Beside it, fixed thresholds over the same stream, and the best one within the bound.
+    fixed = bounded["fixed"]
+    assert fixed["knob"] == "min_confidence"
+    replays = fixed["replays"]
+    assert [r["threshold"] for r in replays] == sorted(r["threshold"] for r in replays)
+    for r in replays:
+        assert r["hits"] == r["right"] + r["wrong"]  # labelled: every hit is judged
+        assert r["realised_error"] == (r["wrong"] / r["hits"] if r["hits"] else 0.0)
+    assert replays[0]["hits"] >= replays[-1]["hits"] > 0  # a stricter threshold serves less
+    within = [r for r in replays if r["realised_error"] <= 0.05]
+    best = max(within, key=lambda r: r["hits"]) if within else None
+    assert fixed["best_within_bound"] == (None if best is None else best["threshold"])
+    assert bounded["beats_best_fixed"] is (best is None or bounded["hits"] > best["hits"])
+
+
+def test_generated_swaps_change_the_question() -> None:
+    """A swap must want another answer: coordinated words trading places ("good and bad"), and
+    "or not" dropped, ask the same thing and are not made (hits on them were counted false)."""
+    from semcache.bench.swaps import swap_variants
+
+    made = {(s.original, s.kind): s.variant for s in swap_variants([
+        "Why do dogs hate cats?",
+        "What is good and bad?",
+        "Which is the best: iOS or Android?",
+        "What are the causes and origins of anti-Semitism?",
+        "How can you tell if a guy likes you or not?",
+        "Why doesn't Google buy Quora?",
+    ])}  # fmt: skip
+    assert made[("Why do dogs hate cats?", "roles")] == "Why do cats hate dogs?"
+    assert made[("Why doesn't Google buy Quora?", "negation")] == "Why does Google buy Quora?"
+    assert ("What is good and bad?", "roles") not in made
+    assert ("Which is the best: iOS or Android?", "word_order") not in made
+    assert ("What are the causes and origins of anti-Semitism?", "roles") not in made
+    assert ("How can you tell if a guy likes you or not?", "negation") not in made

@@ -151,3 +151,18 @@ def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamIt
                     body = {"model": model, "messages": [*prior, {"role": "user", "content": text}]}
                     items.append(StreamItem(body, label, text, kind))
     return items
+
+
+def same_answer(query: StreamItem, source: StreamItem) -> tuple[bool, bool, bool]:
+    """(right, wrong, unverified) for a hit on ``source``'s answer: right for the same request
+    (the same text after normalisation, after the same turns), else by the labels."""
+    same_request = normalize_prompt(query.text) == normalize_prompt(source.text) and (
+        query.body.get("messages", [])[:-1] == source.body.get("messages", [])[:-1]
+    )
+    if same_request:
+        return True, False, False
+    if query.label is not None:
+        right = query.label == source.label
+        return right, not right, False
+    same = normalize_prompt(query.text) == normalize_prompt(source.text)
+    return same, False, not same

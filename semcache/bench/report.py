@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from semcache.bench.fixed_threshold import FixedThresholds
 from semcache.bench.pairs import PairReport
 from semcache.bench.stream import StreamResult
 from semcache.evaluation import Scores
@@ -68,10 +69,13 @@ def _by_kind(result: StreamResult) -> dict[str, dict[str, int]]:
     return out
 
 
-def bounded_stream_figures(result: StreamResult, max_error_rate: float) -> dict[str, Any]:
+def bounded_stream_figures(
+    result: StreamResult, max_error_rate: float, fixed: FixedThresholds | None = None
+) -> dict[str, Any]:
     """A replay under ``max_error_rate``: the realised error of its judged hits against the
-    bound, over the whole stream and cumulatively at each tenth of it, and the score the bound
-    asked of a hit at each tenth (``None`` while it served nothing)."""
+    bound, over the whole stream and cumulatively at each tenth of it, the score the bound
+    asked of a hit at each tenth (``None`` while it served nothing), and what each fixed
+    threshold of ``fixed`` did over the same stream, with the best within the bound."""
     n = len(result.hits)
     right = np.cumsum(result.right)
     wrong = np.cumsum(result.wrong)
@@ -89,7 +93,7 @@ def bounded_stream_figures(result: StreamResult, max_error_rate: float) -> dict[
         )
     judged = int(sum(result.right) + sum(result.wrong))
     realised = sum(result.wrong) / judged if judged else None
-    return {
+    figures: dict[str, Any] = {
         "max_error_rate": max_error_rate,
         "hits": int(sum(result.hits)),
         "wrong": int(sum(result.wrong)),
@@ -98,6 +102,17 @@ def bounded_stream_figures(result: StreamResult, max_error_rate: float) -> dict[
         "labels_learnt": round(result.labelled, 1),
         "by_tenth": tenths,
     }
+    if fixed is not None:
+        best = fixed.best_within(max_error_rate)
+        figures["fixed"] = {
+            "knob": fixed.knob,
+            "replays": [
+                {**dataclasses.asdict(r), "realised_error": r.realised_error} for r in fixed.replays
+            ],
+            "best_within_bound": None if best is None else best.threshold,
+        }
+        figures["beats_best_fixed"] = best is None or figures["hits"] > best.hits
+    return figures
 
 
 def print_bounded_stream(figures: dict[str, Any]) -> str:
@@ -118,6 +133,18 @@ def print_bounded_stream(figures: dict[str, Any]) -> str:
             f"{'-' if error is None else f'{error:.4f}':>12} | "
             f"{'-' if threshold is None else f'{threshold:.3f}':>11}"
         )
+    fixed = figures.get("fixed")
+    if fixed is not None:
+        lines.append(f"fixed {fixed['knob']} over the same stream (* best within the bound):")
+        lines.append(f"{'threshold':>9} | {'hits':>6} | {'wrong':>6} | {'error':>7}")
+        for replay in fixed["replays"]:
+            best = "*" if replay["threshold"] == fixed["best_within_bound"] else " "
+            lines.append(
+                f"{replay['threshold']:>8}{best} | {replay['hits']:>6} | {replay['wrong']:>6} | "
+                f"{replay['realised_error']:>7.4f}"
+            )
+        verdict = "more" if figures["beats_best_fixed"] else "no more"
+        lines.append(f"the bound served {verdict} hits than the best fixed threshold")
     return "\n".join(lines)
 
 

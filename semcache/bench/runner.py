@@ -65,7 +65,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
         if not selected_rows:
             raise InvalidRequestError(f"no rows in split {options.split!r}", field="split")
         items = stream_items(selected_rows, fmt)
-        results, hittable, cost_all, notes = stream.run(
+        results, hittable, cost_all, notes, fixed = stream.run(
             items,
             simulation=simulation,
             limit=options.limit,
@@ -103,7 +103,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
         )
         table = report.print_stream_table(by_name)
         if options.max_error_rate is not None:
-            bounded = report.bounded_stream_figures(results[-1], options.max_error_rate)
+            bounded = report.bounded_stream_figures(results[-1], options.max_error_rate, fixed)
             figures["error_bound"] = bounded
             table += "\n\n" + report.print_bounded_stream(bounded)
         plots = report.plot_stream(options.out, results)

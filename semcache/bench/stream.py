@@ -11,8 +11,9 @@ The answer's words depend on the request's label (its normalised text when unlab
 label drawing from words no other label uses: two requests that share a label get answers that
 agree in meaning, others do not. That is what a sidecar under ``max_error_rate`` learns from (a
 miss's candidate is labelled by comparing its stored answer with the upstream's), so a bounded
-replay learns from the same truth the harness judges by; wrong hits are also marked wrong
-through the admin API, as a user who flags a bad answer would.
+replay learns from the same truth the harness judges by. Wrong hits are also marked wrong
+through the admin API, as a user who flags a bad answer would: the entry is never served again
+(a mark is no label for the bound; see :meth:`semcache.SemanticCache.mark_wrong`).
 
 Upstream latency is simulated, not slept: each request gets a latency drawn from a log-normal
 distribution (seeded), which is added to the measured time of every miss. Usage is counted with
@@ -38,7 +39,8 @@ from aiohttp import web
 from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
-from semcache.bench.datasets import StreamItem
+from semcache.bench.datasets import StreamItem, same_answer
+from semcache.bench.fixed_threshold import FixedThresholds, replay_fixed
 from semcache.bench.options import bar_off
 from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
@@ -203,21 +205,6 @@ def shuffled(
     return order[:limit] if limit else order
 
 
-def _same_answer(query: StreamItem, source: StreamItem) -> tuple[bool, bool, bool]:
-    """(right, wrong, unverified) for a hit on ``source``'s answer: right for the same request
-    (the same text after normalisation, after the same turns), else by the labels."""
-    same_request = normalize_prompt(query.text) == normalize_prompt(source.text) and (
-        query.body.get("messages", [])[:-1] == source.body.get("messages", [])[:-1]
-    )
-    if same_request:
-        return True, False, False
-    if query.label is not None:
-        right = query.label == source.label
-        return right, not right, False
-    same = normalize_prompt(query.text) == normalize_prompt(source.text)
-    return same, False, not same
-
-
 async def _replay_sidecar(
     order: Sequence[tuple[int, StreamItem]],
     items: Sequence[StreamItem],
@@ -261,7 +248,7 @@ async def _replay_sidecar(
                 if outcome == "hit":
                     content = answer["choices"][0]["message"]["content"]
                     source = items[int(_SOURCE.search(content).group(1))]  # type: ignore[union-attr]
-                    judged = _same_answer(item, source)
+                    judged = same_answer(item, source)
                     if flag_wrong and judged[1] and entry is not None:
                         await _mark_wrong(session, base, entry)
                 _record(result, upstream, item_id, item, judged, elapsed_ms)
@@ -307,7 +294,7 @@ def _replay_exact(
         source = stored.get(key)
         if source is None:
             stored[key] = item
-        judged = None if source is None else _same_answer(item, source)
+        judged = None if source is None else same_answer(item, source)
         _record(result, upstream, item_id, item, judged, 0.0)
     return result
 
@@ -338,7 +325,7 @@ def _replay_gptcache(
             elapsed_ms = (time.perf_counter() - started) * 1000
             judged = None
             if answer is not None:
-                judged = _same_answer(item, items[int(answer)])
+                judged = same_answer(item, items[int(answer)])
             else:
                 baseline.put_many([item.text], [str(item_id)])
             _record(result, upstream, item_id, item, judged, elapsed_ms)
@@ -370,10 +357,11 @@ def run(
     min_confidence: float | None = None,
     max_error_rate: float | None = None,
     history_match: str = "exact",
-) -> tuple[list[StreamResult], list[bool], float, list[str]]:
+) -> tuple[list[StreamResult], list[bool], float, list[str], FixedThresholds | None]:
     """The results of semcache, exact match, no cache (and GPTCache), which requests could
     have hit, what the stream costs with no cache, and notes. With ``max_error_rate``, a second
-    semcache replay runs under that bound, last in the list."""
+    semcache replay runs under that bound, last in the list, and fixed thresholds are replayed
+    to compare it with (the last element)."""
     order = shuffled(items, simulation.seed, limit)
     upstream = SimulatedUpstream(simulation, items)
     notes: list[str] = []
@@ -403,10 +391,12 @@ def run(
         results.append(_replay_gptcache(order, items, upstream, model, progress))
     else:
         notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
+    fixed = None
     if max_error_rate is not None:
         bounded = dataclasses.replace(config, max_error_rate=max_error_rate)
         results.append(asyncio.run(replay(bounded, bounded_name(max_error_rate))))
-    return results, hittable(order), total, notes
+        fixed = replay_fixed(order, items, config, embedder=embedder, progress=progress)
+    return results, hittable(order), total, notes, fixed
 
 
 def bounded_name(max_error_rate: float) -> str:

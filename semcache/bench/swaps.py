@@ -12,6 +12,10 @@ variant of each kind is made:
   word stands between them ("why do dogs hate cats" → "why do cats hate dogs"): who does what
   to whom, beyond the patterns of ``word_order``.
 
+Two words joined by "and", "or", a comma or a slash trade places without changing the question
+("good and bad" / "bad and good", "iOS or Android"), and "... or not?" asks what "...?" asks: no
+such variant is made, since a hit on it would be right.
+
 Every variant is looked up in the cache that holds the originals; a hit is a false hit unless
 the answer served was stored for the very text of the variant (a real question that happens to
 be in the rows).
@@ -49,6 +53,7 @@ _NEGATED_FORM = {"can": "can't", "will": "won't"}
 _NEGATION = re.compile(r"\s*\b(not|never)\b|\b(can't|won't|cannot)|n't\b", re.I)
 _UNNEGATED = {"can't": "can", "won't": "will", "cannot": "can"}
 _NUMBER = re.compile(r"\b\d+\b")
+_OR_NOT = re.compile(r"\bor not\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -112,10 +117,17 @@ def _roles(question: str) -> str | None:
     return _trade(question, words[content[0]], words[content[-1]])
 
 
+# Between two words, what makes them a coordination ("good and bad", "iOS or Android"): they
+# trade places without changing the question, so no such variant is a swap.
+_COORDINATED = re.compile(r"\s*(?:,|&|/|\band\b|\bor\b|\band/or\b)\s*", re.I)
+
+
 def _trade(text: str, first: str, second: str) -> str | None:
     a = re.search(rf"\b{re.escape(first)}\b", text, re.I)
     b = re.search(rf"\b{re.escape(second)}\b", text, re.I)
     if a is None or b is None or a.start() > b.start() or a.end() > b.start():
+        return None
+    if _COORDINATED.fullmatch(text[a.end() : b.start()]):
         return None
     return text[: a.start()] + b.group() + text[a.end() : b.start()] + a.group() + text[b.end() :]
 
@@ -153,6 +165,8 @@ def _number(question: str, rng: random.Random) -> str | None:
 
 
 def _negation(question: str) -> str | None:
+    if _OR_NOT.search(question):
+        return None  # "... or not?" asks what "...?" asks: dropping it negates nothing
     if _NEGATION.search(question):
         removed = _NEGATION.sub(_unnegate, question, count=1)
         return removed if removed.strip() else None
