@@ -131,6 +131,7 @@ class HitDecider:
         threshold = request.min_similarity or self.min_similarity
         wanted = 1 if self.verifier is None else self.config.verify_top
         candidates: list[tuple[Entry, float]] = []
+        refused: list[NDArray[np.float32]] = []  # vectors of candidates a guard refused
         reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
         for indexed, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
             if entry_id < 0 or len(candidates) >= wanted:
@@ -163,8 +164,12 @@ class HitDecider:
             if mismatch is not None:
                 if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
                     reason, best_score, best_id = mismatch, score, entry_id
+                if entry.vector is not None:
+                    refused.append(entry.vector)
                 continue
             candidates.append((entry, score))
+        if refused and candidates:
+            candidates = _untainted(candidates, refused)
         candidates.sort(key=lambda candidate: -candidate[1])  # stable: index order on ties
         miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
         return Screened(candidates, miss)
@@ -230,6 +235,24 @@ class HitDecider:
         return Decision(
             hit=None, reason=Reason.ERROR_BOUND, score=min(1.0, score), entry_id=entry.entry_id
         )
+
+
+def _untainted(
+    candidates: list[tuple[Entry, float]], refused: list[NDArray[np.float32]]
+) -> list[tuple[Entry, float]]:
+    """The candidates that are nearer the query than any candidate a guard refused.
+
+    A query a guard tells apart from a stored question ("how do I password a lost Gmail
+    recover?" / "how do I recover a lost Gmail password?") is usually just as far from that
+    question's paraphrases, but the paraphrase's other wording can hide from the guard what it
+    saw ("how do you recover your Gmail account password?"). A candidate nearer the refused
+    question than the query asks what the refused one asks."""
+    stacked = np.stack(refused)
+    return [
+        (entry, score)
+        for entry, score in candidates
+        if entry.vector is None or float(np.max(stacked @ entry.vector)) < score
+    ]
 
 
 def _vector(entry: Entry) -> NDArray[np.float32]:

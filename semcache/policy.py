@@ -558,7 +558,7 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
         return Reason.ORDER_MISMATCH
     if same_words and q.passive == c.passive and roles_exchanged(query, candidate):
         return Reason.ORDER_MISMATCH
-    if q.passive == c.passive and reordered(query, candidate):
+    if q.passive == c.passive and (reordered(query, candidate) or framed_swap(query, candidate)):
         return Reason.ORDER_MISMATCH
     return None
 
@@ -583,6 +583,48 @@ def reordered(query: str, candidate: str) -> bool:
                 if q[:i] + q[j:k] + q[i:j] + q[k:] == c:
                     return False
     return True
+
+
+def framed_swap(query: str, candidate: str) -> bool:
+    """The same words in the same frame of function words, two content words trading slots:
+    "can depression be cured" / "can cured be depression", "why do Russians dislike Poles" /
+    "why do Poles dislike Russians". One moved block (which :func:`reordered` allows) can do
+    that when the sentence has two or three content words, but a rephrasing that moves a
+    phrase moves its function words with it ("how are waves formed" / "how waves are
+    formed"), so an unchanged frame means the roles changed. Words of one phrase rotated with
+    no function word among them ("muscle building" / "building muscle", "quickly learn python"
+    / "learn python quickly") and things joined by "and"/"or" ("SBI clerk or IBPS PO" / "IBPS
+    PO or SBI clerk") keep the meaning, as do symmetric relations."""
+    q, c = tokens_of(query), tokens_of(candidate)
+    if q == c or len(q) != len(c) or len(q) > _MAX_REORDERED:
+        return False
+    if any((a in _STOPWORDS or b in _STOPWORDS) and a != b for a, b in zip(q, c, strict=True)):
+        return False  # another frame
+    if sorted(q) != sorted(c) or _SYMMETRIC & set(q):
+        return False
+    differ = [i for i in range(len(q)) if q[i] != c[i]]
+    run, moved = q[differ[0] : differ[-1] + 1], c[differ[0] : differ[-1] + 1]
+    if not _STOPWORDS & set(run) and any(run[k:] + run[:k] == moved for k in range(len(run))):
+        return False  # a phrase's words rotated: "quickly learn python" / "learn python quickly"
+    plain = (
+        tuple(t for t in q if t not in _DETERMINERS),
+        tuple(t for t in c if t not in _DETERMINERS),
+    )
+    return not _coordinated_exchange(*plain)  # "girls or the boys" is "boys or the girls"
+
+
+def _coordinated_exchange(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
+    """Whether ``c`` is ``q`` with the two things on either side of one "and"/"or" exchanged
+    (each of one or more words)."""
+    n = len(q)
+    for k, token in enumerate(q):
+        if token not in _COORDINATORS:
+            continue
+        for i in range(k):
+            for j in range(k + 2, n + 1):
+                if q[:i] + q[k + 1 : j] + (token,) + q[i:k] + q[j:] == c:
+                    return True
+    return False
 
 
 _SAME_WORDS = 0.7  # share of content words two texts must have in common for order to count

@@ -7,10 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from semcache import SemanticCache
+from semcache import CacheRequest, SemanticCache
 from semcache.policy import Reason, guard_mismatch, roles_exchanged
 
 PARAPHRASES = [
+    # A phrase moved with its function words, neighbours trading places, and two things
+    # joined by "or" trading places keep the question (QQP duplicates).
+    ("How are waves formed?", "How waves are formed?"),
+    ("What is the best diet for building muscle?", "What is the best diet for muscle building?"),
+    ("Who made dowry system, girls or the boys?", "Who made dowry system, boys or the girls?"),
     # "one" as a pronoun and "first" as "to begin with" are not counts.
     (
         "One can check the hash of any Python object using the Hasher module.",
@@ -197,6 +202,11 @@ SWAPS = [
         "flights from los angeles to new york",
         Reason.ORDER_MISMATCH,
     ),
+    # Two content words trading slots in an unchanged frame of function words (QQP's
+    # generated swaps and labelled non-duplicates).
+    ("Can depression be cured?", "Can cured be depression?", Reason.ORDER_MISMATCH),
+    ("Do girls like introvert guys?", "Do guys like introvert girls?", Reason.ORDER_MISMATCH),
+    ("How waves are formed?", "How formed are waves?", Reason.ORDER_MISMATCH),
 ]
 
 
@@ -226,3 +236,31 @@ def test_the_exact_tier_treats_any_run_of_whitespace_as_one(fast_cache: Semantic
     ):
         hit = fast_cache.get(asked)
         assert hit is not None and hit.reason is Reason.EXACT, asked
+
+
+def test_a_paraphrase_of_a_refused_question_is_refused_with_it(cache: SemanticCache) -> None:
+    """A swap the guards see against the question it was made from can hide behind that
+    question's paraphrase, whose other wording the guards cannot line up ("recover your gmail
+    account password"): a candidate nearer the refused question than the query is refused
+    too. Found on QQP's generated swaps, where this was three in four of the false hits."""
+    stored = {
+        "How do I recover a lost Gmail password?": "A",
+        "How do you recover your gmail account password?": "B",
+        "Who is going to win the 2016 presidential election?": "C",
+        "Who will win the 2016 presidential election?": "D",
+    }
+    for prompt, answer in stored.items():
+        cache.put(prompt, answer)
+    for swapped in (
+        "How do I password a lost Gmail recover?",
+        "Who is election to win the 2016 presidential going?",
+    ):
+        decision = cache.lookup(CacheRequest(prompt=swapped))
+        assert decision.hit is None and decision.reason is Reason.ORDER_MISMATCH, swapped
+    # A question nearer the query than the refused one is still served.
+    for paraphrase, answer in (
+        ("How can I get back a lost Gmail password?", "A"),
+        ("Which candidate will win the 2016 presidential election?", "D"),
+    ):
+        hit = cache.lookup(CacheRequest(prompt=paraphrase)).hit
+        assert hit is not None and hit.response == answer, paraphrase
