@@ -312,10 +312,14 @@ def test_stream_mode_under_an_error_bound_reports_its_realised_error(
     for r in replays:
         assert r["hits"] == r["right"] + r["wrong"]  # labelled: every hit is judged
         assert r["realised_error"] == (r["wrong"] / r["hits"] if r["hits"] else 0.0)
-    assert replays[0]["hits"] >= replays[-1]["hits"] > 0  # a stricter threshold serves less
+    assert replays[0]["hits"] >= replays[-1]["hits"]  # a stricter threshold serves less
+    assert replays[-1]["threshold"] == 0.99  # the search starts from the strictest
     within = [r for r in replays if r["realised_error"] <= 0.05]
     best = max(within, key=lambda r: r["hits"]) if within else None
     assert fixed["best_within_bound"] == (None if best is None else best["threshold"])
+    if best is not None and best["threshold"] > 0.5:  # the next threshold down was too lax
+        below = {r["threshold"]: r for r in replays}[round(best["threshold"] - 0.01, 2)]
+        assert below["realised_error"] > 0.05
     assert bounded["beats_best_fixed"] is (best is None or bounded["hits"] > best["hits"])
 
 

@@ -2,12 +2,14 @@
 hindsight.
 
 A fixed threshold (``min_confidence`` with a verifier, ``min_similarity`` without) is replayed
-over the same stream in the same order, once per threshold of a grid, in the library (no HTTP:
-only hits and their labels matter here). Each replay stores what it missed and takes an entry
-out of service once it served a wrong answer, as the bounded replay does when it marks wrong
-hits. The best fixed threshold is the one with the most hits whose realised error (wrong among
-judged hits) stays within the bound; choosing it needs every label of the stream, which no
-cache has while it serves. The bound must beat it while learning as it goes.
+over the same stream in the same order, in the library (no HTTP: only hits and their labels
+matter here). Each replay stores what it missed and takes an entry out of service once it
+served a wrong answer, as the bounded replay does when it marks wrong hits. The best fixed
+threshold is the lowest of a grid (steps of 0.01) whose realised error (wrong among judged
+hits) stays within the bound: a lower threshold serves more. It is found by bisection, taking
+the realised error to fall as the threshold rises (each replay of a long stream takes
+minutes); every threshold replayed is reported. Choosing it needs every label of the stream,
+which no cache has while it serves: the bound must beat it while learning as it goes.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from semcache.embedding import Embedder, make_embedder
 from semcache.evaluation import PrecomputedEmbedder
 from semcache.keys import CacheRequest
 
-# Probabilities (with a verifier) or cosines (without) tried; finer where bounds of a few
-# percent usually fall.
-CONFIDENCE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)
-SIMILARITY_GRID = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)
+# Probabilities (with a verifier) or cosines (without) searched.
+CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
+SIMILARITY_GRID = tuple(round(0.8 + 0.01 * i, 2) for i in range(20))
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ def replay_fixed(
     order: Sequence[tuple[int, StreamItem]],
     items: Sequence[StreamItem],
     config: CacheConfig,
+    max_error_rate: float,
     *,
     embedder: Embedder | None = None,
     progress: bool = True,
 ) -> FixedThresholds:
-    """Replay ``order`` once per threshold of the grid (see the module's docstring)."""
+    """Search the grid for the lowest threshold within ``max_error_rate`` (see the module's
+    docstring)."""
     vectors = PrecomputedEmbedder(
         embedder
         or make_embedder(
@@ -79,27 +82,54 @@ def replay_fixed(
             verified = probe.verifier is not None
         knob = "min_confidence" if verified else "min_similarity"
         grid = CONFIDENCE_GRID if verified else SIMILARITY_GRID
-        replays = []
-        for threshold in tqdm(grid, disable=bar_off(progress), desc="fixed thresholds"):
-            setting = {knob: threshold}
-            fixed = replace(config, max_error_rate=None, **setting)
-            path = Path(directory) / f"{knob}-{threshold}"
-            hits = right = wrong = 0
-            with SemanticCache(path, embedder=vectors, config=fixed) as cache:
-                for item_id, item in order:
-                    request = _request(item)
-                    decision = cache.lookup(request)
-                    if decision.hit is None:
-                        cache.store(request, item_id)
-                        continue
-                    hits += 1
-                    is_right, is_wrong, _ = same_answer(item, items[int(decision.hit.response)])
-                    right += is_right
-                    wrong += is_wrong
-                    if is_wrong:
-                        cache.mark_wrong(decision.hit.entry_id)
-            replays.append(FixedReplay(threshold, hits, right, wrong))
-    return FixedThresholds(knob, replays)
+        replays: dict[float, FixedReplay] = {}
+
+        def replay(threshold: float) -> FixedReplay:
+            if threshold not in replays:
+                fixed = (
+                    replace(config, max_error_rate=None, min_confidence=threshold)
+                    if verified
+                    else replace(config, max_error_rate=None, min_similarity=threshold)
+                )
+                path = Path(directory) / f"{knob}-{threshold}"
+                with SemanticCache(path, embedder=vectors, config=fixed) as cache:
+                    replays[threshold] = _replay(cache, order, items, threshold, progress)
+            return replays[threshold]
+
+        low, high = 0, len(grid) - 1  # invariant: grid[high] is within the bound, if any is
+        if replay(grid[high]).realised_error <= max_error_rate:
+            while low < high:
+                middle = (low + high) // 2
+                if replay(grid[middle]).realised_error <= max_error_rate:
+                    high = middle
+                else:
+                    low = middle + 1
+    return FixedThresholds(knob, [replays[t] for t in sorted(replays)])
+
+
+def _replay(
+    cache: SemanticCache,
+    order: Sequence[tuple[int, StreamItem]],
+    items: Sequence[StreamItem],
+    threshold: float,
+    progress: bool,
+) -> FixedReplay:
+    hits = right = wrong = 0
+    for item_id, item in tqdm(
+        order, disable=bar_off(progress), desc=f"fixed {threshold}", unit="req"
+    ):
+        request = _request(item)
+        decision = cache.lookup(request)
+        if decision.hit is None:
+            cache.store(request, item_id)
+            continue
+        hits += 1
+        is_right, is_wrong, _ = same_answer(item, items[int(decision.hit.response)])
+        right += is_right
+        wrong += is_wrong
+        if is_wrong:
+            cache.mark_wrong(decision.hit.entry_id)
+    return FixedReplay(threshold, hits, right, wrong)
 
 
 def _request(item: StreamItem) -> CacheRequest:

@@ -27,6 +27,7 @@ class BenchOptions:
     price_in_per_1k: float = 0.00015
     price_out_per_1k: float = 0.0006
     progress: bool = True
+    gptcache: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0006,
         help="stream: USD per 1K completion tokens",
+    )
+    parser.add_argument(
+        "--no-gptcache",
+        dest="gptcache",
+        action="store_false",
+        help="leave out the GPTCache baseline (the slowest part of a long stream)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")  # fmt: skip
 

@@ -124,6 +124,7 @@ def run(
     seed: int = 0,
     labels: Labels | None = None,
     max_error_rate: float | None = None,
+    gptcache: bool = True,
 ) -> PairReport:
     """Semcache at its defaults (the knob swept), semcache without its verifier, and the
     baselines, on the pairs and on adversarial swaps of the stored questions.
@@ -188,14 +189,17 @@ def run(
     report.baselines["exact match"] = metrics_at(
         exact_outcomes(rows, labels), rows, 1.0, answerable_queries=count
     )
-    if gptcache_baseline.available():
+    if gptcache and gptcache_baseline.available():
         name = "GPTCache (default threshold)"
         gpt_pairs, gpt_swaps = _gptcache(rows, swaps, model, progress, labels)
         report.baselines[name] = metrics_at(gpt_pairs, rows, 1.0, answerable_queries=count)
         report.swaps[name] = _swap_figures(swaps, gpt_swaps, 1.0, "score")
     else:
         report.baselines["GPTCache (default threshold)"] = None
-        report.notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
+        report.notes.append(
+            "GPTCache baseline skipped: "
+            + ("--no-gptcache" if not gptcache else "pip install -e '.[gptcache]'")
+        )
     return report
 
 

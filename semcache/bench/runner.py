@@ -50,6 +50,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             progress=options.progress,
             seed=options.seed,
             max_error_rate=options.max_error_rate,
+            gptcache=options.gptcache,
         )
         figures.update(split=options.split, rows=result.rows, duplicates=result.duplicates)
         figures.update(report.pair_figures(result))
@@ -76,6 +77,7 @@ def run_bench(options: BenchOptions, *, embedder: Embedder | None = None) -> dic
             progress=options.progress,
             max_error_rate=options.max_error_rate,
             history_match=options.history_match,
+            gptcache=options.gptcache,
         )
         none = results[2]
         by_name = {

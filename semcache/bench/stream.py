@@ -357,6 +357,7 @@ def run(
     min_confidence: float | None = None,
     max_error_rate: float | None = None,
     history_match: str = "exact",
+    gptcache: bool = True,
 ) -> tuple[list[StreamResult], list[bool], float, list[str], FixedThresholds | None]:
     """The results of semcache, exact match, no cache (and GPTCache), which requests could
     have hit, what the stream costs with no cache, and notes. With ``max_error_rate``, a second
@@ -387,15 +388,20 @@ def run(
         _replay_none(order, upstream),
     ]
     total = sum(upstream.cost(i, item.body) for i, item in order)
-    if gptcache_baseline.available():
+    if gptcache and gptcache_baseline.available():
         results.append(_replay_gptcache(order, items, upstream, model, progress))
     else:
-        notes.append("GPTCache baseline skipped: pip install -e '.[gptcache]'")
+        notes.append(
+            "GPTCache baseline skipped: "
+            + ("--no-gptcache" if not gptcache else "pip install -e '.[gptcache]'")
+        )
     fixed = None
     if max_error_rate is not None:
         bounded = dataclasses.replace(config, max_error_rate=max_error_rate)
         results.append(asyncio.run(replay(bounded, bounded_name(max_error_rate))))
-        fixed = replay_fixed(order, items, config, embedder=embedder, progress=progress)
+        fixed = replay_fixed(
+            order, items, config, max_error_rate, embedder=embedder, progress=progress
+        )
     return results, hittable(order), total, notes, fixed
 
 
