@@ -12,7 +12,13 @@ import orjson
 import pytest
 
 from semcache.bench import gptcache_baseline
-from semcache.bench.datasets import detect_format, read_rows, stream_items, stream_rows
+from semcache.bench.datasets import (
+    detect_format,
+    read_rows,
+    same_reference,
+    stream_items,
+    stream_rows,
+)
 from semcache.bench.options import BenchOptions
 from semcache.bench.pairs import replay_bounded
 from semcache.bench.runner import run_bench
@@ -172,6 +178,11 @@ def test_conversations_and_request_logs_become_streams() -> None:
     assert same[0].label == same[2].label  # the opening question, asked twice
     assert same[1].label != same[5].label  # "its types" after "What is ML?" is another turn
     assert same[1].label != same[3].label  # ... and after "what is AI": another history
+    # The data's own answer to each turn is kept: where two turns have the same one, a hit
+    # the labels count wrong is still the answer the data gives.
+    assert follow_up.reference == rows[0]["messages"][3]["content"]
+    assert first.reference == rows[0]["messages"][1]["content"] == paraphrase.reference
+    assert same_reference(same[1], same[5]) and not same_reference(follow_up, first)
     log = [{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}]
     assert detect_format(log[0]) == "requests"
     (item,) = stream_items(log, "requests")

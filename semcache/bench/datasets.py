@@ -29,6 +29,7 @@ class StreamItem:
     label: Hashable | None
     text: str  # the last user message
     kind: str = ""  # conversations: opening, follow-up, follow-up after reworded history
+    reference: str | None = None  # conversations: the assistant's answer to it in the data
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -146,11 +147,28 @@ def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamIt
             if index > 0 and opening is not None and messages[0].get("role") == "user":
                 reworded = [{**messages[0], "content": opening}, *messages[1:index]]
                 histories.append((reworded, REWORDED_HISTORY))
+            after = messages[index + 1] if index + 1 < len(messages) else {}
+            reference = after.get("content") if after.get("role") == "assistant" else None
             for prior, kind in histories:
                 for text in variants:
                     body = {"model": model, "messages": [*prior, {"role": "user", "content": text}]}
-                    items.append(StreamItem(body, label, text, kind))
+                    items.append(
+                        StreamItem(
+                            body,
+                            label,
+                            text,
+                            kind,
+                            reference if isinstance(reference, str) else None,
+                        )
+                    )
     return items
+
+
+def same_reference(query: StreamItem, source: StreamItem) -> bool:
+    """Whether the data answers both requests with the very same text (conversations: some
+    rows give one answer to differently worded questions, and the same follow-up answer after
+    it). A hit the labels count wrong may still be the answer the data gives."""
+    return query.reference is not None and query.reference == source.reference
 
 
 def same_answer(query: StreamItem, source: StreamItem) -> tuple[bool, bool, bool]:

@@ -57,15 +57,21 @@ def stream_figures(
 
 def _by_kind(result: StreamResult) -> dict[str, dict[str, int]]:
     """Requests, hits, right and wrong hits per kind of request (conversations: opening,
-    follow-up, follow-up after reworded history); empty when the stream has no kinds."""
+    follow-up, follow-up after reworded history), and of the wrong ones those the data answers
+    with the very answer served (``wrong_same_reference``); empty when the stream has no
+    kinds."""
     out: dict[str, dict[str, int]] = {}
     for i, kind in enumerate(result.kinds):
         if kind:
-            counts = out.setdefault(kind, {"requests": 0, "hits": 0, "right": 0, "wrong": 0})
+            counts = out.setdefault(
+                kind,
+                {"requests": 0, "hits": 0, "right": 0, "wrong": 0, "wrong_same_reference": 0},
+            )
             counts["requests"] += 1
             counts["hits"] += result.hits[i]
             counts["right"] += result.right[i]
             counts["wrong"] += result.wrong[i]
+            counts["wrong_same_reference"] += result.wrong_same_reference[i]
     return out
 
 
@@ -167,14 +173,19 @@ def print_stream_table(figures: dict[str, dict[str, Any]]) -> str:
         )
     kinds = [k for f in figures.values() for k in f.get("by_kind", {})]
     if kinds:
-        lines += ["", "by kind of request: hits (right / wrong) of requests"]
+        lines += [
+            "",
+            "by kind of request: hits (right / wrong [of which the data gives the query the "
+            "answer served]) of requests",
+        ]
         for kind in dict.fromkeys(kinds):
             cells = []
             for name, f in figures.items():
                 c = f["by_kind"].get(kind)
                 if c is not None:
                     cells.append(
-                        f"{name}: {c['hits']} ({c['right']} / {c['wrong']}) of {c['requests']}"
+                        f"{name}: {c['hits']} ({c['right']} / {c['wrong']} "
+                        f"[{c['wrong_same_reference']}]) of {c['requests']}"
                     )
             lines.append(f"{kind:<36} | " + "; ".join(cells))
     return "\n".join(lines)

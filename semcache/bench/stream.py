@@ -39,7 +39,7 @@ from aiohttp import web
 from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
-from semcache.bench.datasets import StreamItem, same_answer
+from semcache.bench.datasets import StreamItem, same_answer, same_reference
 from semcache.bench.fixed_threshold import FixedThresholds, replay_fixed
 from semcache.bench.options import bar_off
 from semcache.cache import SemanticCache
@@ -81,6 +81,8 @@ class StreamResult:
     bounded: list[float | None] = field(default_factory=list)  # the bound's threshold after each
     labelled: float = 0.0  # under a bound: the weight of the labels it learnt from
     kinds: list[str] = field(default_factory=list)  # each request's StreamItem.kind
+    # Wrong by the labels, but the data gives the query the answer that was served.
+    wrong_same_reference: list[bool] = field(default_factory=list)
 
 
 class SimulatedUpstream:
@@ -178,9 +180,10 @@ def _record(
     item: StreamItem,
     judged: tuple[bool, bool, bool] | None,
     elapsed_ms: float,
+    source: StreamItem | None = None,
 ) -> None:
-    """Add one request's outcome: ``judged`` is (right, wrong, unverified) for a hit, None for a
-    miss, which pays the simulated upstream latency."""
+    """Add one request's outcome: ``judged`` is (right, wrong, unverified) for a hit on
+    ``source``'s answer, None for a miss, which pays the simulated upstream latency."""
     hit = judged is not None
     right, wrong, unverified = judged or (False, False, False)
     if hit:
@@ -195,6 +198,9 @@ def _record(
     result.unverified.append(unverified)
     result.latency_ms.append(elapsed_ms)
     result.kinds.append(item.kind)
+    result.wrong_same_reference.append(
+        wrong and source is not None and same_reference(item, source)
+    )
 
 
 def shuffled(
@@ -244,14 +250,14 @@ async def _replay_sidecar(
                     outcome = response.headers.get("X-Semcache", "error")
                     entry = response.headers.get("X-Semcache-Entry")
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                judged = None
+                judged, source = None, None
                 if outcome == "hit":
                     content = answer["choices"][0]["message"]["content"]
                     source = items[int(_SOURCE.search(content).group(1))]  # type: ignore[union-attr]
                     judged = same_answer(item, source)
                     if flag_wrong and judged[1] and entry is not None:
                         await _mark_wrong(session, base, entry)
-                _record(result, upstream, item_id, item, judged, elapsed_ms)
+                _record(result, upstream, item_id, item, judged, elapsed_ms, source)
                 result.bounded.append(_bound_state(cache))
     finally:
         await runner.cleanup()  # the labels still under way are drained first
@@ -295,7 +301,7 @@ def _replay_exact(
         if source is None:
             stored[key] = item
         judged = None if source is None else same_answer(item, source)
-        _record(result, upstream, item_id, item, judged, 0.0)
+        _record(result, upstream, item_id, item, judged, 0.0, source)
     return result
 
 
@@ -306,6 +312,7 @@ def _replay_none(
     return StreamResult(
         "no cache", [False] * n, [False] * n, [False] * n, [False] * n,
         [float(upstream.latency_ms[i]) for i, _ in order], kinds=[item.kind for _, item in order],
+        wrong_same_reference=[False] * n,
     )  # fmt: skip
 
 
@@ -323,12 +330,13 @@ def _replay_gptcache(
             started = time.perf_counter()
             answer = baseline.get(item.text)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            judged = None
+            judged, source = None, None
             if answer is not None:
-                judged = same_answer(item, items[int(answer)])
+                source = items[int(answer)]
+                judged = same_answer(item, source)
             else:
                 baseline.put_many([item.text], [str(item_id)])
-            _record(result, upstream, item_id, item, judged, elapsed_ms)
+            _record(result, upstream, item_id, item, judged, elapsed_ms, source)
     finally:
         baseline.close()
     return result
