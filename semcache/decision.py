@@ -209,7 +209,7 @@ class HitDecider:
             # the verifier's operating point.
             wanted = requests[i].min_confidence
             if wanted is None:
-                wanted = 0.0 if bound is not None else self.verifier.min_confidence
+                wanted = 0.0 if bound is not None else self.min_confidence or 0.0
             reason: Reason | None = None
             if bound is not None and not bound.allows(requests[i].namespace, probability):
                 reason = Reason.ERROR_BOUND

@@ -82,6 +82,25 @@ def test_by_default_the_verifier_gates_the_nearest_candidate(tmp_path: Path) -> 
     cache.close()
 
 
+@pytest.mark.parametrize(
+    ("probability", "configured", "served"),
+    [(0.4, 0.3, True), (0.4, 0.5, False), (0.7, 0.6, True), (0.7, 0.9, False)],
+)
+def test_the_configured_min_confidence_decides(
+    tmp_path: Path, probability: float, configured: float, served: bool
+) -> None:
+    """The cache's own min_confidence, not the verifier's default (0.5 here), is the operating
+    point: it was ignored unless each request carried one."""
+    verifier = TableVerifier(
+        {("how do i reset my router password", "how do i reset my router"): probability}
+    )
+    cache = stocked_cache(tmp_path, verifier, CacheConfig(min_confidence=configured))
+    decision = cache.lookup(CacheRequest(prompt="how do i reset my router password"))
+    assert (decision.hit is not None) is served
+    assert cache.min_confidence == configured
+    cache.close()
+
+
 def test_with_verify_top_the_most_probable_candidate_is_served_not_the_most_similar(
     verified: tuple[SemanticCache, TableVerifier],
 ) -> None:
