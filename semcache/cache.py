@@ -568,7 +568,8 @@ class SemanticCache:
         The mark does not feed ``max_error_rate``'s tallies: only wrong hits get marked, and
         the right hits served beside them are never reported, so counting the marks would
         put every served score's error above what it is, and the bound would climb until
-        nothing is served (measured on BANKING77: a third of the hits). The tallies learn
+        nothing is served (BANKING77's stream at 0.02: 116 hits, against 3,828 without counting
+        them). The tallies learn
         from labels drawn without regard to the outcome (misses' candidates, shadow checks)."""
         self._check_open()
         with self._lock:
