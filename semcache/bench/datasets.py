@@ -164,6 +164,14 @@ def _conversation_items(rows: list[dict[str, Any]], model: str) -> list[StreamIt
     return items
 
 
+def scope_of(item: StreamItem) -> dict[str, Any]:
+    """What scopes a stream item's answer besides its last user text: the rest of its body and
+    the turns before it (as the sidecar scopes a request)."""
+    messages = item.body.get("messages") or []
+    rest = {k: v for k, v in item.body.items() if k not in ("messages", "stream")}
+    return {"body": rest, "prior": messages[:-1]}
+
+
 def same_reference(query: StreamItem, source: StreamItem) -> bool:
     """Whether the data answers both requests with the very same text (conversations: some
     rows give one answer to differently worded questions, and the same follow-up answer after

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from semcache.bench.datasets import StreamItem, same_answer
+from semcache.bench.datasets import StreamItem, same_answer, scope_of
 from semcache.bench.options import bar_off
 from semcache.cache import SemanticCache
 from semcache.config import CacheConfig
@@ -133,10 +133,5 @@ def _replay(
 
 
 def _request(item: StreamItem) -> CacheRequest:
-    """The library's request for a stream item: its last user text, scoped by everything else
-    in the body and by the turns before it (as the sidecar scopes it)."""
-    messages = item.body.get("messages") or []
-    rest = {k: v for k, v in item.body.items() if k not in ("messages", "stream")}
-    return CacheRequest(
-        prompt=item.text, namespace="bench", context={"body": rest, "prior": messages[:-1]}
-    )
+    """The library's request for a stream item: its last user text in its scope."""
+    return CacheRequest(prompt=item.text, namespace="bench", context=scope_of(item))

@@ -26,6 +26,13 @@ def available() -> bool:
     return importlib.util.find_spec("gptcache") is not None
 
 
+def skipped(asked: bool) -> str:
+    """The note a bench prints when the baseline did not run: left out, or not installed."""
+    return "GPTCache baseline skipped: " + (
+        "pip install -e '.[gptcache]'" if asked else "--no-gptcache"
+    )
+
+
 class GPTCacheBaseline:
     """A GPTCache instance in a temporary directory: ``put(prompt, answer)``, ``get(prompt)``."""
 

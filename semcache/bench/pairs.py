@@ -196,10 +196,7 @@ def run(
         report.swaps[name] = _swap_figures(swaps, gpt_swaps, 1.0, "score")
     else:
         report.baselines["GPTCache (default threshold)"] = None
-        report.notes.append(
-            "GPTCache baseline skipped: "
-            + ("--no-gptcache" if not gptcache else "pip install -e '.[gptcache]'")
-        )
+        report.notes.append(gptcache_baseline.skipped(gptcache))
     return report
 
 

@@ -39,7 +39,7 @@ from aiohttp import web
 from tqdm import tqdm
 
 from semcache.bench import gptcache_baseline
-from semcache.bench.datasets import StreamItem, same_answer, same_reference
+from semcache.bench.datasets import StreamItem, same_answer, same_reference, scope_of
 from semcache.bench.fixed_threshold import FixedThresholds, replay_fixed
 from semcache.bench.options import bar_off
 from semcache.cache import SemanticCache
@@ -285,9 +285,7 @@ def _bound_state(cache: SemanticCache) -> float | None:
 
 
 def _exact_key(item: StreamItem) -> str:
-    messages = item.body.get("messages") or []
-    context = {k: v for k, v in item.body.items() if k not in ("messages", "stream")}
-    return fingerprint({"context": context, "prior": messages[:-1]}) + normalize_prompt(item.text)
+    return fingerprint(scope_of(item)) + normalize_prompt(item.text)
 
 
 def _replay_exact(
@@ -399,10 +397,7 @@ def run(
     if gptcache and gptcache_baseline.available():
         results.append(_replay_gptcache(order, items, upstream, model, progress))
     else:
-        notes.append(
-            "GPTCache baseline skipped: "
-            + ("--no-gptcache" if not gptcache else "pip install -e '.[gptcache]'")
-        )
+        notes.append(gptcache_baseline.skipped(gptcache))
     fixed = None
     if max_error_rate is not None:
         bounded = dataclasses.replace(config, max_error_rate=max_error_rate)
