@@ -113,7 +113,9 @@ _STOPWORDS = frozenset(
     those there here what why how when where who whom whose which can could should would will
     shall may might must get got some any one s t""".split()  # noqa: SIM905
 )
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*|\d[\d,.]*\d|\d")
+# A hyphen joins letters ("twenty-five", "all-on-four"); before a digit it sets off a number,
+# which the guards read as one ("GPT-4" / "GPT-3").
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’]*(?:-[A-Za-z][A-Za-z0-9'’]*)*|\d[\d,.]*\d|\d")
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_END = re.compile(r"[.?!:;\n]")
 _QUOTED = re.compile(
@@ -373,6 +375,20 @@ def content_words(text: str) -> tuple[str, ...]:
     return tuple(t for t in tokens_of(text) if t not in _STOPWORDS)
 
 
+def same_content(query: str, candidate: str) -> bool:
+    """Whether two texts have the same content words, negations aside: one is the other with
+    words moved, names exchanged or the sense negated ("how do I recover a lost Gmail
+    password" / "how don't I recover …" / "how do I password a lost Gmail recover")."""
+
+    def kept(text: str) -> list[str]:
+        return sorted(
+            w for w in content_words(text) if w not in _NEGATIONS and not w.endswith("n't")
+        )
+
+    q = kept(query)
+    return bool(q) and q == kept(candidate)
+
+
 _ROLE_WORDS = frozenset(
     ["from", "to", "into", "than", "over", "before", "after", "against", "vs", "versus"]
 )
@@ -574,7 +590,9 @@ def reordered(query: str, candidate: str) -> bool:
     and B" / "B and A"); two words trading places across others changes who does what, unless
     the relation is the same both ways round."""
     q, c = content_words(query), content_words(candidate)
-    if q == c or len(q) > _MAX_REORDERED or sorted(q) != sorted(c) or _SYMMETRIC & set(q):
+    if q == c or len(q) > _MAX_REORDERED or sorted(q) != sorted(c):
+        return False
+    if _exchanged_around_relation(q, c):
         return False  # "how is A different from B" is "how is B different from A"
     n = len(q)
     for i in range(n):
@@ -600,7 +618,7 @@ def framed_swap(query: str, candidate: str) -> bool:
         return False
     if any((a in _STOPWORDS or b in _STOPWORDS) and a != b for a, b in zip(q, c, strict=True)):
         return False  # another frame
-    if sorted(q) != sorted(c) or _SYMMETRIC & set(q):
+    if sorted(q) != sorted(c):
         return False
     differ = [i for i in range(len(q)) if q[i] != c[i]]
     run, moved = q[differ[0] : differ[-1] + 1], c[differ[0] : differ[-1] + 1]
@@ -610,20 +628,40 @@ def framed_swap(query: str, candidate: str) -> bool:
         tuple(t for t in q if t not in _DETERMINERS),
         tuple(t for t in c if t not in _DETERMINERS),
     )
-    return not _coordinated_exchange(*plain)  # "girls or the boys" is "boys or the girls"
+    return not _exchanged_around_relation(*plain)  # "girls or the boys", "boys or the girls"
 
 
-def _coordinated_exchange(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
-    """Whether ``c`` is ``q`` with the two things on either side of one "and"/"or" exchanged
-    (each of one or more words)."""
+_RELATION_WORDS = 3  # words at most between two things a symmetric relation joins
+
+
+def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
+    """Whether ``c`` is ``q`` with the two things a symmetric relation joins exchanged (each of
+    one or more words): on either side of one "and"/"or" ("girls or boys"), or of a short
+    stretch that starts or ends with a symmetric word ("A different from B", "A similar to
+    B", "A compared with B"). A relation word that moves, or things exchanged across more than
+    the relation, change the question: "the currencies between CNY and CNH difference", "do
+    departments at Zillow have a good work-life balance? does this differ across positions and
+    employees"."""
+    q, c = tuple(q), tuple(c)
     n = len(q)
-    for k, token in enumerate(q):
-        if token not in _COORDINATORS:
-            continue
-        for i in range(k):
-            for j in range(k + 2, n + 1):
-                if q[:i] + q[k + 1 : j] + (token,) + q[i:k] + q[j:] == c:
-                    return True
+    if n != len(c):
+        return False
+    differ = [i for i in range(n) if q[i] != c[i]]
+    if not differ:
+        return False
+    first, last = differ[0], differ[-1]
+    for j in range(first + 1, last + 1):  # the relation is q[j:k]; X = q[i:j], Y = q[k:l]
+        for k in range(j + 1, min(j + _RELATION_WORDS, last) + 1):
+            between = q[j:k]
+            if between[0] in _COORDINATORS:
+                if len(between) != 1:
+                    continue
+            elif between[0] not in _SYMMETRIC and between[-1] not in _SYMMETRIC:
+                continue
+            for i in range(first + 1):
+                for end in range(last + 1, n + 1):
+                    if k < end and q[:i] + q[k:end] + between + q[i:j] + q[end:] == c:
+                        return True
     return False
 
 

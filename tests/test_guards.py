@@ -207,6 +207,25 @@ SWAPS = [
     ("Can depression be cured?", "Can cured be depression?", Reason.ORDER_MISMATCH),
     ("Do girls like introvert guys?", "Do guys like introvert girls?", Reason.ORDER_MISMATCH),
     ("How waves are formed?", "How formed are waves?", Reason.ORDER_MISMATCH),
+    # A symmetric relation lets the two things it joins trade places, not anything else in the
+    # sentence: the relation word moving, or things exchanged across more than the relation.
+    (
+        "What is the difference between CNY and CNH currencies?",
+        "What is the currencies between CNY and CNH difference?",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
+        "Do employees at Zillow have a good work-life balance? Does it differ across teams?",
+        "Do teams at Zillow have a good work-life balance? Does it differ across employees?",
+        Reason.ORDER_MISMATCH,
+    ),
+    # A number set off by a hyphen is a number: model versions, product names.
+    ("What is new in GPT-4?", "What is new in GPT-3?", Reason.NUMBER_MISMATCH),
+    (
+        "How much do All-on-4 dental implants cost?",
+        "How much do All-on-14 dental implants cost?",
+        Reason.NUMBER_MISMATCH,
+    ),
 ]
 
 
@@ -264,3 +283,4 @@ def test_a_paraphrase_of_a_refused_question_is_refused_with_it(cache: SemanticCa
     ):
         hit = cache.lookup(CacheRequest(prompt=paraphrase)).hit
         assert hit is not None and hit.response == answer, paraphrase
+
