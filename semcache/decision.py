@@ -22,7 +22,7 @@ from semcache.entries import Entry
 from semcache.error_bound import ErrorBound
 from semcache.index import SCORE_ERROR
 from semcache.keys import CacheRequest
-from semcache.policy import Reason, guard_mismatch
+from semcache.policy import Reason, guard_mismatch, same_content
 from semcache.vectors import Vectors
 from semcache.verification import Verifier
 
@@ -131,11 +131,14 @@ class HitDecider:
         threshold = request.min_similarity or self.min_similarity
         wanted = 1 if self.verifier is None else self.config.verify_top
         candidates: list[tuple[Entry, float]] = []
-        refused: list[NDArray[np.float32]] = []  # vectors of candidates refused as swaps
+        refused: list[_Refused] = []  # candidates refused as the query's swapped question
         reason, best_score, best_id = Reason.NO_CANDIDATE, None, None
         for indexed, entry_id in zip(scores.tolist(), ids.tolist(), strict=True):
-            if entry_id < 0 or len(candidates) >= wanted:
+            if entry_id < 0:
                 break
+            # Past the candidates wanted, the rest above the floor are read only for a question
+            # the query swaps or negates word for word: it may rank below its own paraphrase.
+            wanted_all = len(candidates) >= wanted
             if best_score is None:
                 best_score, best_id = indexed, entry_id
             if indexed < threshold - SCORE_ERROR:
@@ -162,14 +165,19 @@ class HitDecider:
             if mismatch is None and self.config.guards:
                 mismatch = guard_mismatch(request.prompt, entry.prompt)
             if mismatch is not None:
-                if reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
+                if not wanted_all and reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
                     reason, best_score, best_id = mismatch, score, entry_id
-                if entry.vector is not None and mismatch in _SWAPS:
-                    refused.append(entry.vector)
+                swap = _refused_swap(request.prompt, entry, score, mismatch)
+                if swap is not None and (swap.word_for_word or not wanted_all):
+                    refused.append(swap)
                 continue
-            candidates.append((entry, score))
+            if not wanted_all:
+                candidates.append((entry, score))
         if refused and candidates:
             candidates = _untainted(candidates, refused)
+            if not candidates and reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
+                first = refused[0]  # the miss is the swap's
+                reason, best_score, best_id = first.reason, first.score, first.entry_id
         candidates.sort(key=lambda candidate: -candidate[1])  # stable: index order on ties
         miss = Decision(hit=None, reason=reason, score=best_score, entry_id=best_id)
         return Screened(candidates, miss)
@@ -239,13 +247,46 @@ class HitDecider:
 
 # Refusals that say the query is the candidate's question with roles exchanged: its paraphrases
 # ask the same exchanged question. A negation or an amount is worded in many ways, so a
-# candidate nearer a question refused for those may still agree with the query: on BANKING77's
-# test stream, refusing such candidates too lost 28 right hits for 1 wrong one.
+# candidate nearer a question refused for those may still agree with the query (on BANKING77's
+# test stream, refusing such candidates too lost 28 right hits for 1 wrong one), unless the
+# refused question has the query's very words: then the query is it negated.
 _SWAPS = frozenset({Reason.ORDER_MISMATCH, Reason.ENTITY_MISMATCH})
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A candidate refused as the query's question with roles exchanged, or negated."""
+
+    vector: NDArray[np.float32]
+    word_for_word: bool  # the query's very content words: only their order or sense differs
+    margin: float  # how much nearer the query than this one a candidate must be to be served
+    reason: Reason
+    score: float
+    entry_id: int
+
+
+def _refused_swap(query: str, entry: Entry, score: float, mismatch: Reason) -> _Refused | None:
+    """The refusal of ``entry`` (at cosine ``score`` to the query) as the query's question with
+    roles exchanged or negated, if it is one.
+
+    When the query has the refused question's very words in another order, the model barely
+    tells the two apart (their cosine is ``score``), so neither does a paraphrase's cosine to
+    each: a candidate nearer the query by less than the two are apart (1 - ``score``) may as
+    well paraphrase the refused one. Not so for a negation of the query's words: "why can't I
+    activate my card?" is a question of its own, and the query's paraphrases ("how do I
+    activate my card?") sit nearer the query, as they should (on BANKING77's test stream the
+    margin there cost 10 right hits and saved no wrong one)."""
+    if entry.vector is None:
+        return None
+    word_for_word = same_content(query, entry.prompt)
+    if mismatch not in _SWAPS and not (mismatch is Reason.NEGATION_MISMATCH and word_for_word):
+        return None
+    margin = max(0.0, 1.0 - score) if word_for_word and mismatch in _SWAPS else 0.0
+    return _Refused(entry.vector, word_for_word, margin, mismatch, score, entry.entry_id)
+
+
 def _untainted(
-    candidates: list[tuple[Entry, float]], refused: list[NDArray[np.float32]]
+    candidates: list[tuple[Entry, float]], refused: list[_Refused]
 ) -> list[tuple[Entry, float]]:
     """The candidates that are nearer the query than any candidate refused as a swap.
 
@@ -253,12 +294,13 @@ def _untainted(
     recover?" / "how do I recover a lost Gmail password?") is usually just as far from that
     question's paraphrases, but the paraphrase's other wording can hide from the guard what it
     saw ("how do you recover your Gmail account password?"). A candidate nearer the refused
-    question than the query asks what the refused one asks."""
-    stacked = np.stack(refused)
+    question than the query (by the refusal's margin) asks what the refused one asks."""
+    stacked = np.stack([r.vector for r in refused])
+    margins = np.array([r.margin for r in refused], dtype=np.float32)
     return [
         (entry, score)
         for entry, score in candidates
-        if entry.vector is None or float(np.max(stacked @ entry.vector)) < score
+        if entry.vector is None or not bool(np.any(stacked @ entry.vector >= score - margins))
     ]
 
 

@@ -284,3 +284,29 @@ def test_a_paraphrase_of_a_refused_question_is_refused_with_it(cache: SemanticCa
         hit = cache.lookup(CacheRequest(prompt=paraphrase)).hit
         assert hit is not None and hit.response == answer, paraphrase
 
+
+def test_a_negated_question_takes_the_paraphrases_of_its_positive_along(
+    cache: SemanticCache,
+) -> None:
+    """A query that is a stored question negated, word for word, is refused by the negation
+    guard; a paraphrase of that question that negates in words the guard does not count
+    ("refuse to") is just as wrong for it, when it is nearer that question than the query. Found
+    on QQP's generated negations."""
+    cache.put("Why doesn't Google buy Quora?", "A")
+    cache.put("Why does Google refuse to buy Quora?", "B")
+    decision = cache.lookup(CacheRequest(prompt="Why does Google buy Quora?"))
+    assert decision.hit is None and decision.reason is Reason.NEGATION_MISMATCH
+
+
+def test_a_refused_swap_ranked_below_its_paraphrase_still_takes_it_along(
+    cache: SemanticCache,
+) -> None:
+    """The refused question need not be the nearest: the candidates past the first one that
+    passes are read for a swap too ("website in my traffic" is nearer "traffic on website"
+    than "traffic in my website", which it swaps)."""
+    cache.put("How can I get traffic in my website?", "A")
+    cache.put("How can I get traffic on website?", "B")
+    decision = cache.lookup(CacheRequest(prompt="How can I get website in my traffic?"))
+    assert decision.hit is None and decision.reason is Reason.ORDER_MISMATCH
+    hit = cache.lookup(CacheRequest(prompt="How do I get traffic to my website?")).hit
+    assert hit is not None
