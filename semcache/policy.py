@@ -568,9 +568,10 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
     # Order only tells a swap from a paraphrase when the words are (nearly) the same: "Google
     # bought YouTube" / "YouTube bought Google". A rephrasing reorders freely.
     same_words = _overlap(query, candidate) >= _SAME_WORDS
-    if same_words and q.passive == c.passive and _names_swapped(q, c):
+    symmetric = same_words and _symmetric_exchange(query, candidate)  # "A vs B" / "B vs A"
+    if same_words and q.passive == c.passive and _names_swapped(q, c) and not symmetric:
         return Reason.ENTITY_MISMATCH
-    if same_words and swapped_order(query, candidate):
+    if same_words and swapped_order(query, candidate) and not symmetric:
         return Reason.ORDER_MISMATCH
     if same_words and q.passive == c.passive and roles_exchanged(query, candidate):
         return Reason.ORDER_MISMATCH
@@ -624,11 +625,16 @@ def framed_swap(query: str, candidate: str) -> bool:
     run, moved = q[differ[0] : differ[-1] + 1], c[differ[0] : differ[-1] + 1]
     if not _STOPWORDS & set(run) and any(run[k:] + run[:k] == moved for k in range(len(run))):
         return False  # a phrase's words rotated: "quickly learn python" / "learn python quickly"
-    plain = (
-        tuple(t for t in q if t not in _DETERMINERS),
-        tuple(t for t in c if t not in _DETERMINERS),
+    return not _symmetric_exchange(query, candidate)  # "girls or the boys", "boys or the girls"
+
+
+def _symmetric_exchange(query: str, candidate: str) -> bool:
+    """Whether the candidate is the query with the two things a symmetric relation joins
+    exchanged, determiners aside ("the cat or a dog" / "the dog or a cat")."""
+    return _exchanged_around_relation(
+        [t for t in tokens_of(query) if t not in _DETERMINERS],
+        [t for t in tokens_of(candidate) if t not in _DETERMINERS],
     )
-    return not _exchanged_around_relation(*plain)  # "girls or the boys", "boys or the girls"
 
 
 _RELATION_WORDS = 3  # words at most between two things a symmetric relation joins

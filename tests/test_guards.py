@@ -106,6 +106,10 @@ PARAPHRASES = [
         "What is the mind and how is it different from the brain?",
     ),
     ("What is the difference between real gas and ideal gas?", "real gas vs ideal gas?"),
+    # The two sides of a symmetric relation trade places, names or not.
+    ("How is a cat different from a dog?", "How is a dog different from a cat?"),
+    ("Is Java similar to C#?", "Is C# similar to Java?"),
+    ("Python vs Java: which is faster?", "Java vs Python: which is faster?"),
     (
         "What is the difference between information systems and information technology?",
         "What's the difference between Information Technology and Information Systems?",
