@@ -335,8 +335,9 @@ def test_stream_mode_under_an_error_bound_reports_its_realised_error(
 
 
 def test_generated_swaps_change_the_question() -> None:
-    """A swap must want another answer: coordinated words trading places ("good and bad"), and
-    "or not" dropped, ask the same thing and are not made (hits on them were counted false)."""
+    """A swap must want another answer: coordinated words trading places ("good and bad"), the
+    two sides of a symmetric relation trading places ("GPS compared to GLONASS"), and "or not"
+    dropped, ask the same thing and are not made (hits on them were counted false)."""
     from semcache.bench.swaps import swap_variants
 
     made = {(s.original, s.kind): s.variant for s in swap_variants([
@@ -346,7 +347,22 @@ def test_generated_swaps_change_the_question() -> None:
         "What are the causes and origins of anti-Semitism?",
         "How can you tell if a guy likes you or not?",
         "Why doesn't Google buy Quora?",
+        "How does GLONASS compare to GPS?",
+        "How are British actors different from American actors?",
+        "What is the difference between Chinese culture and Western culture?",
+        "Audio, Vision, and NLP datasets can be worked with using this tool.",
     ])}  # fmt: skip
+    assert (
+        "Audio, Vision, and NLP datasets can be worked with using this tool.",
+        "word_order",
+    ) not in made
+    assert ("How does GLONASS compare to GPS?", "word_order") not in made
+    assert ("How does GLONASS compare to GPS?", "roles") not in made
+    assert ("How are British actors different from American actors?", "roles") not in made
+    assert (
+        "What is the difference between Chinese culture and Western culture?",
+        "word_order",
+    ) not in made
     assert made[("Why do dogs hate cats?", "roles")] == "Why do cats hate dogs?"
     assert made[("Why doesn't Google buy Quora?", "negation")] == "Why does Google buy Quora?"
     assert ("What is good and bad?", "roles") not in made

@@ -117,9 +117,21 @@ def _roles(question: str) -> str | None:
     return _trade(question, words[content[0]], words[content[-1]])
 
 
-# Between two words, what makes them a coordination ("good and bad", "iOS or Android"): they
-# trade places without changing the question, so no such variant is a swap.
-_COORDINATED = re.compile(r"\s*(?:,|&|/|\band\b|\bor\b|\band/or\b)\s*", re.I)
+# Between two words, what makes them a coordination ("good and bad", "iOS or the Android"), or
+# the two sides of a symmetric relation ("British actors different from American actors", "GPS
+# compared to GLONASS"): they trade places without changing the question, so no such variant
+# is a swap.
+_COORDINATED = re.compile(
+    r"[\s`'\"]*(?:,|&|/|,?\s*\band\b|,?\s*\bor\b|\band/or\b)[\s`'\"]*"
+    r"(?:(?:the|a|an)\s+)?(?:\w+\.)?",  # "`CRITICAL` or `FATAL`", "x.A and x.B"
+    re.I,
+)
+_SYMMETRIC_RELATION = re.compile(
+    r"\b(?:differ|differs|different|difference|differences|compare|compared|comparison|versus"
+    r"|vs|similar|similarity|same|equal|equivalent|relationship)\b",
+    re.I,
+)
+_RELATION_WORDS = 4  # words at most between the two sides of a symmetric relation
 
 
 def _trade(text: str, first: str, second: str) -> str | None:
@@ -127,8 +139,15 @@ def _trade(text: str, first: str, second: str) -> str | None:
     b = re.search(rf"\b{re.escape(second)}\b", text, re.I)
     if a is None or b is None or a.start() > b.start() or a.end() > b.start():
         return None
-    if _COORDINATED.fullmatch(text[a.end() : b.start()]):
+    between = text[a.end() : b.start()]
+    if _COORDINATED.fullmatch(between):
         return None
+    if len(between.split()) <= _RELATION_WORDS and _SYMMETRIC_RELATION.search(between):
+        return None
+    if re.search(r"\bbetween\s+(?:(?:the|a|an)\s+)?$", text[: a.start()], re.I) and re.search(
+        r"\b(?:and|or)\b", between, re.I
+    ):
+        return None  # "the difference between Chinese culture and Western culture"
     return text[: a.start()] + b.group() + text[a.end() : b.start()] + a.group() + text[b.end() :]
 
 
@@ -137,6 +156,8 @@ def _entity(question: str, names: Sequence[str], rng: random.Random) -> str | No
     if not entities or len(names) < 2:
         return None
     target = rng.choice(entities)
+    if all(n == target or n in question.lower() for n in names):
+        return None  # every known name is in the question already: none to put in
     other = rng.choice(names)
     while other == target or other in question.lower():
         other = rng.choice(names)
