@@ -71,6 +71,8 @@ _NEGATIONS = {
 }  # fmt: skip
 # A negated word of negative sense says the positive: "don't forget" is "remember".
 _NEGATED_OPPOSITE = re.compile(r"\b(?:do ?n[o'’]?t|never) (?:forget|hesitate|miss|fail)\b", re.I)
+# "... or not?", "why or why not?", "whether or not": both answers asked for, nothing negated.
+_EITHER_WAY = re.compile(r"\bwhether or not\b|\bor (?:why )?not\b(?=\s*(?:[?.!,;:)]|$))", re.I)
 # Number words that are not counts when followed by one of these ("one can", "one of").
 _NOT_COUNTED_AFTER_ONE = frozenset(
     "can could should would will must may might shall needs has is does of another go".split()  # noqa: SIM905
@@ -157,7 +159,9 @@ def features(text: str) -> TextFeatures:
     if all(n == "1" for _, n in found):
         found = [(at, n) for at, n in found if text[at].isdigit()]
     numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
-    negations = _negations(lowered) - len(_NEGATED_OPPOSITE.findall(text))
+    negations = (
+        _negations(lowered) - len(_NEGATED_OPPOSITE.findall(text)) - len(_EITHER_WAY.findall(text))
+    )
     if _ANSWER_NO.match(text):
         negations -= 1  # "No, it does not exist": the answer word, not a second negation
     quoted = frozenset(

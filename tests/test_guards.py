@@ -106,6 +106,9 @@ PARAPHRASES = [
         "What is the mind and how is it different from the brain?",
     ),
     ("What is the difference between real gas and ideal gas?", "real gas vs ideal gas?"),
+    # "... or not?" asks for both answers and negates nothing.
+    ("How do I know if a guy likes me or not?", "How do I know if a guy likes me?"),
+    ("Is it safe to eat raw eggs? Why or why not?", "Is it safe to eat raw eggs?"),
     # The two sides of a symmetric relation trade places, names or not.
     ("How is a cat different from a dog?", "How is a dog different from a cat?"),
     ("Is Java similar to C#?", "Is C# similar to Java?"),
@@ -175,6 +178,7 @@ SWAPS = [
         Reason.NEGATION_MISMATCH,
     ),
     ("Should I use tabs?", "Should I not use tabs?", Reason.NEGATION_MISMATCH),
+    ("Why not use Python?", "Why use Python?", Reason.NEGATION_MISMATCH),
     ("Is non-dairy milk healthy?", "Is dairy milk healthy?", Reason.NEGATION_MISMATCH),
     ("Is it bad to forget?", "Is it bad not to forget?", Reason.NEGATION_MISMATCH),
     (
