@@ -642,6 +642,11 @@ def _symmetric_exchange(query: str, candidate: str) -> bool:
 
 
 _RELATION_WORDS = 3  # words at most between two things a symmetric relation joins
+# The words of a symmetric relation that stand between the two things it joins: "A different
+# from B", "A compared with B". "Between" stands before both ("between A and B": the "and"
+# joins them); what trades places across it changes the question ("the values between the
+# nutritional differences").
+_RELATIONS = _SYMMETRIC - {"between"}
 
 
 def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
@@ -666,7 +671,7 @@ def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
             if between[0] in _COORDINATORS:
                 if len(between) != 1:
                     continue
-            elif between[0] not in _SYMMETRIC and between[-1] not in _SYMMETRIC:
+            elif between[0] not in _RELATIONS and between[-1] not in _RELATIONS:
                 continue
             for i in range(first + 1):
                 for end in range(last + 1, n + 1):

@@ -223,6 +223,11 @@ SWAPS = [
         Reason.ORDER_MISMATCH,
     ),
     (
+        "What is the difference between infatuation and love?",
+        "What is the love between infatuation and difference?",
+        Reason.ORDER_MISMATCH,
+    ),
+    (
         "Do employees at Zillow have a good work-life balance? Does it differ across teams?",
         "Do teams at Zillow have a good work-life balance? Does it differ across employees?",
         Reason.ORDER_MISMATCH,
