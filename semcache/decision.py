@@ -259,10 +259,16 @@ class _Refused:
 
     vector: NDArray[np.float32]
     word_for_word: bool  # the query's very content words: only their order or sense differs
-    margin: float  # how much nearer the query than this one a candidate must be to be served
     reason: Reason
-    score: float
+    score: float  # its cosine to the query
     entry_id: int
+
+    @property
+    def margin(self) -> float:
+        """How much nearer the query than this one a candidate must be to be served."""
+        if self.word_for_word and self.reason in _SWAPS:
+            return max(0.0, 1.0 - self.score)
+        return 0.0
 
 
 def _refused_swap(query: str, entry: Entry, score: float, mismatch: Reason) -> _Refused | None:
@@ -281,8 +287,7 @@ def _refused_swap(query: str, entry: Entry, score: float, mismatch: Reason) -> _
     word_for_word = same_content(query, entry.prompt)
     if mismatch not in _SWAPS and not (mismatch is Reason.NEGATION_MISMATCH and word_for_word):
         return None
-    margin = max(0.0, 1.0 - score) if word_for_word and mismatch in _SWAPS else 0.0
-    return _Refused(entry.vector, word_for_word, margin, mismatch, score, entry.entry_id)
+    return _Refused(entry.vector, word_for_word, mismatch, score, entry.entry_id)
 
 
 def _untainted(

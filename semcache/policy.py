@@ -572,10 +572,15 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
     # Order only tells a swap from a paraphrase when the words are (nearly) the same: "Google
     # bought YouTube" / "YouTube bought Google". A rephrasing reorders freely.
     same_words = _overlap(query, candidate) >= _SAME_WORDS
-    symmetric = same_words and _symmetric_exchange(query, candidate)  # "A vs B" / "B vs A"
-    if same_words and q.passive == c.passive and _names_swapped(q, c) and not symmetric:
+    # The two sides of a symmetric relation trade places freely: "A vs B" / "B vs A".
+    if (
+        same_words
+        and q.passive == c.passive
+        and _names_swapped(q, c)
+        and not _symmetric_exchange(query, candidate)
+    ):
         return Reason.ENTITY_MISMATCH
-    if same_words and swapped_order(query, candidate) and not symmetric:
+    if same_words and swapped_order(query, candidate) and not _symmetric_exchange(query, candidate):
         return Reason.ORDER_MISMATCH
     if same_words and q.passive == c.passive and roles_exchanged(query, candidate):
         return Reason.ORDER_MISMATCH
@@ -675,7 +680,7 @@ def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
                 continue
             for i in range(first + 1):
                 for end in range(last + 1, n + 1):
-                    if k < end and q[:i] + q[k:end] + between + q[i:j] + q[end:] == c:
+                    if q[:i] + q[k:end] + between + q[i:j] + q[end:] == c:
                         return True
     return False
 
