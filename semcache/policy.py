@@ -685,6 +685,151 @@ def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
     return False
 
 
+# What a rewording may change and still say the very same thing: the spelling of numbers
+# ("ten" / "10", "12 percent" / "12%"), contractions, articles, titles before a name, "that"
+# after "said", punctuation.
+_SPELT_NUMBERS = {word: str(value) for word, value in _NUMBER_WORDS.items() if value < 20}
+_SPELT_NUMBERS.pop("second")  # "a second opinion"
+_SPELT_NUMBERS.pop("one")  # "one can", "the one"
+_CONTRACTED = {
+    "can't": ("can", "not"), "cannot": ("can", "not"), "won't": ("will", "not"),
+    "shan't": ("shall", "not"), "ain't": ("is", "not"),
+}  # fmt: skip
+_CONTRACTED_ENDINGS = (
+    ("n't", "not"), ("'re", "are"), ("'m", "am"), ("'ll", "will"), ("'ve", "have"),
+)  # fmt: skip
+# "'s" is "is" after these; after a name it is a possessive ("Apple's").
+_IS_CONTRACTED = frozenset("it that what there here who where how when why".split())  # noqa: SIM905
+_DROPPED = frozenset(["a", "an", "the", "mr", "mrs", "ms", "dr", "prof", "please"])
+_PERCENT = frozenset(["percent", "pct", "%"])
+# Words after which "that" only opens what was said: "officials said (that) the vote ...".
+_REPORTING = frozenset(
+    "said says say told reported reports announced announces added adds stated noted "  # noqa: SIM905
+    "claimed claims argued explained confirmed".split()
+)
+# Words that open a clause or a phrase that moves whole to the front or the back of a
+# sentence and keeps its sense there: "the meeting was postponed because the CEO was ill" /
+# "because the CEO was ill, the meeting was postponed", "how do I sort a list in Python" /
+# "in Python, how do I sort a list".
+_MOVABLE_OPENERS = frozenset(
+    "because if when whenever although though since after before while unless until once "  # noqa: SIM905
+    "whereas in on at for during with from to by within under over about through across "
+    "among inside outside near into according".split()
+)
+_COORDINATED_NOUN = frozenset(
+    "a an the my your his her its our their this that these those some".split()  # noqa: SIM905
+)
+# Words (of any script), numbers with their decimal points, and every symbol but the marks
+# that end or break a sentence: "C++" is not "C", "x-2y=3" keeps its signs, "mind-blowing" is
+# "mind blowing".
+_CANONICAL_TOKEN = re.compile(r"\w+(?:[.,]\d+)*(?:'\w+)?|-(?=\d)|[^\w\s.,;:!?\"'“”‘’()\-]|[()]")
+_DOTTED_ACRONYM = re.compile(r"\b(?:[a-z]\.){2,}")
+_MAX_REWORDED = 60  # tokens at most for the block-move checks below
+
+
+@lru_cache(maxsize=16384)
+def _canonical_tokens(text: str) -> tuple[str, ...]:
+    """The words of ``text`` as a rewording that keeps its sense may change them: numbers as
+    digits, contractions spelt out; articles, titles and punctuation kept (see
+    :func:`_bare`)."""
+    lowered = _DOTTED_ACRONYM.sub(lambda m: m.group().replace(".", ""), text.lower())
+    lowered = lowered.replace("’", "'").replace("per cent", "percent")
+    out: list[str] = []
+    for token in _CANONICAL_TOKEN.findall(lowered):
+        if token in _CONTRACTED:
+            out.extend(_CONTRACTED[token])
+            continue
+        for ending, word in _CONTRACTED_ENDINGS:
+            if token.endswith(ending) and len(token) > len(ending):
+                out.extend((token[: -len(ending)], word))
+                break
+        else:
+            if token.endswith("'s") and token[:-2] in _IS_CONTRACTED:
+                out.extend((token[:-2], "is"))
+            elif token in _PERCENT:
+                out.append("%")
+            elif token[0].isdigit():
+                out.append(_canonical_number(token))
+            else:
+                out.append(_SPELT_NUMBERS.get(token, token))
+    return tuple(out)
+
+
+def _bare(tokens: Sequence[str]) -> tuple[str, ...]:
+    """``tokens`` without articles, titles, "please", or "that" after a reporting verb."""
+    return tuple(
+        t
+        for i, t in enumerate(tokens)
+        if t not in _DROPPED and not (t == "that" and i and tokens[i - 1] in _REPORTING)
+    )
+
+
+def reworded(query: str, candidate: str) -> bool:
+    """Whether the two texts say the very same thing in other words, by construction: the same
+    words once numbers, contractions, articles and titles are spelt alike ("he was sentenced
+    to ten years" / "... to 10 years", "Dr. Smith said" / "Smith said"), or with one clause or
+    phrase moved whole from the back to the front ("the vote is on Thursday, officials said" /
+    "officials said that the vote is on Thursday", "the meeting was postponed because the CEO
+    was ill" / "because the CEO was ill, the meeting was postponed"), or two noun phrases
+    joined by "and"/"or" exchanged ("a man and a woman are dancing" / "a woman and a man
+    ...").
+
+    A yes here is meant for candidates the guards let through, which have already been
+    checked for swapped roles, numbers and negations; it says the verifier's doubt is about
+    wording alone."""
+    q_full, c_full = _canonical_tokens(query), _canonical_tokens(candidate)
+    q, c = _bare(q_full), _bare(c_full)
+    if not q or q == c:
+        return bool(q)
+    if len(q) != len(c) or len(q) > _MAX_REWORDED or sorted(q) != sorted(c):
+        return False
+    return _moved_to_other_end(q, c) or _nouns_exchanged(q_full, c_full)
+
+
+def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
+    """Whether ``c`` is ``q`` cut in two and put back the other way round, where one of the
+    two parts is a clause or phrase that moves whole: it opens with a subordinating word or a
+    preposition, or is who said it ("officials said")."""
+    n = len(q)
+    for i in range(2, n - 1):
+        head, tail = q[:i], q[i:]
+        if tail + head == c and (
+            head[0] in _MOVABLE_OPENERS
+            or tail[0] in _MOVABLE_OPENERS
+            or head[-1] in _REPORTING
+            or tail[-1] in _REPORTING
+        ):
+            return True
+    return False
+
+
+def _nouns_exchanged(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
+    """Whether ``c`` is ``q`` with two noun phrases joined by "and"/"or" exchanged, each
+    opening with a determiner: "a man and a woman" / "a woman and a man"."""
+    if len(q) != len(c):
+        return False
+    differ = [i for i in range(len(q)) if q[i] != c[i]]
+    if not differ:
+        return False
+    first, last = differ[0], differ[-1] + 1
+    if first and q[first - 1] in _COORDINATED_NOUN:
+        first -= 1  # the same determiner opens both: "a man and a woman"
+    span_q, span_c = q[first:last], c[first:last]
+    for j, word in enumerate(span_q):
+        if word not in ("and", "or") or j == 0 or j == len(span_q) - 1:
+            continue
+        x, y = span_q[:j], span_q[j + 1 :]
+        if (
+            len(x) <= _COORDINATED_GAP + 1
+            and len(y) <= _COORDINATED_GAP + 1
+            and x[0] in _COORDINATED_NOUN
+            and y[0] in _COORDINATED_NOUN
+            and (*y, word, *x) == span_c
+        ):
+            return True
+    return False
+
+
 _SAME_WORDS = 0.7  # share of content words two texts must have in common for order to count
 
 
@@ -694,9 +839,29 @@ def _squeezed(text: str) -> str:
 
 
 def _quotes_differ(quoted: frozenset[str], other: str) -> bool:
-    """Whether a quoted string of one text is absent from the other (quoted there or not)."""
+    """Whether a quoted string of one text is absent from the other (quoted there or not),
+    unless it is a sentence someone said that the other reports in its own words."""
     squeezed = _squeezed(other)
-    return any(_squeezed(q) not in squeezed for q in quoted)
+    return any(_squeezed(q) not in squeezed and not _reported(q, other) for q in quoted)
+
+
+_REPORTED_WORDS = 4  # words at least of a quoted sentence that may be reported in other words
+_PLAIN_SENTENCE = re.compile(r"[A-Za-z'’ ,.!?-]+")
+
+
+def _reported(quote: str, other: str) -> bool:
+    """Whether ``quote`` is a sentence of plain words whose content words ``other`` has in the
+    same order: what someone said, reported in other words ('"We are very pleased with the
+    results," the chief executive said' / 'the chief executive said they were very pleased
+    with the results'). A name, a command or a code string quoted (no plain sentence) must
+    stand in the other text as it is."""
+    if len(tokens_of(quote)) < _REPORTED_WORDS or not _PLAIN_SENTENCE.fullmatch(quote):
+        return False
+    said = content_words(quote)
+    if not said:
+        return False
+    remaining = iter(content_words(other))
+    return all(word in remaining for word in said)  # a subsequence: in order
 
 
 def _names_missing(text: TextFeatures, other: str) -> bool:

@@ -121,6 +121,11 @@ PARAPHRASES = [
     ("Gov. Schwarzenegger signed the bill.", "Governor Schwarzenegger signed the bill."),
     ("Shares of Microsoft Corp. rose 3 percent.", "Microsoft shares rose 3%."),
     ("A New York firm reported a loss.", "A New York-based firm reported a loss."),
+    # What someone said, quoted in one and reported in the other (news).
+    (
+        '"We are very pleased with the results," the chief executive said.',
+        "The chief executive said they were very pleased with the results.",
+    ),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -231,6 +236,19 @@ SWAPS = [
         "Do employees at Zillow have a good work-life balance? Does it differ across teams?",
         "Do teams at Zillow have a good work-life balance? Does it differ across employees?",
         Reason.ORDER_MISMATCH,
+    ),
+    # Quoted words must stand in the other text unless they are a sentence it reports in its
+    # own words, in the same order: a short quote, a command or a reordered saying is not.
+    (
+        'Explain the saying "the dog bit the man".',
+        "Explain the saying the man bit the dog.",
+        Reason.QUOTE_MISMATCH,
+    ),
+    ('What does "break a leg" mean?', "What does break an arm mean?", Reason.QUOTE_MISMATCH),
+    (
+        'Why does "git commit -m fix" fail?',
+        "Why does git commit fail?",
+        Reason.QUOTE_MISMATCH,
     ),
     # A number set off by a hyphen is a number: model versions, product names.
     ("What is new in GPT-4?", "What is new in GPT-3?", Reason.NUMBER_MISMATCH),
