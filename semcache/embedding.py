@@ -56,9 +56,11 @@ class Reading:
             that differ only there get the same vector.
         known_words: tokens with a letter or digit that the model knows.
         opaque: the spans of the text the vector does not reflect, in order: what became
-            ``[UNK]``, and words that fall into more than ``MAX_WORD_PIECES`` pieces (a hash, a
+            ``[UNK]``, words that fall into more than ``MAX_WORD_PIECES`` pieces (a hash, a
             key or base64 falls apart into meaningless pieces that the model cannot tell from
-            another such string).
+            another such string), and words spelt out letter by letter (``SPELLED_OUT_PIECES``
+            pieces or more, ``SPELLED_OUT_LETTERS`` characters long on average or shorter: a
+            script the model was not trained on).
     """
 
     tokens: int
@@ -68,6 +70,13 @@ class Reading:
 
 
 MAX_WORD_PIECES = 10  # pieces one word may fall into and still be read as a word
+# A word of at least SPELLED_OUT_PIECES pieces, of SPELLED_OUT_LETTERS characters each on
+# average or fewer, is spelt out: the vocabulary knows its script only letter by letter (this
+# model's reads Cyrillic, Arabic, Greek, Devanagari and Hangul so), and the vector holds a bag
+# of letters, not the word: "ما هي عاصمة فرنسا؟" and "ما هي عاصمة ألمانيا؟" ("what is the capital
+# of France / Germany") are 0.95 alike. English words fall into pieces of 3 letters or more.
+SPELLED_OUT_PIECES = 3
+SPELLED_OUT_LETTERS = 4 / 3
 
 
 @runtime_checkable
@@ -113,7 +122,11 @@ def read_encodings(
                 words.setdefault(word, []).append(position)
         spans: list[tuple[int, int]] = [offsets[p] for p, i in enumerate(ids) if i == unknown_id]
         for positions in words.values():
-            if len(positions) > MAX_WORD_PIECES:
+            if len(positions) > MAX_WORD_PIECES or (
+                len(positions) >= SPELLED_OUT_PIECES
+                and offsets[positions[-1]][1] - offsets[positions[0]][0]
+                <= SPELLED_OUT_LETTERS * len(positions)
+            ):
                 spans.append((offsets[positions[0]][0], offsets[positions[-1]][1]))
         special = encoding.special_tokens_mask
         readings.append(

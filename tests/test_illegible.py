@@ -10,6 +10,7 @@ import pytest
 
 from semcache import SemanticCache
 from semcache.policy import Reason
+from tests.conftest import CountingEmbedder
 
 
 def _letters(seed: int, n: int = 120) -> str:
@@ -32,6 +33,11 @@ def _letters(seed: int, n: int = 120) -> str:
         ),
         ("I love 🍕 more than anything", "I love 🍣 more than anything"),
         ("ภาษาไทยเป็นภาษาที่ยาก", "ภาษาไทยเป็นภาษาที่ง่าย"),
+        # Scripts the model spells out letter by letter ("what is the capital of France" /
+        # "... of Germany": cosine 0.95, and the verifier gave it 0.667).
+        ("ما هي عاصمة فرنسا؟", "ما هي عاصمة ألمانيا؟"),
+        ("Как выучить английский язык?", "Как выучить немецкий язык?"),
+        ("Πώς μπορώ να μάθω γαλλικά;", "Πώς μπορώ να μάθω γερμανικά;"),
     ],
 )
 def test_what_the_model_cannot_read_is_never_served_to_another_prompt(
@@ -45,6 +51,20 @@ def test_what_the_model_cannot_read_is_never_served_to_another_prompt(
     # The same prompt is still answered, by the exact tier.
     hit = cache.get(stored)
     assert hit is not None and hit.reason is Reason.EXACT
+
+
+def test_words_the_model_spells_out_are_opaque_and_others_are_not(
+    embedder: CountingEmbedder,
+) -> None:
+    arabic, russian, latin = embedder.read(
+        [
+            "ما هي عاصمة فرنسا؟",
+            "Как выучить немецкий язык?",
+            "¿Cuál es la forma más eficaz de ahorrar dinero? Wie setze ich es zurück?",
+        ]
+    )
+    assert "فرنسا" in arabic.opaque and "немецкий" in russian.opaque
+    assert latin.opaque == ()  # "eficaz" is e ##fi ##ca ##z: pieces, not letters
 
 
 def test_an_illegible_prompt_is_stored_without_a_vector(cache: SemanticCache) -> None:
