@@ -194,6 +194,10 @@ def _negations(lowered: Sequence[str]) -> int:
 
 _MAGNITUDES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 _ATTACHED_MAGNITUDES = {"bn": 10**9, "mn": 10**6}  # "$3bn"
+# After a currency sign a single letter is a magnitude too ("$18.5m", "£3b", "€50k"); elsewhere
+# it may be a unit ("a 5m wall", "a 10k run").
+_MONEY_MAGNITUDES = {"b": 10**9, "m": 10**6, "k": 1000}
+_CURRENCY_SIGNS = frozenset("$€£¥")
 _ORDINALS_AND_MORE = frozenset(
     {"first", "second", "third", "fourth", "fifth", "twice", "half", "dozen"}
 )
@@ -242,6 +246,13 @@ def _number_values(text: str, digits: dict[int, float]) -> list[tuple[int, str]]
                 attached = following.start() == match.end()
                 if attached and word in _ATTACHED_MAGNITUDES:
                     value *= _ATTACHED_MAGNITUDES[word]
+                    i += 1
+                elif (
+                    attached
+                    and word in _MONEY_MAGNITUDES
+                    and text[start - 1 : start] in _CURRENCY_SIGNS
+                ):
+                    value *= _MONEY_MAGNITUDES[word]
                     i += 1
                 elif not attached and word in _MAGNITUDES:
                     value *= _MAGNITUDES[word]
@@ -864,9 +875,19 @@ def _reported(quote: str, other: str) -> bool:
     return all(word in remaining for word in said)  # a subsequence: in order
 
 
+# Months and days are names that news writes short: "Oct. 5" is "October 5".
+_SHORT_FORMS = {
+    "january": "jan", "february": "feb", "march": "mar", "april": "apr", "june": "jun",
+    "july": "jul", "august": "aug", "september": "sept", "october": "oct", "november": "nov",
+    "december": "dec", "monday": "mon", "tuesday": "tue", "wednesday": "wed",
+    "thursday": "thu", "friday": "fri", "saturday": "sat", "sunday": "sun",
+}  # fmt: skip
+
+
 def _names_missing(text: TextFeatures, other: str) -> bool:
     """Whether a name in ``text`` is absent from ``other``: as a word, written together or
-    apart ("HuggingFace" / "Hugging Face"), or spelt out ("ML" / "Machine Learning")."""
+    apart ("HuggingFace" / "Hugging Face"), spelt out ("ML" / "Machine Learning"), or, for a
+    month or a day, written short ("Oct." / "October")."""
     words = features(other).words
     squeezed = _squeezed(other)
     initials = "".join(_initials(other))
@@ -876,6 +897,7 @@ def _names_missing(text: TextFeatures, other: str) -> bool:
         and name.replace("'", "") not in squeezed
         and not (2 <= len(name) <= 6 and name.isalpha() and name in initials)
         and not (abbreviated.get(name, set()) & words)
+        and not (name in _SHORT_FORMS and {_SHORT_FORMS[name], name[:4], name[:3]} & words)
         for name in text.entities
     )
 

@@ -121,6 +121,10 @@ PARAPHRASES = [
     ("Gov. Schwarzenegger signed the bill.", "Governor Schwarzenegger signed the bill."),
     ("Shares of Microsoft Corp. rose 3 percent.", "Microsoft shares rose 3%."),
     ("A New York firm reported a loss.", "A New York-based firm reported a loss."),
+    # Money with its magnitude attached after a currency sign; a month or a day written short.
+    ("The firm paid $18.5m for the unit.", "The firm paid $18.5 million for the unit."),
+    ("Revenue was $1.2B.", "Revenue was $1.2 billion."),
+    ("The vote is on Oct. 5.", "The vote is on October 5."),
     # What someone said, quoted in one and reported in the other (news).
     (
         '"We are very pleased with the results," the chief executive said.',
@@ -237,6 +241,10 @@ SWAPS = [
         "Do teams at Zillow have a good work-life balance? Does it differ across employees?",
         Reason.ORDER_MISMATCH,
     ),
+    # A letter after a number is a magnitude only after a currency sign; a month is a month.
+    ("Is a 5m wall too high?", "Is a 5 million wall too high?", Reason.NUMBER_MISMATCH),
+    ("The firm paid $18.5m.", "The firm paid $18.5 billion.", Reason.NUMBER_MISMATCH),
+    ("The vote is on Oct. 5.", "The vote is on November 5.", Reason.ENTITY_MISMATCH),
     # Quoted words must stand in the other text unless they are a sentence it reports in its
     # own words, in the same order: a short quote, a command or a reordered saying is not.
     (
