@@ -580,6 +580,16 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
         return Reason.QUOTE_MISMATCH
     if _names_missing(q, candidate) or _names_missing(c, query):
         return Reason.ENTITY_MISMATCH
+    swap = _swap(query, q, candidate, c)
+    # A clause or phrase moved whole to the other end moves names and roles with it: "in
+    # Paris, Smith met Jones" / "Smith met Jones in Paris".
+    if swap is not None and reworded(query, candidate):
+        return None
+    return swap
+
+
+def _swap(query: str, q: TextFeatures, candidate: str, c: TextFeatures) -> Reason | None:
+    """The order guards: names or roles that trade places."""
     # Order only tells a swap from a paraphrase when the words are (nearly) the same: "Google
     # bought YouTube" / "YouTube bought Google". A rephrasing reorders freely.
     same_words = _overlap(query, candidate) >= _SAME_WORDS
@@ -589,6 +599,7 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
         and q.passive == c.passive
         and _names_swapped(q, c)
         and not _symmetric_exchange(query, candidate)
+        and not _names_kept_their_neighbours(query, q, candidate, c)
     ):
         return Reason.ENTITY_MISMATCH
     if same_words and swapped_order(query, candidate) and not _symmetric_exchange(query, candidate):
@@ -948,6 +959,75 @@ def _names_swapped(q: TextFeatures, c: TextFeatures) -> bool:
             if (before_q and after_c) or (after_q and before_c):
                 return True
     return False
+
+
+def _names_kept_their_neighbours(
+    query: str, q: TextFeatures, candidate: str, c: TextFeatures
+) -> bool:
+    """Whether every name stands beside a word it stood beside in the other text: names that
+    moved with the clause they stand in ("you can create a FileSystem for Google Cloud Storage
+    by running gcsfs.GCSFileSystem()" / "by running gcsfs.GCSFileSystem(), you can create a
+    FileSystem for Google Cloud Storage"), not into each other's places ("why did Google buy
+    YouTube" / "why did YouTube buy Google", where each name takes the other's neighbours).
+
+    A run of names written together ("Google Cloud Storage") counts as one, and must keep its
+    words' order; its neighbours are the nearest words on either side that are not function
+    words, and only those no other run of the text has count. Every occurrence must keep one.
+    Only for texts whose every capitalised word is a name: in Title Case the positions of
+    capitalised words say nothing of what moved."""
+    if not q.names or not c.names:
+        return False
+    if {_word_key(w) for w, _ in (*q.names, *c.names)} - {*q.entities, *c.entities}:
+        return False
+    runs_q, runs_c = _neighbours(query, q), _neighbours(candidate, c)
+    if sorted(run for run, _ in runs_q) != sorted(run for run, _ in runs_c):
+        return False  # a name's own words in another order: "Hillary Clinton" / "Clinton Hillary"
+    return _each_kept(runs_q, runs_c) and _each_kept(runs_c, runs_q)
+
+
+_Neighbours = list[tuple[tuple[str, ...], set[str]]]  # per occurrence of a run of names
+
+
+def _neighbours(text: str, features: TextFeatures) -> _Neighbours:
+    """Each occurrence of a run of names, with its neighbouring words as ``"<word"`` (before
+    it) and ``"word>"`` (after): the nearest on each side that is no function word."""
+    tokens = [_word_key(w) for w in _WORD.findall(text)]
+    runs: list[tuple[list[str], int, int]] = []  # words, first and last position
+    for written, position in features.names:
+        if runs and runs[-1][2] == position - 1:
+            runs[-1][0].append(_word_key(written))
+            runs[-1] = (runs[-1][0], runs[-1][1], position)
+        else:
+            runs.append(([_word_key(written)], position, position))
+    found: _Neighbours = []
+    for words, first, last in runs:
+        near = set()
+        for i, step, shown in ((first - 1, -1, "<{}"), (last + 1, 1, "{}>")):
+            while 0 <= i < len(tokens) and tokens[i] in _STOPWORDS:
+                i += step
+            near.add(shown.format(tokens[i] if 0 <= i < len(tokens) else ""))
+        found.append((tuple(words), near))
+    return found
+
+
+def _each_kept(ours: _Neighbours, theirs: _Neighbours) -> bool:
+    """Whether each occurrence in ``ours`` has a neighbour that the same run has somewhere in
+    ``theirs``, counting only neighbours no other run has (two names after "the climate of"
+    and "the climate in" trade places without either losing "climate")."""
+
+    def distinct(found: _Neighbours) -> dict[tuple[str, ...], set[str]]:
+        owners: dict[str, set[tuple[str, ...]]] = {}
+        for run, near in found:
+            for word in near:
+                owners.setdefault(word, set()).add(run)
+        kept: dict[tuple[str, ...], set[str]] = {}
+        for run, near in found:
+            kept.setdefault(run, set()).update(w for w in near if len(owners[w]) == 1)
+        return kept
+
+    theirs_kept = distinct(theirs)
+    ours_kept = distinct(ours)
+    return all(near & ours_kept[run] & theirs_kept.get(run, set()) for run, near in ours)
 
 
 def _spans(names: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int]]:

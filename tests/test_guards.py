@@ -121,6 +121,18 @@ PARAPHRASES = [
     ("Gov. Schwarzenegger signed the bill.", "Governor Schwarzenegger signed the bill."),
     ("Shares of Microsoft Corp. rose 3 percent.", "Microsoft shares rose 3%."),
     ("A New York firm reported a loss.", "A New York-based firm reported a loss."),
+    # Names that move with the clause or phrase they stand in keep their neighbours.
+    (
+        "You can create your FileSystem instance for Google Cloud Storage by importing gcsfs"
+        ' and running "fs = gcsfs.GCSFileSystem(**storage_options)".',
+        'By importing gcsfs and executing "fs = gcsfs.GCSFileSystem(**storage_options)", you'
+        " can generate a FileSystem instance for Google Cloud Storage.",
+    ),
+    (
+        "After meeting Blair in London, Bush said the talks went well.",
+        "Bush said the talks went well after meeting Blair in London.",
+    ),
+    ("In Paris, Smith met Jones.", "Smith met Jones in Paris."),
     # Money with its magnitude attached after a currency sign; a month or a day written short.
     ("The firm paid $18.5m for the unit.", "The firm paid $18.5 million for the unit."),
     ("Revenue was $1.2B.", "Revenue was $1.2 billion."),
@@ -241,6 +253,28 @@ SWAPS = [
         "Do teams at Zillow have a good work-life balance? Does it differ across employees?",
         Reason.ORDER_MISMATCH,
     ),
+    # Names that take each other's places, even beside a neighbour both had, or in one of
+    # several mentions, or within a name, are swapped.
+    (
+        "What is the climate of California's coastal regions, and how does it compare to the"
+        " climate in Ohio?",
+        "What is the climate of Ohio's coastal regions, and how does it compare to the climate"
+        " in California?",
+        Reason.ENTITY_MISMATCH,
+    ),
+    (
+        "How will Microsoft's acquisition of LinkedIn help LinkedIn's users? Is it a good bet"
+        " by Microsoft?",
+        "How will LinkedIn's acquisition of Microsoft help LinkedIn's users? Is it a good bet"
+        " by Microsoft?",
+        Reason.ENTITY_MISMATCH,
+    ),
+    (
+        "How do I prepare for JEE Advanced after school?",
+        "How do I prepare for Advanced JEE after school?",
+        Reason.ENTITY_MISMATCH,
+    ),
+    ("In Paris, Smith met Jones.", "Jones met Smith in Paris.", Reason.ENTITY_MISMATCH),
     # A letter after a number is a magnitude only after a currency sign; a month is a month.
     ("Is a 5m wall too high?", "Is a 5 million wall too high?", Reason.NUMBER_MISMATCH),
     ("The firm paid $18.5m.", "The firm paid $18.5 billion.", Reason.NUMBER_MISMATCH),
