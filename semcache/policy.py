@@ -754,7 +754,7 @@ def _canonical_tokens(text: str) -> tuple[str, ...]:
     """The words of ``text`` as a rewording that keeps its sense may change them: numbers as
     digits, contractions spelt out; articles, titles and punctuation kept (see
     :func:`_bare`)."""
-    lowered = _DOTTED_ACRONYM.sub(lambda m: m.group().replace(".", ""), text.lower())
+    lowered = _DOTTED_ACRONYM.sub(lambda m: m.group().replace(".", ""), text.casefold())
     lowered = lowered.replace("’", "'").replace("per cent", "percent")
     out: list[str] = []
     for token in _CANONICAL_TOKEN.findall(lowered):

@@ -6,10 +6,12 @@ fronted); they are served, and anything that changes who does what is still refu
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from semcache import CacheRequest, SemanticCache
 from semcache.decision import REWORDED_CONFIDENCE
-from semcache.policy import Reason, reworded
+from semcache.policy import Reason, guard_mismatch, reworded
 
 REWORDINGS = [
     # Spelt otherwise: numbers, "percent", contractions, articles, titles, "that" after "said",
@@ -90,3 +92,21 @@ def test_a_rewording_does_not_override_the_guards(cache: SemanticCache) -> None:
     ):
         decision = cache.lookup(CacheRequest(prompt=asked))
         assert decision.hit is None and decision.reason is reason, (asked, decision)
+
+
+_WORDS = st.sampled_from(
+    "the a man dog cat Paris Smith because in said officials 10 ten % percent and or , . ? "  # noqa: SIM905
+    "can't it's Dr. C++ 北京 -5".split()
+)
+
+
+@given(st.lists(_WORDS, max_size=14), st.lists(_WORDS, max_size=14))
+def test_rewording_is_symmetric_and_never_raises(a: list[str], b: list[str]) -> None:
+    first, second = " ".join(a), " ".join(b)
+    assert reworded(first, second) == reworded(second, first)
+    guard_mismatch(first, second)  # never raises
+
+
+@given(st.text(max_size=200))
+def test_punctuation_and_case_are_no_rewording_of_their_own(text: str) -> None:
+    assert reworded(text, text) == reworded(text.upper() + " ?!", text)
