@@ -772,9 +772,22 @@ def _canonical_tokens(text: str) -> tuple[str, ...]:
                 out.append("%")
             elif token[0].isdigit():
                 out.append(_canonical_number(token))
+            elif token in _CURRENCY_WORDS and out and _amount_ends(out):
+                # "1.2 billion dollars" is "$1.2 billion": the sign goes before the amount.
+                start = len(out) - 1 - (out[-1] in _MAGNITUDES)
+                out.insert(start, _CURRENCY_WORDS[token])
             else:
                 out.append(_SPELT_NUMBERS.get(token, token))
     return tuple(out)
+
+
+_CURRENCY_WORDS = {"dollar": "$", "dollars": "$", "usd": "$", "euro": "€", "euros": "€"}
+
+
+def _amount_ends(tokens: Sequence[str]) -> bool:
+    """Whether ``tokens`` end with an amount: a number, or a number and its magnitude."""
+    last = tokens[-1] if tokens[-1] not in _MAGNITUDES else tokens[-2] if len(tokens) > 1 else ""
+    return last[:1].isdigit()
 
 
 def _bare(tokens: Sequence[str]) -> tuple[str, ...]:

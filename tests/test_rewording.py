@@ -18,6 +18,7 @@ REWORDINGS = [
     # dotted acronyms, hyphens, punctuation.
     ("He was sentenced to 10 years in prison.", "He was sentenced to ten years in prison."),
     ("Profit rose 12 percent in the quarter.", "Profit rose 12% in the quarter."),
+    ("The deal is worth $1.2 billion.", "The deal is worth 1.2 billion dollars."),
     ("Dr. Smith said the vaccine was safe.", "Smith said the vaccine was safe."),
     ("It's not possible to undo this.", "It is not possible to undo this."),
     ("Why can't I log in?", "Why cannot I log in?"),
