@@ -144,21 +144,7 @@ def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = _WORD.findall(text)
     lowered = [_word_key(w) for w in words]
-    digits: dict[int, float] = {}  # numbers written in digits, by position
-    found: list[tuple[int, str]] = []  # and digit runs that are no number: "2.10.0"
-    for m in _DIGITS.finditer(text):
-        if not _LIST_MARKER.match(text, m.start()):
-            try:
-                digits[m.start()] = float(m.group().replace(",", ""))
-            except ValueError:
-                found.append((m.start(), _canonical_number(m.group())))
-    found += _number_values(text, digits)
-    # One written as a word, alone, is what "a", "an" and "the" say too ("use one column" / "use
-    # a single column"; "the first step" / "the initial step"); beside another number ("one or
-    # two") it counts.
-    if all(n == "1" for _, n in found):
-        found = [(at, n) for at, n in found if text[at].isdigit()]
-    numbers = tuple(dict.fromkeys(number for _, number in sorted(found)))
+    numbers = tuple(dict.fromkeys(number for _, number in _numbers_found(text)))
     negations = (
         _negations(lowered) - len(_NEGATED_OPPOSITE.findall(text)) - len(_EITHER_WAY.findall(text))
     )
@@ -177,6 +163,81 @@ def features(text: str) -> TextFeatures:
         words=frozenset(lowered),
         quoted=quoted,
         passive=bool(_PASSIVE.search(text)),
+    )
+
+
+def _numbers_found(text: str) -> list[tuple[int, str]]:
+    """The numbers of ``text``, each with the position where it starts, in order."""
+    digits: dict[int, float] = {}  # numbers written in digits, by position
+    found: list[tuple[int, str]] = []  # and digit runs that are no number: "2.10.0"
+    for m in _DIGITS.finditer(text):
+        if not _LIST_MARKER.match(text, m.start()):
+            try:
+                digits[m.start()] = float(m.group().replace(",", ""))
+            except ValueError:
+                found.append((m.start(), _canonical_number(m.group())))
+    found += _number_values(text, digits)
+    # One written as a word, alone, is what "a", "an" and "the" say too ("use one column" / "use
+    # a single column"; "the first step" / "the initial step"); beside another number ("one or
+    # two") it counts.
+    if all(n == "1" for _, n in found):
+        found = [(at, n) for at, n in found if text[at].isdigit()]
+    return sorted(found)
+
+
+def _numbers_moved_with_their_words(query: str, candidate: str) -> bool:
+    """Whether the same numbers, each once, stand in another order only because each moved
+    with a word it is said of: "closed at $45.20, down 30 cents" / "closed down 30 cents at
+    $45.20", "page 5 of chapter 3" / "chapter 3, page 5". Each keeps the word (or currency
+    sign) right before or right after it, and no two numbers share one. "10 divided by 2" /
+    "2 divided by 10" and "2 adults and 3 children" / "3 adults and 2 children" keep none; two
+    numbered phrases that trade places ("at 10 am, back at 2 pm" / "at 2 pm, back at 10 am")
+    are left to the order guards, as words are."""
+    attached_q, attached_c = _number_words(query), _number_words(candidate)
+    if attached_q is None or attached_c is None or attached_q.keys() != attached_c.keys():
+        return False
+    return all(attached_q[n] & attached_c[n] for n in attached_q)
+
+
+def _number_words(text: str) -> dict[str, set[str]] | None:
+    """Each number of ``text`` with the words right before and after it that are no function
+    words ("<word", "word>", "<$"), when every number occurs once and no two share one."""
+    found = _numbers_found(text)
+    values = [value for _, value in found]
+    if not found or len(set(values)) != len(values):
+        return None
+    matches = list(_WORD.finditer(text))
+    starts = {m.start(): i for i, m in enumerate(matches)}
+    attached: dict[str, set[str]] = {}
+    for at, value in found:
+        i = starts.get(at)
+        if i is None:
+            return None
+        near: set[str] = set()
+        if text[at - 1 : at] in _CURRENCY_SIGNS:
+            near.add("<" + text[at - 1])
+        elif i and matches[i - 1].group().lower() not in _STOPWORDS:
+            near.add("<" + matches[i - 1].group().lower())
+        j = i + 1
+        while j < len(matches) and _part_of_number(matches[j].group().lower()):
+            j += 1
+        if j < len(matches) and matches[j].group().lower() not in _STOPWORDS:
+            near.add(matches[j].group().lower() + ">")
+        if text[matches[j - 1].end() : matches[j - 1].end() + 1] == "%":
+            near.add("%>")
+        if not near:
+            return None
+        attached[value] = near
+    words = [w for near in attached.values() for w in near]
+    return attached if len(words) == len(set(words)) else None
+
+
+def _part_of_number(word: str) -> bool:
+    return (
+        word in _MAGNITUDES
+        or word in _ATTACHED_MAGNITUDES
+        or word in _MONEY_MAGNITUDES
+        or word.split("-")[0] in _UNITS
     )
 
 
@@ -572,7 +633,9 @@ def roles_exchanged(query: str, candidate: str) -> bool:
 def guard_mismatch(query: str, candidate: str) -> Reason | None:
     """The first guard on which ``query`` and ``candidate`` differ, or ``None``."""
     q, c = features(query), features(candidate)
-    if q.numbers != c.numbers:
+    if q.numbers != c.numbers and not (
+        sorted(q.numbers) == sorted(c.numbers) and _numbers_moved_with_their_words(query, candidate)
+    ):
         return Reason.NUMBER_MISMATCH
     if q.negations % 2 != c.negations % 2 or q.privative != c.privative:
         return Reason.NEGATION_MISMATCH

@@ -133,6 +133,13 @@ PARAPHRASES = [
         "Bush said the talks went well after meeting Blair in London.",
     ),
     ("In Paris, Smith met Jones.", "Smith met Jones in Paris."),
+    # Numbers that move with the word they are said of.
+    (
+        "The company's shares closed at $45.20, down 30 cents.",
+        "Shares of the company closed down 30 cents at $45.20.",
+    ),
+    ("Read page 5 of chapter 3.", "Read chapter 3, page 5."),
+    ("Profit rose 12% to $3 billion.", "Profit rose to $3 billion, up 12%."),
     # Money with its magnitude attached after a currency sign; a month or a day written short.
     ("The firm paid $18.5m for the unit.", "The firm paid $18.5 million for the unit."),
     ("Revenue was $1.2B.", "Revenue was $1.2 billion."),
@@ -275,6 +282,11 @@ SWAPS = [
         Reason.ENTITY_MISMATCH,
     ),
     ("In Paris, Smith met Jones.", "Jones met Smith in Paris.", Reason.ENTITY_MISMATCH),
+    # Numbers in another order that keep no word of their own, or take each other's.
+    ("What is 10 divided by 2?", "What is 2 divided by 10?", Reason.NUMBER_MISMATCH),
+    ("I have 2 adults and 3 children.", "I have 3 adults and 2 children.", Reason.NUMBER_MISMATCH),
+    ("Buy 2 get 1 free.", "Buy 1 get 2 free.", Reason.NUMBER_MISMATCH),
+    ("The score was 3 to 1.", "The score was 1 to 3.", Reason.NUMBER_MISMATCH),
     # A letter after a number is a magnitude only after a currency sign; a month is a month.
     ("Is a 5m wall too high?", "Is a 5 million wall too high?", Reason.NUMBER_MISMATCH),
     ("The firm paid $18.5m.", "The firm paid $18.5 billion.", Reason.NUMBER_MISMATCH),
