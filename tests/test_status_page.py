@@ -104,7 +104,9 @@ async def test_the_status_page_shows_the_last_traffic_in_a_real_browser(
             )
             response = await page.goto(sidecar.url + "/dashboard")
             assert response is not None and response.status == 200
-            await page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 1")
+            # A selector, not a JavaScript predicate: the page's Content-Security-Policy forbids
+            # eval, which wait_for_function needs when it has to poll (a slow first load).
+            await page.wait_for_selector("body[data-loaded]", state="attached")
             requests_shown = await page.text_content("#requests")
             hit_rate = await page.text_content("#hit-rate")
             hit_peak = await page.get_attribute(
