@@ -166,6 +166,40 @@ def features(text: str) -> TextFeatures:
     )
 
 
+# Prefixes that negate the word they open ("impossible", "unavailable", "illegal"), and words
+# that say "not" + another word ("optional" is "not required").
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis")
+_MIN_NEGATED_BASE = 4  # letters: "into" is no negated "to"
+_NEGATED_MEANING = {"optional": frozenset(["required", "mandatory", "compulsory"])}
+
+
+def _negated_words(text: TextFeatures, other: TextFeatures, other_text: str) -> int:
+    """Words of ``text`` that stand for a word of ``other`` negated, each one more negation:
+    by their prefix where ``text`` lacks the word itself ("it is impossible" / "it is not
+    possible" agree, "is it possible" / "is it impossible" do not, and "advantages and
+    disadvantages" negates nothing), or by their meaning ("optional" / "not required" agree,
+    "optional" / "required" do not). A prefix written apart in ``other_text`` is no negation
+    ("infront" / "in front")."""
+    count = 0
+    for word in text.words - other.words:
+        if _NEGATED_MEANING.get(word, frozenset()) & other.words:
+            count += 1
+            continue
+        for prefix in _NEGATING_PREFIXES:
+            base = word[len(prefix) :]
+            if (
+                word.startswith(prefix)
+                and len(base) >= _MIN_NEGATED_BASE
+                and base not in _STOPWORDS
+                and base in other.words
+                and base not in text.words
+                and f"{prefix} {base}" not in other_text.lower()  # "infront" / "in front"
+            ):
+                count += 1
+                break
+    return count
+
+
 def _numbers_found(text: str) -> list[tuple[int, str]]:
     """The numbers of ``text``, each with the position where it starts, in order."""
     digits: dict[int, float] = {}  # numbers written in digits, by position
@@ -637,7 +671,9 @@ def guard_mismatch(query: str, candidate: str) -> Reason | None:
         sorted(q.numbers) == sorted(c.numbers) and _numbers_moved_with_their_words(query, candidate)
     ):
         return Reason.NUMBER_MISMATCH
-    if q.negations % 2 != c.negations % 2 or q.privative != c.privative:
+    if (q.negations + _negated_words(q, c, candidate)) % 2 != (
+        c.negations + _negated_words(c, q, query)
+    ) % 2 or q.privative != c.privative:
         return Reason.NEGATION_MISMATCH
     if _quotes_differ(q.quoted, candidate) or _quotes_differ(c.quoted, query):
         return Reason.QUOTE_MISMATCH

@@ -133,6 +133,16 @@ PARAPHRASES = [
         "Bush said the talks went well after meeting Blair in London.",
     ),
     ("In Paris, Smith met Jones.", "Smith met Jones in Paris."),
+    # A word negated by its prefix or its meaning is the word with "not"; one said beside its
+    # negated form negates nothing; a word written together is no prefix.
+    ("It is not possible to undo this.", "It is impossible to undo this."),
+    ("The file is unavailable.", "The file is not available."),
+    ("Setting the flag is optional.", "Setting the flag is not required."),
+    (
+        "What are the advantages and disadvantages of remote work?",
+        "What are the advantages of remote work?",
+    ),
+    ("He stood in front of the house.", "He stood infront of the house."),
     # Numbers that move with the word they are said of.
     (
         "The company's shares closed at $45.20, down 30 cents.",
@@ -282,6 +292,23 @@ SWAPS = [
         Reason.ENTITY_MISMATCH,
     ),
     ("In Paris, Smith met Jones.", "Jones met Smith in Paris.", Reason.ENTITY_MISMATCH),
+    # A word against its negation by prefix or meaning.
+    (
+        "Is it possible to travel back in time?",
+        "Is it impossible to travel back in time?",
+        Reason.NEGATION_MISMATCH,
+    ),
+    (
+        "How do I lock my laptop keyboard?",
+        "How do I unlock my laptop keyboard?",
+        Reason.NEGATION_MISMATCH,
+    ),
+    ("Is the flag required?", "Is the flag optional?", Reason.NEGATION_MISMATCH),
+    (
+        "Why is it illegal to drive barefoot?",
+        "Why is it legal to drive barefoot?",
+        Reason.NEGATION_MISMATCH,
+    ),
     # Numbers in another order that keep no word of their own, or take each other's.
     ("What is 10 divided by 2?", "What is 2 divided by 10?", Reason.NUMBER_MISMATCH),
     ("I have 2 adults and 3 children.", "I have 3 adults and 2 children.", Reason.NUMBER_MISMATCH),
