@@ -809,8 +809,8 @@ def _exchanged_around_relation(q: Sequence[str], c: Sequence[str]) -> bool:
 # What a rewording may change and still say the very same thing: the spelling of numbers
 # ("ten" / "10", "12 percent" / "12%"), contractions, articles, titles before a name, "that"
 # after "said", punctuation.
-_SPELT_NUMBERS = {word: str(value) for word, value in _NUMBER_WORDS.items() if value < 20}
-_SPELT_NUMBERS.pop("second")  # "a second opinion"
+# Cardinals only: "a third of the students" is not "three of the students".
+_SPELT_NUMBERS = {word: str(value) for word, value in _UNITS.items() if value < 20}
 _SPELT_NUMBERS.pop("one")  # "one can", "the one"
 _CONTRACTED = {
     "can't": ("can", "not"), "cannot": ("can", "not"), "won't": ("will", "not"),

@@ -55,6 +55,9 @@ NOT_REWORDINGS = [
     ("Google bought YouTube last year.", "YouTube last year Google bought."),
     ("The cat and my dog are asleep.", "The dog and my cat are asleep."),
     ("He ate and then left.", "He left and then ate."),
+    # Ordinals and fractions are no spelt cardinals.
+    ("A third of the students passed.", "Three of the students passed."),
+    ("Half of the votes were counted.", "0.5 of the votes were counted."),
 ]
 
 
