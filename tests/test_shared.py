@@ -326,7 +326,7 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
 
     import aiohttp
 
-    from tests.redis_server import free_port
+    from tests.redis_server import free_ports
 
     config = tmp_path / "semcache.toml"
     config.write_text(
@@ -337,7 +337,7 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
         f'[[upstreams]]\nname = "pool"\nbase_url = "{upstream.url}"\n'
         'api_keys = ["k1"]\nrpm = 120\n'
     )
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     root = Path(__file__).resolve().parent.parent
 
@@ -347,21 +347,28 @@ async def test_three_sidecar_processes_share_key_limits_and_one_budget(
             "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{port}"),
         ]  # fmt: skip
 
-    processes = [
-        subprocess.Popen(
-            command(port), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for port in ports
-    ]
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"sidecar-{port}.log").open("wb") as stderr:  # the child keeps a copy
+            return subprocess.Popen(
+                command(port), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+
+    processes = [start(port) for port in ports]
     try:
         async with aiohttp.ClientSession() as session:
-            for port, process in zip(ports, processes, strict=True):
+            for n in range(len(ports)):
                 deadline = time.monotonic() + 180
                 while True:
-                    assert process.poll() is None, "a sidecar exited"
+                    if processes[n].poll() is not None:
+                        log = (tmp_path / f"sidecar-{ports[n]}.log").read_text()
+                        # A port found free can be taken as the local end of a connection
+                        # before the sidecar listens on it: start that one again elsewhere.
+                        assert "cannot listen" in log, f"a sidecar exited: {log[-3000:]}"
+                        ports[n] = free_ports(1)[0]
+                        processes[n] = start(ports[n])
                     assert time.monotonic() < deadline, "a sidecar did not start"
                     try:
-                        async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        async with session.get(f"http://127.0.0.1:{ports[n]}/healthz") as r:
                             if r.status == 200:
                                 break
                     except aiohttp.ClientError:
