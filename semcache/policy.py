@@ -296,6 +296,7 @@ _CURRENCY_SIGNS = frozenset("$€£¥")
 _ORDINALS_AND_MORE = frozenset(
     {"first", "second", "third", "fourth", "fifth", "twice", "half", "dozen"}
 )
+_FRACTIONS = frozenset({"third", "fourth", "fifth"})  # after "a" and before "of": a share
 _UNITS = {  # cardinals that add up: "twenty" "five"
     w: v for w, v in _NUMBER_WORDS.items() if w not in _MAGNITUDES and w not in _ORDINALS_AND_MORE
 }
@@ -367,6 +368,12 @@ def _number_values(text: str, digits: dict[int, float]) -> list[tuple[int, str]]
         if word == "first" and (after.endswith("ing") or before in ("at", "by", "will", "must")):
             i += 1
             continue  # "by first creating", "at first": when, not which
+        if word in _FRACTIONS and before in ("a", "one") and after == "of":
+            if found and found[-1][0] == matches[i - 1].start():
+                found.pop()  # "one third": the "one" is the fraction's
+            found.append((start, _canonical_number(repr(1 / _NUMBER_WORDS[word]))))
+            i += 1
+            continue  # "a third of the students" is a share, not "three of the students"
         if word not in _UNITS and word not in _MAGNITUDES:
             found.append((start, _canonical_number(str(_NUMBER_WORDS[word]))))
             i += 1

@@ -143,6 +143,7 @@ PARAPHRASES = [
         "What are the advantages of remote work?",
     ),
     ("He stood in front of the house.", "He stood infront of the house."),
+    ("A third of the students passed.", "One third of the students passed."),
     # Numbers that move with the word they are said of.
     (
         "The company's shares closed at $45.20, down 30 cents.",
@@ -309,6 +310,8 @@ SWAPS = [
         "Why is it legal to drive barefoot?",
         Reason.NEGATION_MISMATCH,
     ),
+    # "A third of" is a share, not three.
+    ("A third of the students passed.", "Three of the students passed.", Reason.NUMBER_MISMATCH),
     # Numbers in another order that keep no word of their own, or take each other's.
     ("What is 10 divided by 2?", "What is 2 divided by 10?", Reason.NUMBER_MISMATCH),
     ("I have 2 adults and 3 children.", "I have 3 adults and 2 children.", Reason.NUMBER_MISMATCH),
