@@ -1005,13 +1005,12 @@ def _reported(quote: str, other: str) -> bool:
     return all(word in remaining for word in said)  # a subsequence: in order
 
 
-# Months and days are names that news writes short: "Oct. 5" is "October 5".
-_SHORT_FORMS = {
-    "january": "jan", "february": "feb", "march": "mar", "april": "apr", "june": "jun",
-    "july": "jul", "august": "aug", "september": "sept", "october": "oct", "november": "nov",
-    "december": "dec", "monday": "mon", "tuesday": "tue", "wednesday": "wed",
-    "thursday": "thu", "friday": "fri", "saturday": "sat", "sunday": "sun",
-}  # fmt: skip
+# Months and days are names that news writes short, by their first three or four letters:
+# "Oct. 5" is "October 5", "Sept." September, "Tues." Tuesday.
+_MONTHS_AND_DAYS = frozenset(
+    "january february march april june july august september october november december "  # noqa: SIM905
+    "monday tuesday wednesday thursday friday saturday sunday".split()
+)
 
 
 def _names_missing(text: TextFeatures, other: str) -> bool:
@@ -1027,7 +1026,7 @@ def _names_missing(text: TextFeatures, other: str) -> bool:
         and name.replace("'", "") not in squeezed
         and not (2 <= len(name) <= 6 and name.isalpha() and name in initials)
         and not (abbreviated.get(name, set()) & words)
-        and not (name in _SHORT_FORMS and {_SHORT_FORMS[name], name[:4], name[:3]} & words)
+        and not (name in _MONTHS_AND_DAYS and {name[:3], name[:4]} & words)
         for name in text.entities
     )
 
@@ -1037,20 +1036,26 @@ def _abbreviations(text: TextFeatures) -> dict[str, set[str]]:
     it stands in ("Machine Learning": ml; "JavaScript": js), so that "ML" in the other text
     accounts for it."""
     found: dict[str, set[str]] = {}
-    run: list[str] = []
-    last = -2
-    for name, position in (*text.names, ("", -10)):
-        if position != last + 1 and run:
-            for start in range(len(run)):
-                for end in range(start + 1, len(run) + 1):
-                    acronym = "".join(_initials(" ".join(run[start:end])))
-                    if len(acronym) >= 2:
-                        for member in run[start:end]:
-                            found.setdefault(member.lower(), set()).add(acronym)
-            run = []
-        run.append(name)
-        last = position
+    for run in _name_runs(text.names):
+        names = [name for name, _ in run]
+        for start in range(len(names)):
+            for end in range(start + 1, len(names) + 1):
+                acronym = "".join(_initials(" ".join(names[start:end])))
+                if len(acronym) >= 2:
+                    for member in names[start:end]:
+                        found.setdefault(member.lower(), set()).add(acronym)
     return found
+
+
+def _name_runs(names: tuple[tuple[str, int], ...]) -> list[list[tuple[str, int]]]:
+    """The names written next to each other, as runs: "Google Cloud Storage" is one."""
+    runs: list[list[tuple[str, int]]] = []
+    for name, position in names:
+        if runs and runs[-1][-1][1] == position - 1:
+            runs[-1].append((name, position))
+        else:
+            runs.append([(name, position)])
+    return runs
 
 
 def _initials(text: str) -> list[str]:
@@ -1111,21 +1116,15 @@ def _neighbours(text: str, features: TextFeatures) -> _Neighbours:
     """Each occurrence of a run of names, with its neighbouring words as ``"<word"`` (before
     it) and ``"word>"`` (after): the nearest on each side that is no function word."""
     tokens = [_word_key(w) for w in _WORD.findall(text)]
-    runs: list[tuple[list[str], int, int]] = []  # words, first and last position
-    for written, position in features.names:
-        if runs and runs[-1][2] == position - 1:
-            runs[-1][0].append(_word_key(written))
-            runs[-1] = (runs[-1][0], runs[-1][1], position)
-        else:
-            runs.append(([_word_key(written)], position, position))
     found: _Neighbours = []
-    for words, first, last in runs:
+    for run in _name_runs(features.names):
+        first, last = run[0][1], run[-1][1]
         near = set()
         for i, step, shown in ((first - 1, -1, "<{}"), (last + 1, 1, "{}>")):
             while 0 <= i < len(tokens) and tokens[i] in _STOPWORDS:
                 i += step
             near.add(shown.format(tokens[i] if 0 <= i < len(tokens) else ""))
-        found.append((tuple(words), near))
+        found.append((tuple(_word_key(name) for name, _ in run), near))
     return found
 
 
