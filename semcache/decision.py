@@ -22,7 +22,7 @@ from semcache.entries import Entry
 from semcache.error_bound import ErrorBound
 from semcache.index import SCORE_ERROR
 from semcache.keys import CacheRequest
-from semcache.policy import Reason, guard_mismatch, reworded, same_content
+from semcache.policy import Reason, guard_mismatch, reworded, same_content, unread_difference
 from semcache.vectors import Vectors
 from semcache.verification import Verifier
 
@@ -162,13 +162,15 @@ class HitDecider:
                 if reason is Reason.NO_CANDIDATE:
                     reason = Reason.BELOW_THRESHOLD
                 continue
-            # Text the model cannot see must be the same in both, guards on or off: nothing
-            # else tells "is this key valid: <key A>" from "... <key B>".
-            mismatch = (
-                Reason.OPAQUE_MISMATCH
-                if reading.opaque != self.vectors.opaque(entry.prompt)
-                else None
-            )
+            # Text the model cannot see must be the same in both, and words it reads only in
+            # pieces the same words, guards on or off: nothing else tells "is this key valid:
+            # <key A>" from "... <key B>", or "augmenter" from "réduire".
+            stored = self.vectors.stored_reading(entry.prompt)
+            mismatch = None
+            if reading.opaque != stored.opaque:
+                mismatch = Reason.OPAQUE_MISMATCH
+            elif unread_difference(request.prompt, entry.prompt, reading.pieced | stored.pieced):
+                mismatch = Reason.UNREAD_MISMATCH
             if mismatch is None and self.config.guards:
                 mismatch = guard_mismatch(request.prompt, entry.prompt)
             if mismatch is not None:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,23 @@ class Reading:
             another such string), and words spelt out letter by letter (``SPELLED_OUT_PIECES``
             pieces or more, ``SPELLED_OUT_LETTERS`` characters long on average or shorter: a
             script the model was not trained on).
+        pieced: the words of letters that the vocabulary holds only as two or more pieces,
+            as :func:`folded` spells them. An English model reads most words of French or
+            German so: "augmenter" is "aug ##ment ##er" to it, "réduire" "red ##ui ##re".
     """
 
     tokens: int
     unknown: int = 0
     known_words: int = 0
     opaque: tuple[str, ...] = ()
+    pieced: frozenset[str] = frozenset()
+
+
+def folded(word: str) -> str:
+    """A word as an uncased tokenizer sees it: case folded and accents stripped ("Ändern" and
+    "andern" are one word to it)."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 MAX_WORD_PIECES = 10  # pieces one word may fall into and still be read as a word
@@ -121,7 +133,11 @@ def read_encodings(
             if word is not None:
                 words.setdefault(word, []).append(position)
         spans: list[tuple[int, int]] = [offsets[p] for p, i in enumerate(ids) if i == unknown_id]
+        pieced = set()
         for positions in words.values():
+            word = text[offsets[positions[0]][0] : offsets[positions[-1]][1]]
+            if len(positions) > 1 and word.isalpha():
+                pieced.add(folded(word))
             if len(positions) > MAX_WORD_PIECES or (
                 len(positions) >= SPELLED_OUT_PIECES
                 and offsets[positions[-1]][1] - offsets[positions[0]][0]
@@ -139,6 +155,7 @@ def read_encodings(
                     if i != unknown_id and not is_special and any(c.isalnum() for c in piece)
                 ),
                 opaque=tuple(text[start:end] for start, end in sorted(set(spans))),
+                pieced=frozenset(pieced),
             )
         )
     return readings

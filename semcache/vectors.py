@@ -2,11 +2,12 @@
 ones it can read, remembered per namespace.
 
 The cache asks this part three things: why a prompt's vector cannot stand for it (longer than
-the model's window, or illegible to it: it is then answered by the exact tier only), which
-spans of a stored prompt its vector does not reflect (they must match for a semantic hit), and
-the vectors themselves. Recent vectors are kept in a memo, so a miss is stored without
-embedding its prompt a second time; the memo is per namespace, so that no tenant's lookup is
-faster because another tenant asked the same thing.
+the model's window, or illegible to it: it is then answered by the exact tier only), what it
+sees of a stored prompt (the spans its vector does not reflect and the words it reads only in
+pieces, which decide what may differ in a semantic hit), and the vectors themselves. Recent
+vectors are kept in a memo, so a miss is stored without embedding its prompt a second time;
+the memo is per namespace, so that no tenant's lookup is faster because another tenant asked
+the same thing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Vectors:
         self._reader = embedder if isinstance(embedder, ReadingEmbedder) else None
         self.memo_size = memo_size
         self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
-        self._opaque_memo: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._reading_memo: OrderedDict[str, Reading] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -59,20 +60,19 @@ class Vectors:
             return Reason.PROMPT_TOO_LONG
         return Reason.PROMPT_ILLEGIBLE if illegible(reading) else None
 
-    def opaque(self, prompt: str) -> tuple[str, ...]:
-        """The spans of a stored prompt its vector does not reflect (memoised: candidates
-        recur)."""
+    def stored_reading(self, prompt: str) -> Reading:
+        """What the model sees of a stored prompt (memoised: candidates recur)."""
         with self._lock:
-            found = self._opaque_memo.get(prompt)
+            found = self._reading_memo.get(prompt)
             if found is not None:
-                self._opaque_memo.move_to_end(prompt)
+                self._reading_memo.move_to_end(prompt)
                 return found
-        opaque = self.readings([prompt])[0].opaque
+        reading = self.readings([prompt])[0]
         with self._lock:
-            self._opaque_memo[prompt] = opaque
-            while len(self._opaque_memo) > self.memo_size:
-                self._opaque_memo.popitem(last=False)
-        return opaque
+            self._reading_memo[prompt] = reading
+            while len(self._reading_memo) > self.memo_size:
+                self._reading_memo.popitem(last=False)
+        return reading
 
     def embed(self, texts: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
         """Unit vectors for ``(namespace, text)`` pairs, computing only those not embedded

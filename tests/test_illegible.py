@@ -1,5 +1,6 @@
 """Prompts whose meaning the embedding model cannot see are never answered by another prompt:
-emoji, unbroken keys and hashes, scripts the model was not trained on."""
+emoji, unbroken keys and hashes, scripts the model was not trained on, and words changed in a
+language it reads only in pieces."""
 
 from __future__ import annotations
 
@@ -79,6 +80,61 @@ def test_the_same_opaque_text_in_a_paraphrase_can_still_hit(cache: SemanticCache
     cache.put("What is the capital city of France? 🇫🇷", "Paris")
     hit = cache.lookup_many([_request("What's the capital of France? 🇫🇷", min_confidence=0.0)])[0]
     assert hit.hit is not None and hit.reason is Reason.SEMANTIC
+
+
+# Wrong hits the semantic tier served before (cosine 0.91-0.98, verifier 0.69-0.85): the
+# English model reads these languages as pieces of words, and the guards know English only.
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("Je voudrais augmenter ma limite de retrait", "Je voudrais réduire ma limite de retrait"),
+        ("Ich möchte meine Bestellung stornieren", "Ich möchte meine Bestellung nicht stornieren"),
+        ("Eu quero cancelar meu pedido", "Eu não quero cancelar meu pedido"),
+        ("Ik wil mijn bestelling annuleren", "Ik wil mijn bestelling niet annuleren"),
+        (
+            "Puis-je prendre ce médicament avant le repas ?",
+            "Puis-je prendre ce médicament après le repas ?",
+        ),
+        (
+            "¿Puedo tomar este medicamento antes de comer?",
+            "¿Puedo tomar este medicamento después de comer?",
+        ),
+    ],
+)
+def test_a_word_changed_in_a_language_the_model_reads_in_pieces_is_another_question(
+    cache: SemanticCache, stored: str, asked: str
+) -> None:
+    cache.put(stored, "the answer to the stored prompt")
+    decision = cache.lookup_many([_request(asked)])[0]
+    assert decision.hit is None
+    assert decision.reason is Reason.UNREAD_MISMATCH
+    assert decision.score is not None and decision.score > 0.9  # the model cannot tell them apart
+
+
+def test_the_same_words_in_a_language_the_model_reads_in_pieces_still_hit(
+    cache: SemanticCache,
+) -> None:
+    cache.put("Comment ouvrir un compte bancaire à l'étranger ?", "answer")
+    # Accents dropped and a word in another form (an ending, not a stem, changed).
+    for asked in (
+        "comment ouvrir un compte bancaire a l'etranger",
+        "Comment ouvrir un compte bancaire à l'étrangère ?",
+    ):
+        decision = cache.lookup_many([_request(asked, min_confidence=0.0)])[0]
+        assert decision.reason is Reason.SEMANTIC, (asked, decision)
+
+
+def test_english_with_a_few_rare_words_is_judged_as_before(cache: SemanticCache) -> None:
+    cache.put("How do I reset my router's firmware?", "answer")
+    decision = cache.lookup_many([_request("How can I reset the firmware of my router?")])[0]
+    assert decision.reason is Reason.SEMANTIC
+
+
+def test_a_reading_holds_the_words_the_model_reads_in_pieces(embedder: CountingEmbedder) -> None:
+    (french,) = embedder.read(["Je voudrais RÉDUIRE ma limite de retrait, 42 fois"])
+    assert {"voudrais", "reduire", "retrait"} <= french.pieced
+    assert "je" not in french.pieced and "de" not in french.pieced  # whole pieces
+    assert not any(word.isdigit() for word in french.pieced)
 
 
 def _request(prompt: str, **options: float):  # type: ignore[no-untyped-def]
