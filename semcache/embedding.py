@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 import threading
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +64,11 @@ class Reading:
             another such string), and words spelt out letter by letter (``SPELLED_OUT_PIECES``
             pieces or more, ``SPELLED_OUT_LETTERS`` characters long on average or shorter: a
             script the model was not trained on).
-        pieced: the words of letters that the vocabulary holds only as two or more pieces,
-            as :func:`folded` spells them. An English model reads most words of French or
-            German so: "augmenter" is "aug ##ment ##er" to it, "réduire" "red ##ui ##re".
+        pieced: the runs of letters (:data:`LETTER_RUN`) that the model reads as two or more
+            tokens, as :func:`folded` spells them: words its vocabulary does not hold. An
+            English model reads most words of French or German so ("augmenter" is "aug ##ment
+            ##er" to it, "réduire" "red ##ui ##re"), and Chinese or Japanese character by
+            character.
     """
 
     tokens: int
@@ -72,6 +76,9 @@ class Reading:
     known_words: int = 0
     opaque: tuple[str, ...] = ()
     pieced: frozenset[str] = frozenset()
+
+
+LETTER_RUN = re.compile(r"[^\W\d_]+")  # a word, or a run of characters in a script without spaces
 
 
 def folded(word: str) -> str:
@@ -133,11 +140,7 @@ def read_encodings(
             if word is not None:
                 words.setdefault(word, []).append(position)
         spans: list[tuple[int, int]] = [offsets[p] for p, i in enumerate(ids) if i == unknown_id]
-        pieced = set()
         for positions in words.values():
-            word = text[offsets[positions[0]][0] : offsets[positions[-1]][1]]
-            if len(positions) > 1 and word.isalpha():
-                pieced.add(folded(word))
             if len(positions) > MAX_WORD_PIECES or (
                 len(positions) >= SPELLED_OUT_PIECES
                 and offsets[positions[-1]][1] - offsets[positions[0]][0]
@@ -145,6 +148,12 @@ def read_encodings(
             ):
                 spans.append((offsets[positions[0]][0], offsets[positions[-1]][1]))
         special = encoding.special_tokens_mask
+        starts = [start for (start, end), s in zip(offsets, special, strict=True) if not s and end]
+        pieced = {
+            folded(run.group())
+            for run in LETTER_RUN.finditer(text)
+            if bisect_left(starts, run.end()) - bisect_left(starts, run.start()) > 1
+        }
         readings.append(
             Reading(
                 tokens=len(ids),

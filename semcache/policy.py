@@ -20,7 +20,7 @@ from enum import StrEnum
 from functools import lru_cache
 from itertools import takewhile
 
-from semcache.embedding import Reading, folded
+from semcache.embedding import LETTER_RUN, Reading, folded
 
 
 class Reason(StrEnum):
@@ -1183,7 +1183,6 @@ def illegible(reading: Reading) -> bool:
 # reach it (on the hits served on QQP and the rephrasings, 5 of 2,653 did, each short and full
 # of rare words: "how can I visualize a tesseract?"); French, German or Dutch ones usually do.
 UNREAD_SHARE = 0.5
-_LETTERS = re.compile(r"[^\W\d_]+")
 # Two forms of one word: the same stem of 4+ letters and endings of at most 3 ("cancelo" /
 # "cancelar", "ändere" / "ändern"), not two words of one prefix ("Wochentag" / "Wochenende").
 _STEM, _ENDING = 4, 3
@@ -1199,8 +1198,8 @@ def unread_difference(query: str, cached: str, pieced: frozenset[str]) -> bool:
     and verified at 0.72, "Ich möchte meine Bestellung (nicht) stornieren" 0.97 and 0.75, "...
     avant / après le repas" 0.98 and 0.78. The guards know English only. So in such a language
     a word changed, added or moved is a different question."""
-    query_words = [folded(w) for w in _LETTERS.findall(query)]
-    cached_words = [folded(w) for w in _LETTERS.findall(cached)]
+    query_words = [folded(w) for w in LETTER_RUN.findall(query)]
+    cached_words = [folded(w) for w in LETTER_RUN.findall(cached)]
     longer = {w for w in (*query_words, *cached_words) if len(w) >= 3}
     if not longer or len(longer & pieced) < UNREAD_SHARE * len(longer):
         return False

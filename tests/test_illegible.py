@@ -99,6 +99,9 @@ def test_the_same_opaque_text_in_a_paraphrase_can_still_hit(cache: SemanticCache
             "¿Puedo tomar este medicamento antes de comer?",
             "¿Puedo tomar este medicamento después de comer?",
         ),
+        # Read character by character; the verifier alone refused these (0.31, 0.16).
+        ("法国的首都是哪里？", "德国的首都是哪里？"),
+        ("日本の首都はどこですか？", "中国の首都はどこですか？"),
     ],
 )
 def test_a_word_changed_in_a_language_the_model_reads_in_pieces_is_another_question(
@@ -108,7 +111,7 @@ def test_a_word_changed_in_a_language_the_model_reads_in_pieces_is_another_quest
     decision = cache.lookup_many([_request(asked)])[0]
     assert decision.hit is None
     assert decision.reason is Reason.UNREAD_MISMATCH
-    assert decision.score is not None and decision.score > 0.9  # the model cannot tell them apart
+    assert decision.score is not None and decision.score > 0.84  # the model barely tells them apart
 
 
 def test_the_same_words_in_a_language_the_model_reads_in_pieces_still_hit(
@@ -135,6 +138,8 @@ def test_a_reading_holds_the_words_the_model_reads_in_pieces(embedder: CountingE
     assert {"voudrais", "reduire", "retrait"} <= french.pieced
     assert "je" not in french.pieced and "de" not in french.pieced  # whole pieces
     assert not any(word.isdigit() for word in french.pieced)
+    (chinese,) = embedder.read(["法国的首都是哪里"])  # no spaces: one run, read per character
+    assert chinese.pieced == {"法国的首都是哪里"}
 
 
 def _request(prompt: str, **options: float):  # type: ignore[no-untyped-def]
