@@ -147,6 +147,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._azure)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_job)
@@ -271,6 +272,8 @@ class FakeOpenAI:
     async def _azure(self, request: web.Request) -> web.StreamResponse:
         if not request.query.get("api-version") or not request.headers.get("api-key"):
             return web.json_response({"error": {"message": "api-version and api-key"}}, status=400)
+        if request.path.endswith("/embeddings"):
+            return await self._embeddings(request)
         return await self._chat(request)
 
     async def start(self) -> None:

@@ -17,10 +17,10 @@ from semcache.cache import SemanticCache
 from semcache.clients import Clients
 from semcache.coalescing import Coalescer
 from semcache.compression import Compressor
-from semcache.dialects import DIALECTS
+from semcache.dialects import CHAT, COMPLETIONS, DIALECTS, RESPONSES
 from semcache.lookup_batching import LookupBatcher
 from semcache.metrics import Metrics
-from semcache.server import accounting, admin, proxy, status_page
+from semcache.server import accounting, admin, azure_paths, proxy, status_page
 from semcache.server.after_response import AfterResponse
 from semcache.server.batch_jobs import JOBS_PATH, BatchJobs, job_status
 from semcache.server.bodies import body_middleware
@@ -81,6 +81,13 @@ def create_app(
     app.cleanup_ctx.append(_resources(config, cache, router, ledger, clock))
     for dialect in DIALECTS:
         app.router.add_post(dialect.path, proxy.cached_endpoint(dialect))
+    # Azure OpenAI's clients: its v1 API (/openai/v1/..., the model in the body) and the
+    # deployment paths (/openai/deployments/{deployment}/..., the model named by the path).
+    for dialect in (CHAT, COMPLETIONS, RESPONSES):
+        app.router.add_post(azure_paths.PREFIX + dialect.path, proxy.cached_endpoint(dialect))
+    for dialect in (CHAT, COMPLETIONS):
+        path = azure_paths.DEPLOYMENT + dialect.path.removeprefix("/v1")
+        app.router.add_post(path, proxy.cached_endpoint(dialect))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
@@ -88,6 +95,8 @@ def create_app(
     status_page.add_routes(app)
     app.router.add_get(JOBS_PATH + "/{id}", job_status)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.forward_verbatim)
+    app.router.add_route("*", azure_paths.PREFIX + "/v1/{tail:.*}", proxy.forward_verbatim)
+    app.router.add_route("*", azure_paths.DEPLOYMENT + "/{tail:.*}", proxy.forward_verbatim)
     return app
 
 

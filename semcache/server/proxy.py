@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from semcache.dialects import CHAT, Dialect
-from semcache.server import accounting, pipeline
+from semcache.server import accounting, azure_paths, pipeline
 from semcache.server.controls import ANONYMOUS, parse_priority, tenant_of
 from semcache.server.state import CLIENT, STATE
 
@@ -43,8 +43,10 @@ def cached_endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.S
             outcome = exchange.outcome
             return response
         finally:
-            state.metrics.requests.labels(request.path, outcome).inc()
-            state.metrics.latency.labels(request.path, outcome).observe(
+            # By the API's own path: an Azure client's path names its deployment, and
+            # labels must not multiply with what clients write.
+            state.metrics.requests.labels(dialect.path, outcome).inc()
+            state.metrics.latency.labels(dialect.path, outcome).observe(
                 time.perf_counter() - started
             )
 
@@ -52,28 +54,35 @@ def cached_endpoint(dialect: Dialect) -> Callable[[web.Request], Awaitable[web.S
 
 
 async def forward_verbatim(request: web.Request) -> web.StreamResponse:
-    """Any other ``/v1/*`` path: relayed as it is through the router, streaming in both
-    directions."""
+    """Any other ``/v1/*`` path (also as Azure OpenAI's clients write it): relayed through the
+    router, streaming in both directions. A deployment path is sent as the ``/v1`` path of its
+    model (named in the body when the client did not), which the router maps back to the
+    deployment on an azure upstream."""
     state = request.app[STATE]
     body = await request.read()
+    path = azure_paths.v1_path(request)
     model = None
     if body:
         with contextlib.suppress(orjson.JSONDecodeError):
             parsed = orjson.loads(body)
-            if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
+            named = azure_paths.model_in_path(request, state.router.upstreams)
+            if isinstance(parsed, dict) and named is not None:
+                model = named
+                body = orjson.dumps({**parsed, "model": model})
+            elif isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
     tenant = tenant_of(request.headers, request.get(CLIENT)) or ANONYMOUS
     if model is not None:
         accounting.admit(state, tenant, model, can_downgrade=False)
     async with state.router.send(
         request.method,
-        request.rel_url.raw_path,
+        path,
         headers=request.headers,
         body=body or None,
         model=model,
         # "batch" defers only the cached endpoints; anything else goes now, at low priority
         priority=parse_priority(request.headers.get("X-Semcache-Priority"))[0],
-        query=request.rel_url.raw_query_string,
+        query=azure_paths.forwarded_query(request),
     ) as attempt:
         upstream = attempt.response
         headers = {

@@ -216,3 +216,15 @@ def describe(specs: Sequence[UpstreamSpec]) -> list[dict[str, Any]]:
         }
         for s in specs
     ]
+
+
+def model_of_deployment(upstreams: Sequence[UpstreamSpec], deployment: str) -> str:
+    """The model an Azure OpenAI client asks for by naming a deployment in its path
+    (``/openai/deployments/{deployment}/...``, with no model in the body): the model that an
+    azure upstream maps to that deployment, else the deployment's own name (deployments are
+    often named after their model)."""
+    for spec in upstreams:
+        for model, name in spec.deployments.items():
+            if name == deployment:
+                return model
+    return deployment

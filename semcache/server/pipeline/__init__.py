@@ -66,7 +66,7 @@ async def run(x: Exchange, stages: tuple[Stage, ...] = STAGES) -> web.StreamResp
         for stage in stages:
             started = time.perf_counter()
             if stage is send:
-                x.state.metrics.overhead.labels(x.request.path).observe(started - x.started)
+                x.state.metrics.overhead.labels(x.dialect.path).observe(started - x.started)
             early = await stage(x)
             timings.labels(stage.__name__).observe(time.perf_counter() - started)
             if early is not None:

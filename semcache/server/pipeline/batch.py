@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from semcache.batching import PROTOCOLS, Cause, Member, Protocol
+from semcache.server import azure_paths
 from semcache.server.controls import CREDENTIAL_HEADERS
 from semcache.server.pipeline.exchange import Exchange
 from semcache.server.pipeline.relay import json_text
@@ -37,7 +38,7 @@ async def batch(x: Exchange) -> web.StreamResponse | None:
     waiting = Waiting(
         member=joined,
         dialect=x.dialect,
-        path=x.request.rel_url.raw_path,
+        path=x.dialect.path,
         headers=x.request.headers,
         model=x.parsed.model,
         tenant=x.tenant,
@@ -92,8 +93,8 @@ def _group(x: Exchange, joined: Member) -> str:
     pooled = state.router.pooled(x.parsed.model, x.dialect.api)
     headers = x.request.headers
     parts: dict[str, Any] = {
-        "path": x.request.rel_url.raw_path,
-        "query": x.request.rel_url.raw_query_string,
+        "path": x.dialect.path,
+        "query": azure_paths.forwarded_query(x.request),
         "api": x.dialect.name,
         "body": joined.group,
         "headers": sorted(

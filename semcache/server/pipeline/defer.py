@@ -26,7 +26,7 @@ async def defer(x: Exchange) -> web.StreamResponse | None:
         return None
     assert x.parsed is not None
     state = x.state
-    path = x.request.rel_url.path
+    path = x.dialect.path
     if path not in ENDPOINTS:
         raise InvalidRequestError(
             f"{_FIELD}: batch is served for {', '.join(ENDPOINTS)}, not {path}", field=_FIELD

@@ -57,7 +57,7 @@ class Exchange:
         """A streamed answer's first event reached the client: time to first token."""
         if not self._first_event_seen:
             self._first_event_seen = True
-            self.state.metrics.time_to_first_token.labels(self.request.path, self.outcome).observe(
+            self.state.metrics.time_to_first_token.labels(self.dialect.path, self.outcome).observe(
                 time.perf_counter() - self.started
             )
 

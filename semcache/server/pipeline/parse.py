@@ -10,6 +10,7 @@ from aiohttp import web
 
 from semcache.dialects import Keying
 from semcache.errors import InvalidRequestError
+from semcache.server import azure_paths
 from semcache.server.controls import (
     ANONYMOUS,
     Controls,
@@ -30,6 +31,11 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
         body = orjson.loads(await x.request.read())
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    named = azure_paths.model_in_path(x.request, x.state.router.upstreams)
+    if named is not None and isinstance(body, dict):
+        # An Azure OpenAI client names the model by its deployment, in the path (its body's
+        # "model", when there is one, is that deployment's name too; Azure reads the path).
+        body = {**body, "model": named}
     headers = x.request.headers
     x.controls = Controls.from_headers(headers)
     x.priority, x.deferred = parse_priority(headers.get("X-Semcache-Priority"))

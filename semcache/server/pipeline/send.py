@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from semcache.server import azure_paths
 from semcache.server.pipeline.exchange import Exchange
 
 
@@ -20,13 +21,13 @@ async def send(x: Exchange) -> web.StreamResponse | None:
     x.attempt = await x.upstream.enter_async_context(
         x.state.router.send(
             "POST",
-            x.request.rel_url.raw_path,
+            x.dialect.path,
             headers=x.request.headers,
             body=orjson.dumps(x.outgoing),
             model=x.parsed.model,
             tokens=x.dialect.request_tokens(x.outgoing),
             priority=x.priority,
-            query=x.request.rel_url.raw_query_string,
+            query=azure_paths.forwarded_query(x.request),
             buffered=True,
             api=x.dialect.api,
         )
