@@ -230,6 +230,16 @@ async def test_deeply_nested_json_is_a_400(sidecar: Sidecar, depth: int) -> None
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
 
 
+async def test_a_body_with_a_byte_order_mark_is_answered_and_cached(sidecar: Sidecar) -> None:
+    bom = "\ufeff".encode()
+    headers = {"Authorization": "Bearer sk-a", "Content-Type": "application/json"}
+    first = await raw_post(sidecar, "/v1/chat/completions", bom + _chat_body("bom here"), headers)
+    again = await raw_post(sidecar, "/v1/chat/completions", _chat_body("bom here"), headers)
+    assert first[0] == 200 and first[2]["X-Semcache"] == "miss"
+    assert again[0] == 200 and again[2]["X-Semcache"] == "hit"
+    assert sidecar.upstream.received[0].body["messages"][0]["content"] == "bom here"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

@@ -3,6 +3,7 @@ dialect's reading of the body (the cache request, or why it bypasses the cache).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 
 import orjson
@@ -28,7 +29,9 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
     InvalidRequestError: the body is not JSON, a header control or a field is invalid.
     """
     try:
-        body = orjson.loads(await x.request.read())
+        # A byte-order mark is no part of the JSON (RFC 8259 lets a parser skip it), but some
+        # clients write one: Windows PowerShell's UTF-8, .NET's Encoding.UTF8.
+        body = orjson.loads((await x.request.read()).removeprefix(codecs.BOM_UTF8))
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     named = azure_paths.model_in_path(x.request, x.state.router.upstreams)
