@@ -164,15 +164,16 @@ class HitDecider:
                 continue
             # Text the model cannot see must be the same in both, and words it reads only in
             # pieces the same words, guards on or off: nothing else tells "is this key valid:
-            # <key A>" from "... <key B>", or "augmenter" from "réduire".
+            # <key A>" from "... <key B>", or "augmenter" from "réduire". The words are checked
+            # after the guards, so that a swap the guards see still takes its paraphrases along.
             stored = self.vectors.stored_reading(entry.prompt)
-            mismatch = None
-            if reading.opaque != stored.opaque:
-                mismatch = Reason.OPAQUE_MISMATCH
-            elif unread_difference(request.prompt, entry.prompt, reading.pieced | stored.pieced):
-                mismatch = Reason.UNREAD_MISMATCH
+            mismatch = Reason.OPAQUE_MISMATCH if reading.opaque != stored.opaque else None
             if mismatch is None and self.config.guards:
                 mismatch = guard_mismatch(request.prompt, entry.prompt)
+            if mismatch is None and unread_difference(
+                request.prompt, entry.prompt, reading.pieced | stored.pieced
+            ):
+                mismatch = Reason.UNREAD_MISMATCH
             if mismatch is not None:
                 if not wanted_all and reason in (Reason.NO_CANDIDATE, Reason.BELOW_THRESHOLD):
                     reason, best_score, best_id = mismatch, score, entry_id

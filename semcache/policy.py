@@ -1180,8 +1180,8 @@ def illegible(reading: Reading) -> bool:
 
 # Two prompts are in a language the model does not read when at least this share of their
 # words of 3+ letters are ones its vocabulary holds only in pieces. English prompts rarely
-# reach it (on the hits served on QQP and the rephrasings, 5 of 2,653 did, each short and full
-# of rare words: "how can I visualize a tesseract?"); French, German or Dutch ones usually do.
+# reach it (3 of the 1,705 hits on QQP's test split did, each short and full of rare words:
+# "how can I visualize a tesseract?"); French, German or Dutch ones usually do.
 UNREAD_SHARE = 0.5
 # Two forms of one word: the same stem of 4+ letters and endings of at most 3 ("cancelo" /
 # "cancelar", "ändere" / "ändern"), not two words of one prefix ("Wochentag" / "Wochenende").
