@@ -2,7 +2,7 @@
 (``AzureOpenAI(azure_endpoint=...)``).
 
 - The deployment paths, ``/openai/deployments/{deployment}/chat/completions?api-version=...``:
-  the model is the deployment, named in the path (:func:`model_in_path`).
+  the model is the deployment, named in the path (:func:`with_model_in_path`).
 - The v1 API, ``/openai/v1/chat/completions``: the model in the body, as at ``/v1``.
 
 Both stand for the ``/v1`` path of the same API (:func:`v1_path`). The client's
@@ -13,6 +13,7 @@ Both stand for the ``/v1`` path of the same API (:func:`v1_path`). The client's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
@@ -23,11 +24,14 @@ PREFIX = "/openai"
 DEPLOYMENT = PREFIX + "/deployments/{deployment}"
 
 
-def model_in_path(request: web.Request, upstreams: Sequence[UpstreamSpec]) -> str | None:
-    """The model a deployment path names (see :func:`model_of_deployment`); ``None`` for any
-    other path."""
+def with_model_in_path(request: web.Request, upstreams: Sequence[UpstreamSpec], body: Any) -> Any:
+    """``body`` (parsed JSON) with the model a deployment path names (see
+    :func:`model_of_deployment`) as its ``"model"``: Azure reads the path, and its clients
+    write the deployment's name in the body, if anything. Any other path or body: as it is."""
     deployment = request.match_info.get("deployment")
-    return None if deployment is None else model_of_deployment(upstreams, deployment)
+    if deployment is None or not isinstance(body, dict):
+        return body
+    return {**body, "model": model_of_deployment(upstreams, deployment)}
 
 
 def v1_path(request: web.Request) -> str:

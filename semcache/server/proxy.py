@@ -65,12 +65,11 @@ async def forward_verbatim(request: web.Request) -> web.StreamResponse:
     if body:
         with contextlib.suppress(orjson.JSONDecodeError):
             parsed = orjson.loads(body)
-            named = azure_paths.model_in_path(request, state.router.upstreams)
-            if isinstance(parsed, dict) and named is not None:
-                model = named
-                body = orjson.dumps({**parsed, "model": model})
-            elif isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
-                model = parsed["model"]
+            named = azure_paths.with_model_in_path(request, state.router.upstreams, parsed)
+            if named is not parsed:
+                body = orjson.dumps(named)
+            if isinstance(named, dict) and isinstance(named.get("model"), str):
+                model = named["model"]
     tenant = tenant_of(request.headers, request.get(CLIENT)) or ANONYMOUS
     if model is not None:
         accounting.admit(state, tenant, model, can_downgrade=False)

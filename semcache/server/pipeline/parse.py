@@ -34,11 +34,7 @@ async def parse(x: Exchange) -> web.StreamResponse | None:
         body = orjson.loads((await x.request.read()).removeprefix(codecs.BOM_UTF8))
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
-    named = azure_paths.model_in_path(x.request, x.state.router.upstreams)
-    if named is not None and isinstance(body, dict):
-        # An Azure OpenAI client names the model by its deployment, in the path (its body's
-        # "model", when there is one, is that deployment's name too; Azure reads the path).
-        body = {**body, "model": named}
+    body = azure_paths.with_model_in_path(x.request, x.state.router.upstreams, body)
     headers = x.request.headers
     x.controls = Controls.from_headers(headers)
     x.priority, x.deferred = parse_priority(headers.get("X-Semcache-Priority"))
