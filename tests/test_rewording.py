@@ -6,7 +6,7 @@ fronted); they are served, and anything that changes who does what is still refu
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from semcache import CacheRequest, SemanticCache
@@ -113,4 +113,6 @@ def test_rewording_is_symmetric_and_never_raises(a: list[str], b: list[str]) -> 
 
 @given(st.text(max_size=200))
 def test_punctuation_and_case_are_no_rewording_of_their_own(text: str) -> None:
+    # Capitals that fold to another letter are another letter: Turkish "ı" is no "i".
+    assume(text.upper().casefold() == text.casefold())
     assert reworded(text, text) == reworded(text.upper() + " ?!", text)
