@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from itertools import takewhile
+from itertools import dropwhile, takewhile
 
 from semcache.embedding import LETTER_RUN, Reading, folded
 
@@ -90,7 +90,7 @@ _ANSWER_NO = re.compile(r"\s*no\s*[,.!]", re.IGNORECASE)
 # "paid", "sung", "struck", "shot", "cut".
 _PASSIVE = re.compile(
     r"\b(?:is|are|was|were|be|been|being|gets|got)\s+(?:\w+ly\s+)?"
-    r"\w+(?:ed|en|wn|lt|de|ght|id|ung|ck|ot|ut|it)\s+by\b",
+    r"(?P<participle>\w+(?:ed|en|wn|lt|de|ght|id|ung|ck|ot|ut|it))\s+by\b",
     re.IGNORECASE,
 )
 # Capitalised words that open clauses or are capitalised by convention, not names.
@@ -120,6 +120,9 @@ _STOPWORDS = frozenset(
 # which the guards read as one ("GPT-4" / "GPT-3").
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’]*(?:-[A-Za-z][A-Za-z0-9'’]*)*|\d[\d,.]*\d|\d")
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+# Single letters joined by dots: "U.S.", "F.B.I.", "e.g.". Read as one word ("US", "FBI"), so
+# that "U.N." is the "UN" that "United Nations" abbreviates, and its dots end no sentence.
+_DOTTED_LETTERS = re.compile(r"(?<![\w.])[A-Za-z](?:\.[A-Za-z])+\.?(?!\w)")
 _SENTENCE_END = re.compile(r"[.?!:;\n]")
 _QUOTED = re.compile(
     r'"([^"\n]{1,200})"|“([^”\n]{1,200})”|`([^`\n]{1,200})`|(?<!\w)\'([^\'\n]{2,200})\'(?!\w)'
@@ -140,10 +143,16 @@ class TextFeatures:
     passive: bool  # "B is backed by A" names A and B in the other order than "A backs B"
 
 
+def _undotted(text: str) -> str:
+    """``text`` with letters joined by dots written as one word (see :data:`_DOTTED_LETTERS`):
+    what the guards read words and names from."""
+    return _DOTTED_LETTERS.sub(lambda m: m.group().replace(".", ""), text)
+
+
 @lru_cache(maxsize=16384)
 def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
-    words = _WORD.findall(text)
+    words = _WORD.findall(_undotted(text))
     lowered = [_word_key(w) for w in words]
     numbers = tuple(dict.fromkeys(number for _, number in _numbers_found(text)))
     negations = (
@@ -154,7 +163,7 @@ def features(text: str) -> TextFeatures:
     quoted = frozenset(
         " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
     )
-    entities, names = _entities(text)
+    entities, names = _entities(_undotted(text))
     return TextFeatures(
         numbers=numbers,
         negations=negations,
@@ -445,14 +454,19 @@ def _entities(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     title_case = len(alphabetic) >= 4 and sum(w[0].isupper() for w in alphabetic) > 0.6 * len(
         alphabetic
     )
+    # In text not written in capitals, a common word in capitals is an acronym: "US", "IT".
+    capitals = [w for w in alphabetic if len(w) >= 2 and w.isupper()]
+    shouted = len(capitals) * 2 > len([w for w in alphabetic if len(w) >= 2])
     seen: dict[str, None] = {}
     occurrences: list[tuple[str, int]] = []
     for index, (written, opens_sentence) in enumerate(tokens):
         word = _name_head(written)
         lowered = _word_key(word)
-        if lowered in _NOT_ENTITIES or lowered in _STOPWORDS or not word[0].isalpha():
-            continue
         acronym = len(word) >= 2 and word.isupper()
+        common = lowered in _NOT_ENTITIES or lowered in _STOPWORDS
+        spelt_as_acronym = acronym and not shouted and lowered in _STOPWORDS
+        if not word[0].isalpha() or (common and not spelt_as_acronym):
+            continue
         mixed = any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
         capitalised = word[0].isupper() and not opens_sentence
         if acronym or mixed or (capitalised and not title_case):
@@ -704,7 +718,7 @@ def _swap(query: str, q: TextFeatures, candidate: str, c: TextFeatures) -> Reaso
     if (
         same_words
         and q.passive == c.passive
-        and _names_swapped(q, c)
+        and _names_swapped(*_without_shared_adjuncts(query, q, candidate, c))
         and not _symmetric_exchange(query, candidate)
         and not _names_kept_their_neighbours(query, q, candidate, c)
     ):
@@ -715,7 +729,87 @@ def _swap(query: str, q: TextFeatures, candidate: str, c: TextFeatures) -> Reaso
         return Reason.ORDER_MISMATCH
     if q.passive == c.passive and (reordered(query, candidate) or framed_swap(query, candidate)):
         return Reason.ORDER_MISMATCH
+    if q.passive and not c.passive and voice_swapped(query, candidate):
+        return Reason.ORDER_MISMATCH
+    if c.passive and not q.passive and voice_swapped(candidate, query):
+        return Reason.ORDER_MISMATCH
     return None
+
+
+# Words that open a clause inside a sentence: a subject before them is another clause's.
+_CLAUSE_OPENERS = frozenset("that which who whom whose where when while because if".split())  # noqa: SIM905
+_WH_WORDS = frozenset("which what whose whom who how".split())  # noqa: SIM905
+
+
+def voice_swapped(passive: str, active: str) -> bool:
+    """Whether the passive text gives the active one's roles the other way round: "Google was
+    bought by YouTube" / "Google bought YouTube", "the dog was bitten by the man" / "the dog
+    bit the man". The passive names its agent after "by" and its subject before the verb;
+    the active text names the agent first. Refused only when the active text has the same verb
+    ("bit" / "bitten"; "lost to" / "was defeated by" says the same with another) between a
+    subject word and an agent word, and every subject word it holds once stands before every
+    such agent word ("the suspect was arrested by police" / "police arrested the suspect"
+    keeps the roles). "By" and a verb in "-ing" say how, not who ("configured by passing
+    arguments")."""
+    match = _PASSIVE.search(passive)
+    if match is None:
+        return False
+    participle = match.group("participle").lower()
+    before = re.split(r"[.,;:!?()\[\]]", passive[: match.start()])[-1]
+    subject_tokens = tokens_of(before)
+    cut = max((i + 1 for i, t in enumerate(subject_tokens) if t in _CLAUSE_OPENERS), default=0)
+    subject = {t for t in subject_tokens[cut:] if _may_name_a_role(t)}
+    clause_after = tokens_of(re.split(r"[.,;:!?()\[\]]", passive[match.end() :])[0])
+    after = list(dropwhile(lambda t: t in _STOPWORDS, clause_after))
+    agent = {t for t in takewhile(lambda t: t not in _STOPWORDS, after) if _may_name_a_role(t)}
+    if after and after[0].endswith("ing"):
+        return False
+    tokens = tokens_of(active)
+    verbs = [i for i, t in enumerate(tokens) if _same_verb(t, participle)]
+    counts = Counter(tokens)
+    place = {t: i for i, t in enumerate(tokens) if counts[t] == 1}
+    # A question word fronts the object with its phrase: "which company did Google buy",
+    # "which quality of men do women like".
+    fronted: set[str] = set()
+    for i, token in enumerate(tokens):
+        if token in _WH_WORDS:
+            phrase = takewhile(lambda t: t not in _STOPWORDS or t == "of", tokens[i + 1 :])
+            fronted.update(phrase)
+    pairs = [
+        (place[s], place[a])
+        for s in subject - agent - fronted
+        for a in agent - subject
+        if s in place and a in place
+    ]
+    return (
+        bool(pairs)
+        and all(s < a for s, a in pairs)
+        and any(s < v < a for s, a in pairs for v in verbs)
+    )
+
+
+_NOT_ROLES = frozenset("never always often also already still just ever even only".split())  # noqa: SIM905
+
+
+def _may_name_a_role(token: str) -> bool:
+    """Whether ``token`` may be a subject's or an agent's word: no function word, pronoun or
+    adverb ("I've", "never", "quickly")."""
+    return not (
+        token in _STOPWORDS
+        or token in _NOT_ENTITIES
+        or token in _NOT_ROLES
+        or "'" in token
+        or token.endswith("ly")
+    )
+
+
+def _same_verb(word: str, participle: str) -> bool:
+    """Whether ``word`` is a form of the verb ``participle`` is ("bit", "bitten"; "arrests",
+    "arrested"): one of them opens the other, or they share their first four letters."""
+    shared = sum(
+        1 for _ in takewhile(lambda pair: pair[0] == pair[1], zip(word, participle, strict=False))
+    )
+    return shared >= 3 and (shared == min(len(word), len(participle)) or shared >= 4)
 
 
 _MAX_REORDERED = 40  # content words at most for the check below (it tries every block move)
@@ -1086,6 +1180,64 @@ def _names_swapped(q: TextFeatures, c: TextFeatures) -> bool:
     return False
 
 
+# Prepositions that open a phrase of place or time, which moves freely and names nobody's
+# role: "Apple unveiled the iPhone on Wednesday in San Francisco" / "On Wednesday in San
+# Francisco, Apple unveiled the iPhone".
+_ADJUNCT_PREPOSITIONS = frozenset(
+    "in on at during near inside outside throughout within since until".split()  # noqa: SIM905
+)
+
+
+def _without_shared_adjuncts(
+    query: str, q: TextFeatures, candidate: str, c: TextFeatures
+) -> tuple[TextFeatures, TextFeatures]:
+    """``q`` and ``c`` without the names that stand in a phrase of place or time found in both
+    texts, with the same preposition ("in San Francisco"): such a phrase says the same thing
+    wherever it stands, so only the other names' order tells a swap ("did Obama meet Putin in
+    Moscow" / "did Putin meet Obama in Moscow"). A name after the preposition in one text only,
+    or more often in one, still counts ("is Paris in France" / "is France in Paris")."""
+    found_q, found_c = _adjuncts(query, q), _adjuncts(candidate, c)
+    count_q, count_c = Counter(found_q.values()), Counter(found_c.values())
+    shared = {phrase for phrase, n in count_q.items() if count_c[phrase] == n}
+    if not shared:
+        return q, c
+
+    def kept(features: TextFeatures, found: dict[int, tuple[str, tuple[str, ...]]]) -> TextFeatures:
+        dropped = {
+            p
+            for start, phrase in found.items()
+            if phrase in shared
+            for p in range(start, start + len(phrase[1]))
+        }
+        names = tuple((name, p) for name, p in features.names if p not in dropped)
+        return dataclasses.replace(features, names=names)
+
+    return kept(q, found_q), kept(c, found_c)
+
+
+def _adjuncts(text: str, features: TextFeatures) -> dict[int, tuple[str, tuple[str, ...]]]:
+    """The names written together (nothing but spaces between them) right after a preposition
+    of place or time, by the first name's word position: (the preposition, the names)."""
+    matches = list(_WORD.finditer(_undotted(text)))
+    named = {position for _, position in features.names}
+    found = {}
+    for first in sorted(named):
+        preposition = _word_key(matches[first - 1].group()) if first else ""
+        if preposition not in _ADJUNCT_PREPOSITIONS:
+            continue
+        last = first
+        while (
+            last + 1 in named
+            and not matches[last].string[matches[last].end() : matches[last + 1].start()].strip()
+        ):
+            last += 1
+        found[first] = (
+            preposition,
+            tuple(_word_key(matches[p].group()) for p in range(first, last + 1)),
+        )
+    return found
+
+
 def _names_kept_their_neighbours(
     query: str, q: TextFeatures, candidate: str, c: TextFeatures
 ) -> bool:
@@ -1116,7 +1268,7 @@ _Neighbours = list[tuple[tuple[str, ...], set[str]]]  # per occurrence of a run 
 def _neighbours(text: str, features: TextFeatures) -> _Neighbours:
     """Each occurrence of a run of names, with its neighbouring words as ``"<word"`` (before
     it) and ``"word>"`` (after): the nearest on each side that is no function word."""
-    tokens = [_word_key(w) for w in _WORD.findall(text)]
+    tokens = [_word_key(w) for w in _WORD.findall(_undotted(text))]
     found: _Neighbours = []
     for run in _name_runs(features.names):
         first, last = run[0][1], run[-1][1]

@@ -160,6 +160,40 @@ PARAPHRASES = [
         '"We are very pleased with the results," the chief executive said.',
         "The chief executive said they were very pleased with the results.",
     ),
+    # An acronym written with dots is the acronym ("U.N." / "UN" / "United Nations"), and a
+    # phrase of place or time both texts hold moves freely (news).
+    (
+        "The U.N. Security Council voted to impose sanctions.",
+        "The United Nations Security Council voted to impose sanctions.",
+    ),
+    (
+        "The U.S. economy added 200,000 jobs in March.",
+        "The United States economy added 200,000 jobs in March.",
+    ),
+    (
+        "The FBI is investigating the attack, officials said.",
+        "Officials said the F.B.I. is investigating the attack.",
+    ),
+    (
+        "Apple unveiled its new iPhone on Wednesday in San Francisco.",
+        "On Wednesday in San Francisco, Apple introduced its new iPhone.",
+    ),
+    (
+        "About 300 people attended the funeral in Boston on Saturday.",
+        "Some 300 people attended Saturday's funeral in Boston.",
+    ),
+    # Active and passive with the roles kept; a question word fronts the object; another verb
+    # may say the same the other way round.
+    (
+        "Police arrested the suspect on Monday night.",
+        "The suspect was arrested by police on Monday night.",
+    ),
+    ("Which company did Google buy?", "Which company was bought by Google?"),
+    (
+        "Why did Hillary Clinton lose to Donald Trump?",
+        "Why was Hillary Clinton defeated by Donald Trump?",
+    ),
+    ("Can data loading be configured?", "Data loading can be configured by passing arguments."),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -292,7 +326,22 @@ SWAPS = [
         "How do I prepare for Advanced JEE after school?",
         Reason.ENTITY_MISMATCH,
     ),
-    ("In Paris, Smith met Jones.", "Jones met Smith in Paris.", Reason.ENTITY_MISMATCH),
+    ("In Paris, Smith met Jones.", "Jones met Smith in Paris.", Reason.ORDER_MISMATCH),
+    # ... a phrase of place both hold does not hide the others' swap, nor does a name after
+    # "in" in one text only.
+    ("Did Obama meet Putin in Moscow?", "Did Putin meet Obama in Moscow?", Reason.ENTITY_MISMATCH),
+    ("Is Paris in France?", "Is France in Paris?", Reason.ENTITY_MISMATCH),
+    (
+        "The Yankees beat the Red Sox at Fenway on Sunday.",
+        "On Sunday at Fenway, the Red Sox beat the Yankees.",
+        Reason.ENTITY_MISMATCH,
+    ),
+    # Active and passive with the roles the other way round.
+    ("Google bought YouTube.", "Google was bought by YouTube.", Reason.ORDER_MISMATCH),
+    ("The dog bit the man.", "The dog was bitten by the man.", Reason.ORDER_MISMATCH),
+    # A common word in capitals is an acronym, in text not written in capitals.
+    ("The U.S. sanctioned the U.K.", "The U.K. sanctioned the U.S.", Reason.ENTITY_MISMATCH),
+    ("Is the WHO reliable?", "Is the UN reliable?", Reason.ENTITY_MISMATCH),
     # A word against its negation by prefix or meaning.
     (
         "Is it possible to travel back in time?",
