@@ -854,10 +854,26 @@ def framed_swap(query: str, candidate: str) -> bool:
     if sorted(q) != sorted(c):
         return False
     differ = [i for i in range(len(q)) if q[i] != c[i]]
+    if _time_and_place_exchanged(q, differ):
+        return False  # "born in Sweden in 1947" / "born in 1947 in Sweden"
     run, moved = q[differ[0] : differ[-1] + 1], c[differ[0] : differ[-1] + 1]
     if not _STOPWORDS & set(run) and any(run[k:] + run[:k] == moved for k in range(len(run))):
         return False  # a phrase's words rotated: "quickly learn python" / "learn python quickly"
     return not _symmetric_exchange(query, candidate)  # "girls or the boys", "boys or the girls"
+
+
+def _time_and_place_exchanged(q: tuple[str, ...], differ: Sequence[int]) -> bool:
+    """Whether the two words that trade slots are a number and a word each after the same
+    preposition of place or time: when and where something happened, said in either order
+    ("in Sweden in 1947" / "in 1947 in Sweden"). A number and a name never trade roles."""
+    if len(differ) != 2 or min(differ) == 0:
+        return False
+    first, second = differ
+    return (
+        q[first - 1] == q[second - 1]
+        and q[first - 1] in _ADJUNCT_PREPOSITIONS
+        and q[first][:1].isdigit() != q[second][:1].isdigit()
+    )
 
 
 def _symmetric_exchange(query: str, candidate: str) -> bool:

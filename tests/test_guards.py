@@ -182,6 +182,11 @@ PARAPHRASES = [
         "About 300 people attended the funeral in Boston on Saturday.",
         "Some 300 people attended Saturday's funeral in Boston.",
     ),
+    # When and where, said in either order (word-swap pairs).
+    (
+        "Katz was born in Sweden in 1947 and moved to New York at the age of one.",
+        "Katz was born in 1947 in Sweden and moved to New York at the age of one.",
+    ),
     # Active and passive with the roles kept; a question word fronts the object; another verb
     # may say the same the other way round.
     (
@@ -336,6 +341,13 @@ SWAPS = [
         "On Sunday at Fenway, the Red Sox beat the Yankees.",
         Reason.ENTITY_MISMATCH,
     ),
+    # ... but two places are no time and a place.
+    (
+        "Smith was born in London and died in Paris.",
+        "Smith was born in Paris and died in London.",
+        Reason.ORDER_MISMATCH,
+    ),
+    ("Was he born in London in Ohio?", "Was he born in Ohio in London?", Reason.ORDER_MISMATCH),
     # Active and passive with the roles the other way round.
     ("Google bought YouTube.", "Google was bought by YouTube.", Reason.ORDER_MISMATCH),
     ("The dog bit the man.", "The dog was bitten by the man.", Reason.ORDER_MISMATCH),
