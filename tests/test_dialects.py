@@ -82,6 +82,20 @@ async def test_responses_tenants_apart_and_continuations_bypass(sidecar: Sidecar
     assert len(sidecar.upstream.calls("/v1/responses")) == 3
 
 
+async def test_responses_in_a_stored_conversation_bypass(sidecar: Sidecar) -> None:
+    """A conversation kept upstream prepends its items to the input and takes the answer in:
+    the same question later in it has another context, and an answer served from the cache
+    would be missing from it."""
+    client = responses_client(sidecar)
+    for _ in range(2):
+        answer = await client.responses.with_raw_response.create(
+            model=MODEL, input="And what about the second one?", conversation="conv_x"
+        )
+        assert answer.headers["X-Semcache"] == "bypass"
+    assert len(sidecar.upstream.calls("/v1/responses")) == 2
+    assert len(sidecar.cache) == 0
+
+
 async def test_a_cut_responses_stream_is_not_stored(sidecar: Sidecar) -> None:
     client = responses_client(sidecar)
     sidecar.upstream.script = [Behaviour(cut_after_chunks=4)]

@@ -3,7 +3,8 @@
 A request's ``input`` is a string or a list of items; the text compared is the last user
 message, and ``instructions``, the prior items and every field that changes the answer are the
 scope. ``previous_response_id`` continues a conversation stored upstream that the cache cannot
-see, so such a request bypasses the cache. A streamed answer is a sequence of typed events
+see, and ``conversation`` names one whose items the upstream prepends to the input and which
+takes the answer in, so such requests bypass the cache. A streamed answer is a sequence of typed events
 (``response.created`` … ``response.output_text.delta`` … ``response.completed``, each with an
 ``event:`` line); the completed response travels in the last one.
 
@@ -79,6 +80,8 @@ class Responses(Dialect):
                 raise InvalidRequestError(f"'input[{i}]' must be an object", field=f"input[{i}]")
         if body.get("previous_response_id") is not None:
             return Parsed(self, model, stream, True, None, "continues a stored response")
+        if body.get("conversation") is not None:
+            return Parsed(self, model, stream, True, None, "belongs to a stored conversation")
         last = items[-1]
         if last.get("role") != "user" or last.get("type", "message") != "message":
             return Parsed(self, model, stream, True, None, "the last input is not a user message")
