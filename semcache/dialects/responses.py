@@ -4,9 +4,10 @@ A request's ``input`` is a string or a list of items; the text compared is the l
 message, and ``instructions``, the prior items and every field that changes the answer are the
 scope. ``previous_response_id`` continues a conversation stored upstream that the cache cannot
 see, and ``conversation`` names one whose items the upstream prepends to the input and which
-takes the answer in, so such requests bypass the cache. A streamed answer is a sequence of typed events
-(``response.created`` … ``response.output_text.delta`` … ``response.completed``, each with an
-``event:`` line); the completed response travels in the last one.
+takes the answer in, so such requests bypass the cache. A streamed answer is a sequence of
+typed events (``response.created`` … ``response.output_text.delta`` …
+``response.completed``, each with an ``event:`` line); the completed response travels in the
+last one.
 
 A hit keeps the stored response's ``id``: it names a response the upstream stored for the same
 tenant, so a client may still continue from it with ``previous_response_id``.
