@@ -1126,8 +1126,9 @@ _MONTHS_AND_DAYS = frozenset(
 
 def _names_missing(text: TextFeatures, other: str) -> bool:
     """Whether a name in ``text`` is absent from ``other``: as a word, written together or
-    apart ("HuggingFace" / "Hugging Face"), spelt out ("ML" / "Machine Learning"), or, for a
-    month or a day, written short ("Oct." / "October")."""
+    apart ("HuggingFace" / "Hugging Face"), spelt out ("ML" / "Machine Learning"), in the
+    plural ("Sundays" / "Sunday", "iPhones" / "iPhone"), or, for a month or a day, written
+    short ("Oct." / "October")."""
     words = features(other).words
     squeezed = _squeezed(other)
     initials = "".join(_initials(other))
@@ -1138,8 +1139,17 @@ def _names_missing(text: TextFeatures, other: str) -> bool:
         and not (2 <= len(name) <= 6 and name.isalpha() and name in initials)
         and not (abbreviated.get(name, set()) & words)
         and not (name in _MONTHS_AND_DAYS and {name[:3], name[:4]} & words)
+        and not (len(name) > 4 and _singular(name) in words)
         for name in text.entities
     )
+
+
+def _singular(word: str) -> str:
+    """``word`` without the ending of an English plural ("Sundays", "iPhones", "Churches"),
+    or as it is."""
+    if word.endswith(("ches", "shes", "sses", "xes")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
 
 
 def _abbreviations(text: TextFeatures) -> dict[str, set[str]]:

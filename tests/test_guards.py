@@ -199,6 +199,8 @@ PARAPHRASES = [
         "Why was Hillary Clinton defeated by Donald Trump?",
     ),
     ("Can data loading be configured?", "Data loading can be configured by passing arguments."),
+    # A name in the plural is the name (a support question).
+    ("What are the opening hours on Sunday?", "When are you open on Sundays?"),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
