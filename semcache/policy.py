@@ -143,16 +143,22 @@ class TextFeatures:
     passive: bool  # "B is backed by A" names A and B in the other order than "A backs B"
 
 
-def _undotted(text: str) -> str:
-    """``text`` with letters joined by dots written as one word (see :data:`_DOTTED_LETTERS`):
-    what the guards read words and names from."""
-    return _DOTTED_LETTERS.sub(lambda m: m.group().replace(".", ""), text)
+_DEGREES = re.compile(r"°\s?([CF])\b")
+_SCALES = {"C": "Celsius", "F": "Fahrenheit"}
+
+
+def _spelt_alike(text: str) -> str:
+    """``text`` as the guards read its words and names: letters joined by dots as one word (see
+    :data:`_DOTTED_LETTERS`), and degrees with their scale spelt out ("30°C" is "30 degrees
+    Celsius")."""
+    text = _DOTTED_LETTERS.sub(lambda m: m.group().replace(".", ""), text)
+    return _DEGREES.sub(lambda m: f" degrees {_SCALES[m.group(1)]}", text)
 
 
 @lru_cache(maxsize=16384)
 def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
-    words = _WORD.findall(_undotted(text))
+    words = _WORD.findall(_spelt_alike(text))
     lowered = [_word_key(w) for w in words]
     numbers = tuple(dict.fromkeys(number for _, number in _numbers_found(text)))
     negations = (
@@ -163,7 +169,7 @@ def features(text: str) -> TextFeatures:
     quoted = frozenset(
         " ".join(next(g for g in m if g).split()).lower() for m in _QUOTED.findall(text)
     )
-    entities, names = _entities(_undotted(text))
+    entities, names = _entities(_spelt_alike(text))
     return TextFeatures(
         numbers=numbers,
         negations=negations,
@@ -215,6 +221,8 @@ def _numbers_found(text: str) -> list[tuple[int, str]]:
     digits: dict[int, float] = {}  # numbers written in digits, by position
     found: list[tuple[int, str]] = []  # and digit runs that are no number: "2.10.0"
     for m in _DIGITS.finditer(text):
+        if m.group() == "00" and text[m.start() - 1 : m.start()] == ":":
+            continue  # "9:00" is 9 o'clock: "9 am", "9:00 am"
         if not _LIST_MARKER.match(text, m.start()):
             try:
                 digits[m.start()] = float(m.group().replace(",", ""))
@@ -223,10 +231,26 @@ def _numbers_found(text: str) -> list[tuple[int, str]]:
     found += _number_values(text, digits)
     # One written as a word, alone, is what "a", "an" and "the" say too ("use one column" / "use
     # a single column"; "the first step" / "the initial step"); beside another number ("one or
-    # two") it counts.
+    # two") it counts. "1st" is "first", but in a date it is 1 ("January 1st", "January 1").
     if all(n == "1" for _, n in found):
-        found = [(at, n) for at, n in found if text[at].isdigit()]
+        found = [
+            (at, n)
+            for at, n in found
+            if text[at].isdigit()
+            and (text[at + 1 : at + 3].lower() != "st" or _after_a_month(text, at))
+        ]
     return sorted(found)
+
+
+_WORD_BEFORE = re.compile(r"([A-Za-z]+)\.?\s*$")
+
+
+def _after_a_month(text: str, position: int) -> bool:
+    """Whether the word right before ``position`` names a month ("Jan", "January")."""
+    before = _WORD_BEFORE.search(text, 0, position)
+    return before is not None and any(
+        month.startswith(before.group(1).lower()) and len(before.group(1)) >= 3 for month in _MONTHS
+    )
 
 
 def _numbers_moved_with_their_words(query: str, candidate: str) -> bool:
@@ -1118,9 +1142,11 @@ def _reported(quote: str, other: str) -> bool:
 
 # Months and days are names that news writes short, by their first three or four letters:
 # "Oct. 5" is "October 5", "Sept." September, "Tues." Tuesday.
-_MONTHS_AND_DAYS = frozenset(
-    "january february march april june july august september october november december "  # noqa: SIM905
-    "monday tuesday wednesday thursday friday saturday sunday".split()
+_MONTHS = frozenset(
+    "january february march april may june july august september october november december".split()  # noqa: SIM905
+)
+_MONTHS_AND_DAYS = (_MONTHS - {"may"}) | frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday".split()  # noqa: SIM905
 )
 
 
@@ -1244,7 +1270,7 @@ def _without_shared_adjuncts(
 def _adjuncts(text: str, features: TextFeatures) -> dict[int, tuple[str, tuple[str, ...]]]:
     """The names written together (nothing but spaces between them) right after a preposition
     of place or time, by the first name's word position: (the preposition, the names)."""
-    matches = list(_WORD.finditer(_undotted(text)))
+    matches = list(_WORD.finditer(_spelt_alike(text)))
     named = {position for _, position in features.names}
     found = {}
     for first in sorted(named):
@@ -1294,7 +1320,7 @@ _Neighbours = list[tuple[tuple[str, ...], set[str]]]  # per occurrence of a run 
 def _neighbours(text: str, features: TextFeatures) -> _Neighbours:
     """Each occurrence of a run of names, with its neighbouring words as ``"<word"`` (before
     it) and ``"word>"`` (after): the nearest on each side that is no function word."""
-    tokens = [_word_key(w) for w in _WORD.findall(_undotted(text))]
+    tokens = [_word_key(w) for w in _WORD.findall(_spelt_alike(text))]
     found: _Neighbours = []
     for run in _name_runs(features.names):
         first, last = run[0][1], run[-1][1]

@@ -199,6 +199,10 @@ PARAPHRASES = [
         "Why was Hillary Clinton defeated by Donald Trump?",
     ),
     ("Can data loading be configured?", "Data loading can be configured by passing arguments."),
+    # A time on the hour with or without its minutes; "1st" is "first".
+    ("The store opens at 9 AM.", "The store opens at 9:00 am."),
+    ("He finished 1st in the race.", "He finished first in the race."),
+    ("Bake it at 180°C for an hour.", "Bake it at 180 degrees Celsius for an hour."),
     # A name in the plural is the name (a support question).
     ("What are the opening hours on Sunday?", "When are you open on Sundays?"),
     # A quoted name the other text names without quotes.
@@ -249,6 +253,9 @@ SWAPS = [
         Reason.ENTITY_MISMATCH,
     ),
     ("Is 7 a prime number?", "Is 9 a prime number?", Reason.NUMBER_MISMATCH),
+    ("The store opens at 9:00.", "The store opens at 9:30.", Reason.NUMBER_MISMATCH),
+    ("Bake it at 180°C.", "Bake it at 180°F.", Reason.ENTITY_MISMATCH),
+    ("He finished 1st in the race.", "He finished 2nd in the race.", Reason.NUMBER_MISMATCH),
     ("Why is my Note 4 overheating?", "Why is my Note 14 overheating?", Reason.NUMBER_MISMATCH),
     ("Revenue rose to $3 billion.", "Revenue rose to $3 million.", Reason.NUMBER_MISMATCH),
     ("two hundred people came", "three hundred people came", Reason.NUMBER_MISMATCH),
