@@ -742,7 +742,7 @@ def _swap(query: str, q: TextFeatures, candidate: str, c: TextFeatures) -> Reaso
     if (
         same_words
         and q.passive == c.passive
-        and _names_swapped(*_without_shared_adjuncts(query, q, candidate, c))
+        and _names_swapped(*_role_names(query, q, candidate, c))
         and not _symmetric_exchange(query, candidate)
         and not _names_kept_their_neighbours(query, q, candidate, c)
     ):
@@ -1240,31 +1240,59 @@ _ADJUNCT_PREPOSITIONS = frozenset(
 )
 
 
-def _without_shared_adjuncts(
+def _role_names(
     query: str, q: TextFeatures, candidate: str, c: TextFeatures
 ) -> tuple[TextFeatures, TextFeatures]:
-    """``q`` and ``c`` without the names that stand in a phrase of place or time found in both
-    texts, with the same preposition ("in San Francisco"): such a phrase says the same thing
-    wherever it stands, so only the other names' order tells a swap ("did Obama meet Putin in
-    Moscow" / "did Putin meet Obama in Moscow"). A name after the preposition in one text only,
-    or more often in one, still counts ("is Paris in France" / "is France in Paris")."""
+    """``q`` and ``c`` with only the names whose order can say who does what to whom: without
+    those that stand in a phrase of place or time found in both texts, with the same
+    preposition ("in San Francisco"), and without the one day or month both texts name
+    ("died Sunday at his home in Los Angeles" / "died at his Los Angeles home on Sunday").
+    Such a phrase or date says the same thing wherever it stands, so only the other names'
+    order tells a swap ("did Obama meet Putin in Moscow" / "did Putin meet Obama in Moscow").
+    A name after the preposition in one text only, or more often in one, still counts ("is
+    Paris in France" / "is France in Paris"), as do two days ("from Monday to Friday")."""
     found_q, found_c = _adjuncts(query, q), _adjuncts(candidate, c)
     count_q, count_c = Counter(found_q.values()), Counter(found_c.values())
     shared = {phrase for phrase, n in count_q.items() if count_c[phrase] == n}
-    if not shared:
+    dates_q, dates_c = _lone_dates(query, q), _lone_dates(candidate, c)
+    same_date = len(set(dates_q.values())) == 1 and set(dates_q.values()) == set(dates_c.values())
+    if not shared and not same_date:
         return q, c
 
-    def kept(features: TextFeatures, found: dict[int, tuple[str, tuple[str, ...]]]) -> TextFeatures:
+    def kept(
+        features: TextFeatures,
+        found: dict[int, tuple[str, tuple[str, ...]]],
+        dates: dict[int, str],
+    ) -> TextFeatures:
         dropped = {
             p
             for start, phrase in found.items()
             if phrase in shared
             for p in range(start, start + len(phrase[1]))
         }
+        if same_date:
+            dropped |= dates.keys()
         names = tuple((name, p) for name, p in features.names if p not in dropped)
         return dataclasses.replace(features, names=names)
 
-    return kept(q, found_q), kept(c, found_c)
+    return kept(q, found_q, dates_q), kept(c, found_c, dates_c)
+
+
+def _lone_dates(text: str, features: TextFeatures) -> dict[int, str]:
+    """The days and months named on their own, by word position: no other name and no number
+    beside them ("on Sunday", not "Black Friday" or "September 27")."""
+    tokens = _WORD.findall(_spelt_alike(text))
+    named = {position for _, position in features.names}
+    return {
+        position: _word_key(name)
+        for name, position in features.names
+        if _word_key(name) in _MONTHS_AND_DAYS
+        and not {position - 1, position + 1} & named
+        and not any(
+            0 <= near < len(tokens) and tokens[near][:1].isdigit()
+            for near in (position - 1, position + 1)
+        )
+    }
 
 
 def _adjuncts(text: str, features: TextFeatures) -> dict[int, tuple[str, tuple[str, ...]]]:

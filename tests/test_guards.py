@@ -205,6 +205,11 @@ PARAPHRASES = [
     ("Bake it at 180°C for an hour.", "Bake it at 180 degrees Celsius for an hour."),
     # A name in the plural is the name (a support question).
     ("What are the opening hours on Sunday?", "When are you open on Sundays?"),
+    # The one day both texts name moves freely too.
+    (
+        "The 52-year-old actor died Sunday at his home in Los Angeles.",
+        "The actor, 52, died at his Los Angeles home on Sunday.",
+    ),
     # A quoted name the other text names without quotes.
     (
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
@@ -357,6 +362,11 @@ SWAPS = [
         Reason.ORDER_MISMATCH,
     ),
     ("Was he born in London in Ohio?", "Was he born in Ohio in London?", Reason.ORDER_MISMATCH),
+    (
+        "Is the store open from Monday to Friday?",
+        "Is it open from Friday to Monday?",
+        Reason.ENTITY_MISMATCH,
+    ),
     # Active and passive with the roles the other way round.
     ("Google bought YouTube.", "Google was bought by YouTube.", Reason.ORDER_MISMATCH),
     ("The dog bit the man.", "The dog was bitten by the man.", Reason.ORDER_MISMATCH),
