@@ -1065,7 +1065,9 @@ def reworded(query: str, candidate: str) -> bool:
 def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
     """Whether ``c`` is ``q`` cut in two and put back the other way round, where one of the
     two parts is a clause or phrase that moves whole: it opens with a subordinating word or a
-    preposition, or is who said it ("officials said")."""
+    preposition, or is who said it ("officials said"); or one of them is the other with a
+    phrase of place or time taken from within and put first ("the court agreed on Monday to
+    hear the case" / "on Monday, the court agreed to hear the case")."""
     n = len(q)
     for i in range(2, n - 1):
         head, tail = q[:i], q[i:]
@@ -1076,7 +1078,27 @@ def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
             or tail[-1] in _REPORTING
         ):
             return True
+    return _phrase_moved_to_an_end(q, c) or _phrase_moved_to_an_end(c, q)
+
+
+def _phrase_moved_to_an_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
+    """Whether ``c`` is ``q`` with a phrase of place or time of two to five words (see
+    :data:`_ADJUNCT_PREPOSITIONS`) taken from between its first and last words and put first.
+    (Put last, it may only have traded places with the phrase that ended the sentence: "in
+    India in June" / "in June in India" is fine, "in Maharashtra in India" / "in India in
+    Maharashtra" is not.)"""
+    n = len(q)
+    for i in range(1, n - 2):
+        if q[i] not in _ADJUNCT_PREPOSITIONS or _ADJUNCT_PREPOSITIONS & set(q[max(0, i - 3) : i]):
+            continue  # one of stacked phrases ("in The Catcher in the Rye") is no phrase alone
+        for j in range(i + 2, min(i + _MOVED_PHRASE, n - 1) + 1):
+            phrase, rest = q[i:j], q[:i] + q[j:]
+            if c == phrase + rest:
+                return True
     return False
+
+
+_MOVED_PHRASE = 5  # words at most in a phrase moved from within to an end
 
 
 def _nouns_exchanged(q: tuple[str, ...], c: tuple[str, ...]) -> bool:

@@ -39,6 +39,11 @@ REWORDINGS = [
         "Is it a problem when a laptop runs out of power?",
         "When a laptop runs out of power, is it a problem?",
     ),
+    # A phrase of place or time taken from within and put first (news).
+    (
+        "The Supreme Court agreed on Monday to hear the case.",
+        "On Monday, the Supreme Court agreed to hear the case.",
+    ),
     # Two noun phrases joined by "and" exchanged.
     ("A man and a woman are dancing.", "A woman and a man are dancing."),
 ]
@@ -55,6 +60,12 @@ NOT_REWORDINGS = [
     ("Google bought YouTube last year.", "YouTube last year Google bought."),
     ("The cat and my dog are asleep.", "The dog and my cat are asleep."),
     ("He ate and then left.", "He left and then ate."),
+    # One of two stacked phrases put first, or a phrase moved to the end past another.
+    (
+        "In The Catcher in the Rye, what is Holden Caulfield's personality like?",
+        "In The Rye in the Catcher, what is Holden Caulfield's personality like?",
+    ),
+    ("Where can I stay in Maharashtra in India?", "Where can I stay in India in Maharashtra?"),
     # Ordinals and fractions are no spelt cardinals.
     ("A third of the students passed.", "Three of the students passed."),
     ("Half of the votes were counted.", "0.5 of the votes were counted."),
