@@ -242,12 +242,15 @@ def _numbers_found(text: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+_LONGEST_MONTH = len("september. ")
 _WORD_BEFORE = re.compile(r"([A-Za-z]+)\.?\s*$")
 
 
 def _after_a_month(text: str, position: int) -> bool:
-    """Whether the word right before ``position`` names a month ("Jan", "January")."""
-    before = _WORD_BEFORE.search(text, 0, position)
+    """Whether the word right before ``position`` names a month ("Jan", "January"). Only the
+    few characters before it are read: a search back from the end of a long text would try
+    every start."""
+    before = _WORD_BEFORE.search(text[max(0, position - _LONGEST_MONTH) : position])
     return before is not None and any(
         month.startswith(before.group(1).lower()) and len(before.group(1)) >= 3 for month in _MONTHS
     )
