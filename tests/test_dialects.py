@@ -96,6 +96,21 @@ async def test_responses_in_a_stored_conversation_bypass(sidecar: Sidecar) -> No
     assert len(sidecar.cache) == 0
 
 
+async def test_responses_with_a_stored_prompt_are_cached_only_at_a_pinned_version(
+    sidecar: Sidecar,
+) -> None:
+    """A stored prompt named without a version is its latest one, which may change upstream at
+    any time: an answer made with the old one would be served after the edit."""
+    client = responses_client(sidecar)
+    kinds = []
+    for prompt in ({"id": "pmpt_x"}, {"id": "pmpt_x"}, {"id": "pmpt_x", "version": "2"}) * 2:
+        answer = await client.responses.with_raw_response.create(
+            model=MODEL, input="What is the capital of France?", prompt=prompt
+        )
+        kinds.append(answer.headers["X-Semcache"])
+    assert kinds == ["bypass", "bypass", "miss", "bypass", "bypass", "hit"]
+
+
 async def test_a_cut_responses_stream_is_not_stored(sidecar: Sidecar) -> None:
     client = responses_client(sidecar)
     sidecar.upstream.script = [Behaviour(cut_after_chunks=4)]

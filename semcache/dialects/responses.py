@@ -4,10 +4,12 @@ A request's ``input`` is a string or a list of items; the text compared is the l
 message, and ``instructions``, the prior items and every field that changes the answer are the
 scope. ``previous_response_id`` continues a conversation stored upstream that the cache cannot
 see, and ``conversation`` names one whose items the upstream prepends to the input and which
-takes the answer in, so such requests bypass the cache. A streamed answer is a sequence of
-typed events (``response.created`` … ``response.output_text.delta`` …
-``response.completed``, each with an ``event:`` line); the completed response travels in the
-last one.
+takes the answer in, so such requests bypass the cache; so does one naming a stored
+``prompt`` without its ``version`` (the latest, which may change upstream at any time).
+
+A streamed answer is a sequence of typed events (``response.created`` …
+``response.output_text.delta`` … ``response.completed``, each with an ``event:`` line); the
+completed response travels in the last one.
 
 A hit keeps the stored response's ``id``: it names a response the upstream stored for the same
 tenant, so a client may still continue from it with ``previous_response_id``.
@@ -83,6 +85,9 @@ class Responses(Dialect):
             return Parsed(self, model, stream, True, None, "continues a stored response")
         if body.get("conversation") is not None:
             return Parsed(self, model, stream, True, None, "belongs to a stored conversation")
+        stored_prompt = body.get("prompt")
+        if isinstance(stored_prompt, dict) and stored_prompt.get("version") is None:
+            return Parsed(self, model, stream, True, None, "names a stored prompt's latest version")
         last = items[-1]
         if last.get("role") != "user" or last.get("type", "message") != "message":
             return Parsed(self, model, stream, True, None, "the last input is not a user message")
