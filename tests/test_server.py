@@ -317,6 +317,21 @@ async def test_tool_results_bypass_the_cache(sidecar: Sidecar) -> None:
     assert len(sidecar.upstream.calls()) == 2 and len(sidecar.cache) == 0
 
 
+async def test_a_web_search_bypasses_the_cache(sidecar: Sidecar) -> None:
+    """A request that asks the model to search the web asks for what is true now: an answer
+    found last week is no answer to it."""
+    client = sidecar.client()
+    for _ in range(2):
+        response = await client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What is the latest news about the euro?"}],
+            web_search_options={},
+        )
+        assert response.headers["X-Semcache"] == "bypass"
+        assert "web" in response.headers["X-Semcache-Reason"]
+    assert len(sidecar.upstream.calls()) == 2 and len(sidecar.cache) == 0
+
+
 async def test_cache_control_headers(sidecar: Sidecar) -> None:
     client = sidecar.client()
     r = await client.chat.completions.with_raw_response.create(

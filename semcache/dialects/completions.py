@@ -186,7 +186,9 @@ def text_of(content: object) -> str | None:
 class ChatCompletions(_Choices):
     """``POST /v1/chat/completions``. The text compared is the last user message; the scope
     covers the model, every other field that changes the answer (system prompt, tools,
-    sampling parameters, response format …) and the prior turns, verbatim."""
+    sampling parameters, response format …) and the prior turns, verbatim. A request that
+    searches the web (``web_search_options``) bypasses the cache, as one with the Responses
+    API's web search does (its answer, holding a search call, is never stored)."""
 
     name = "chat"
     path = "/v1/chat/completions"
@@ -209,6 +211,8 @@ class ChatCompletions(_Choices):
         prompt = None
         if last["role"] != "user":
             bypass = f"the last message is from {last['role']!r}, not the user"
+        elif body.get("web_search_options") is not None:
+            bypass = "it searches the web: what it finds is of the moment"
         else:
             prompt = text_of(last.get("content"))
             if prompt is None:
