@@ -156,9 +156,16 @@ def _spelt_alike(text: str) -> str:
 
 
 @lru_cache(maxsize=16384)
+def _words_read(text: str) -> tuple[re.Match[str], ...]:
+    """The words of ``text`` as the guards read them (:func:`_spelt_alike`), in order; a name's
+    position is its index here (memoised: several guards read the same text)."""
+    return tuple(_WORD.finditer(_spelt_alike(text)))
+
+
+@lru_cache(maxsize=16384)
 def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
-    words = _WORD.findall(_spelt_alike(text))
+    words = [m.group() for m in _words_read(text)]
     lowered = [_word_key(w) for w in words]
     numbers = tuple(dict.fromkeys(number for _, number in _numbers_found(text)))
     negations = (
@@ -251,9 +258,8 @@ def _after_a_month(text: str, position: int) -> bool:
     few characters before it are read: a search back from the end of a long text would try
     every start."""
     before = _WORD_BEFORE.search(text[max(0, position - _LONGEST_MONTH) : position])
-    return before is not None and any(
-        month.startswith(before.group(1).lower()) and len(before.group(1)) >= 3 for month in _MONTHS
-    )
+    word = "" if before is None else before.group(1).lower()
+    return len(word) >= 3 and any(month.startswith(word) for month in _MONTHS)
 
 
 def _numbers_moved_with_their_words(query: str, candidate: str) -> bool:
@@ -591,7 +597,6 @@ def swapped_order(query: str, candidate: str) -> bool:
 # and A". Determiners are one word for context: "the A" and "a A" stand in the same slot.
 _COORDINATORS = frozenset(["and", "or", "nor", "vs", "versus", "plus"])
 _COORDINATED_GAP = 3  # words at most between two joined things: "A and B", "A gas and B gas"
-_CLAUSE_END = re.compile(r"[.,;:!?()\[\]]")
 _DETERMINERS = frozenset(["a", "an", "the", "this", "that", "these", "those"])
 _EXCHANGED_CONTEXTS = 3  # of the four neighbours two units have: both left, both right
 # Words between two things that leave their roles as they were: "how important is money" is
@@ -782,11 +787,11 @@ def voice_swapped(passive: str, active: str) -> bool:
     if match is None:
         return False
     participle = match.group("participle").lower()
-    before = re.split(r"[.,;:!?()\[\]]", passive[: match.start()])[-1]
+    before = _CLAUSE_END.split(passive[: match.start()])[-1]
     subject_tokens = tokens_of(before)
     cut = max((i + 1 for i, t in enumerate(subject_tokens) if t in _CLAUSE_OPENERS), default=0)
     subject = {t for t in subject_tokens[cut:] if _may_name_a_role(t)}
-    clause_after = tokens_of(re.split(r"[.,;:!?()\[\]]", passive[match.end() :])[0])
+    clause_after = tokens_of(_CLAUSE_END.split(passive[match.end() :])[0])
     after = list(dropwhile(lambda t: t in _STOPWORDS, clause_after))
     agent = {t for t in takewhile(lambda t: t not in _STOPWORDS, after) if _may_name_a_role(t)}
     if after and after[0].endswith("ing"):
@@ -1081,10 +1086,10 @@ def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
             or tail[-1] in _REPORTING
         ):
             return True
-    return _phrase_moved_to_an_end(q, c) or _phrase_moved_to_an_end(c, q)
+    return _phrase_moved_to_front(q, c) or _phrase_moved_to_front(c, q)
 
 
-def _phrase_moved_to_an_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
+def _phrase_moved_to_front(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
     """Whether ``c`` is ``q`` with a phrase of place or time of two to five words (see
     :data:`_ADJUNCT_PREPOSITIONS`) taken from between its first and last words and put first.
     (Put last, it may only have traded places with the phrase that ended the sentence: "in
@@ -1101,7 +1106,7 @@ def _phrase_moved_to_an_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
     return False
 
 
-_MOVED_PHRASE = 5  # words at most in a phrase moved from within to an end
+_MOVED_PHRASE = 5  # words at most in a phrase moved from within to the front
 
 
 def _nouns_exchanged(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
@@ -1306,7 +1311,7 @@ def _role_names(
 def _lone_dates(text: str, features: TextFeatures) -> dict[int, str]:
     """The days and months named on their own, by word position: no other name and no number
     beside them ("on Sunday", not "Black Friday" or "September 27")."""
-    tokens = _WORD.findall(_spelt_alike(text))
+    tokens = [m.group() for m in _words_read(text)]
     named = {position for _, position in features.names}
     return {
         position: _word_key(name)
@@ -1323,7 +1328,7 @@ def _lone_dates(text: str, features: TextFeatures) -> dict[int, str]:
 def _adjuncts(text: str, features: TextFeatures) -> dict[int, tuple[str, tuple[str, ...]]]:
     """The names written together (nothing but spaces between them) right after a preposition
     of place or time, by the first name's word position: (the preposition, the names)."""
-    matches = list(_WORD.finditer(_spelt_alike(text)))
+    matches = _words_read(text)
     named = {position for _, position in features.names}
     found = {}
     for first in sorted(named):
@@ -1373,7 +1378,7 @@ _Neighbours = list[tuple[tuple[str, ...], set[str]]]  # per occurrence of a run 
 def _neighbours(text: str, features: TextFeatures) -> _Neighbours:
     """Each occurrence of a run of names, with its neighbouring words as ``"<word"`` (before
     it) and ``"word>"`` (after): the nearest on each side that is no function word."""
-    tokens = [_word_key(w) for w in _WORD.findall(_spelt_alike(text))]
+    tokens = [_word_key(m.group()) for m in _words_read(text)]
     found: _Neighbours = []
     for run in _name_runs(features.names):
         first, last = run[0][1], run[-1][1]
