@@ -215,6 +215,11 @@ PARAPHRASES = [
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
         "The `Table` class has a `to_batches` method which turns it into RecordBatch objects.",
     ),
+    # Opposites both texts hold, or one holds both of: nothing is turned round.
+    ("What were the highs and lows of the market?", "What were the market's highs and lows?"),
+    ("Should I eat before or after a workout?", "Is it better to eat after a workout?"),
+    ("What led to the rise and fall of Rome?", "Why did Rome rise and then fall?"),
+    ("How many hours a day should I sleep?", "How many hours of sleep a night do I need?"),
 ]
 
 SWAPS = [
@@ -421,6 +426,36 @@ SWAPS = [
         "How much do All-on-14 dental implants cost?",
         Reason.NUMBER_MISMATCH,
     ),
+    # A word where the other text has its opposite: a direction, a movement, a side of a trade,
+    # a time, a sex or a kin.
+    (
+        "Heavy rain caused flooding across southern England.",
+        "Heavy rain caused flooding across northern England.",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    (
+        "Shares of Tesla rose 5% on Tuesday.",
+        "Tesla shares fell 5% on Tuesday.",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    ("Where can I buy used books?", "Where can I sell used books?", Reason.OPPOSITE_MISMATCH),
+    (
+        "How can I gain weight quickly?",
+        "How could I lose weight quickly?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    (
+        "Can I change my delivery address after ordering?",
+        "Can I change my delivery address before ordering?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    ("What do women want in a man?", "What do men want in a woman?", Reason.OPPOSITE_MISMATCH),
+    (
+        "What are the best productivity hacks?",
+        "What are the worst productivity hacks?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    ("How do I deposit a cheque?", "How do I withdraw a cheque?", Reason.OPPOSITE_MISMATCH),
 ]
 
 
