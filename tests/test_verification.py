@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -271,3 +274,40 @@ def test_a_cross_encoder_verifier_loads_offline_and_gives_probabilities(tmp_path
         c.put("is it raining in paris", "yes")
         decision = c.lookup(CacheRequest(prompt="is it raining in paris today", min_confidence=0))
         assert decision.hit is not None and decision.confidence is not None
+
+
+def _training_script() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "models" / "verifier" / "train.py"
+    spec = importlib.util.spec_from_file_location("verifier_train", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_ensemble_folds_into_one_network_whose_logit_is_the_members_mean() -> None:
+    fold = _training_script().fold
+    rng = np.random.default_rng(1)
+    width, shapes = 12, [(12, 5), (5, 3), (3, 1)]
+    members = [
+        ([rng.standard_normal(s).astype(np.float32) for s in shapes],
+         [rng.standard_normal(s[1]).astype(np.float32) for s in shapes])
+        for _ in range(3)
+    ]  # fmt: skip
+
+    def network(
+        weights: Sequence[NDArray[np.float32]], biases: Sequence[NDArray[np.float32]]
+    ) -> PairVerifier:
+        return PairVerifier(
+            name="n", embedder="e", weights=weights, biases=biases,
+            mean=np.zeros(width, np.float32), scale=np.ones(width, np.float32),
+        )  # fmt: skip
+
+    x = rng.standard_normal((7, width)).astype(np.float32)
+    folded = network(*fold([m[0] for m in members], [m[1] for m in members]))
+    expected = np.mean([network(*m).logits(x) for m in members], axis=0)
+    assert [w.shape for w in folded.weights] == [(12, 15), (15, 9), (9, 1)]
+    assert np.allclose(folded.logits(x), expected, atol=1e-5)
+    single = fold([members[0][0]], [members[0][1]])
+    assert np.allclose(network(*single).logits(x), network(*members[0]).logits(x))

@@ -470,6 +470,30 @@ def fit(
     return matrices, biases, mean.astype(np.float32), scale.astype(np.float32), best[1]
 
 
+def fold(
+    layers: Sequence[list[np.ndarray]], biases: Sequence[list[np.ndarray]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One network whose logit is the mean of several of the same shape: the first layers side
+    by side, the hidden ones block-diagonal, the last averaged."""
+    if len(layers) == 1:
+        return list(layers[0]), list(biases[0])
+    n, depth = len(layers), len(layers[0])
+    out_w = [np.hstack([m[0] for m in layers])]
+    out_b = [np.concatenate([b[0] for b in biases])]
+    for i in range(1, depth - 1):
+        rows = sum(m[i].shape[0] for m in layers)
+        block = np.zeros((rows, sum(m[i].shape[1] for m in layers)), dtype=np.float32)
+        r = c = 0
+        for m in layers:
+            block[r : r + m[i].shape[0], c : c + m[i].shape[1]] = m[i]
+            r, c = r + m[i].shape[0], c + m[i].shape[1]
+        out_w.append(block)
+        out_b.append(np.concatenate([b[i] for b in biases]))
+    out_w.append(np.vstack([m[-1] for m in layers]) / n)
+    out_b.append(np.mean([b[-1] for b in biases], axis=0))
+    return out_w, out_b
+
+
 def fit_cross_encoder(
     train: Sequence[Example],
     valid: Sequence[Example],
@@ -618,6 +642,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 64], help="mlp layers")
     parser.add_argument(
+        "--ensemble", type=int, default=1,
+        help="mlp: networks trained from consecutive seeds, averaged (folded into one network)",
+    )  # fmt: skip
+    parser.add_argument(
         "--from-checkpoint",
         type=Path,
         help="cross: calibrate this fine-tuned model instead of training one",
@@ -700,11 +728,21 @@ def main() -> None:
         out = args.out or HERE / "multi-mlp-v2.npz"
         x_train, y_train = featurize(train, embedder), np.array([e[2] for e in train])
         x_valid = featurize(valid, embedder)
-        layers, biases, mean, scale, epoch = fit(
-            (x_train, y_train), (x_valid, y_valid), hidden=args.hidden,
-            epochs=int(args.epochs or 12), seed=args.seed, weights=weights,
-            valid_weights=valid_weights,
-        )  # fmt: skip
+        members = [
+            fit(
+                (x_train, y_train),
+                (x_valid, y_valid),
+                hidden=args.hidden,
+                epochs=int(args.epochs or 12),
+                seed=args.seed + k,
+                weights=weights,
+                valid_weights=valid_weights,
+            )
+            for k in range(args.ensemble)
+        ]
+        layers, biases = fold([m[0] for m in members], [m[1] for m in members])
+        mean, scale = members[0][2], members[0][3]  # the same training data: the same scaling
+        epoch = [m[4] for m in members] if args.ensemble > 1 else members[0][4]
         verifier = PairVerifier(
             name=out.stem, embedder=embedder.name, weights=layers, biases=biases, mean=mean,
             scale=scale, min_similarity=args.floor,
