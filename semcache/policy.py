@@ -194,7 +194,12 @@ def features(text: str) -> TextFeatures:
 # that say "not" + another word ("optional" is "not required").
 _NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis")
 _MIN_NEGATED_BASE = 4  # letters: "into" is no negated "to"
-_NEGATED_MEANING = {"optional": frozenset(["required", "mandatory", "compulsory"])}
+_NEGATED_MEANING = {
+    "optional": frozenset(["required", "mandatory", "compulsory"]),
+    # "Different from" is "not the same as"; "is A the same as B" and "is A different from B"
+    # want opposite answers ("yes, they are the same" answers only one of them).
+    "different": frozenset(["same"]),
+}
 
 
 def _negated_words(text: TextFeatures, other: TextFeatures, other_text: str) -> int:

@@ -215,6 +215,11 @@ PARAPHRASES = [
         "The `to_batches` method in the Table class converts a Table to `RecordBatch` objects.",
         "The `Table` class has a `to_batches` method which turns it into RecordBatch objects.",
     ),
+    # "Different from" is "not the same as".
+    (
+        "Specifying a version that is different from your local version might cause issues.",
+        "Using a version that is not the same as your local version could cause problems.",
+    ),
     # Opposites both texts hold, or one holds both of: nothing is turned round.
     ("What were the highs and lows of the market?", "What were the market's highs and lows?"),
     ("Should I eat before or after a workout?", "Is it better to eat after a workout?"),
@@ -456,6 +461,11 @@ SWAPS = [
         Reason.OPPOSITE_MISMATCH,
     ),
     ("How do I deposit a cheque?", "How do I withdraw a cheque?", Reason.OPPOSITE_MISMATCH),
+    (
+        "Is distilled water the same as tap water?",
+        "Is distilled water different from tap water?",
+        Reason.NEGATION_MISMATCH,
+    ),
 ]
 
 
