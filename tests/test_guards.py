@@ -222,6 +222,10 @@ PARAPHRASES = [
     ),
     # Opposites both texts hold, or one holds both of: nothing is turned round.
     ("What were the highs and lows of the market?", "What were the market's highs and lows?"),
+    # Converses say the same with the roles turned round.
+    ("The right amount of cash was not sent to me.", "I have not received the amount of cash."),
+    ("Will I be charged if someone sends me money?", "Do I pay a fee to receive money?"),
+    ("Did Brazil lose to Germany?", "Did Germany win against Brazil?"),
     ("Should I eat before or after a workout?", "Is it better to eat after a workout?"),
     ("What led to the rise and fall of Rome?", "Why did Rome rise and then fall?"),
     ("How many hours a day should I sleep?", "How many hours of sleep a night do I need?"),
@@ -443,15 +447,19 @@ SWAPS = [
         "Tesla shares fell 5% on Tuesday.",
         Reason.OPPOSITE_MISMATCH,
     ),
-    ("Where can I buy used books?", "Where can I sell used books?", Reason.OPPOSITE_MISMATCH),
+    (
+        "How do I enable two-factor authentication?",
+        "How do I disable two-factor authentication?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
     (
         "How can I gain weight quickly?",
         "How could I lose weight quickly?",
         Reason.OPPOSITE_MISMATCH,
     ),
     (
-        "Can I change my delivery address after ordering?",
-        "Can I change my delivery address before ordering?",
+        "What is the average temperature in summer?",
+        "What is the average temperature in winter?",
         Reason.OPPOSITE_MISMATCH,
     ),
     ("What do women want in a man?", "What do men want in a woman?", Reason.OPPOSITE_MISMATCH),
