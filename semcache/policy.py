@@ -768,7 +768,9 @@ _OPPOSITE_PAIRS = """north south, northern southern, east west, eastern western,
     morning evening, yesterday tomorrow, sunrise sunset, higher lower, highest lowest,
     upper lower, best worst, man woman, men women, boy girl, boys girls, male female,
     brother sister, brothers sisters, father mother, son daughter, sons daughters, king queen,
-    uncle aunt, start stop, love hate, loves hates""".split(",")  # noqa: SIM905
+    uncle aunt, start stop, love hate, loves hates, largest smallest, biggest smallest,
+    fastest slowest, longest shortest, tallest shortest, oldest youngest, richest poorest,
+    maximum minimum, max min""".split(",")  # noqa: SIM905
 _OPPOSITE = {
     word: frozenset(
         b if a == word else a for a, b in map(str.split, _OPPOSITE_PAIRS) if word in (a, b)

@@ -470,6 +470,16 @@ SWAPS = [
     ),
     ("How do I deposit a cheque?", "How do I withdraw a cheque?", Reason.OPPOSITE_MISMATCH),
     (
+        "What is the largest country in Africa?",
+        "Which is the smallest country in Africa?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    (
+        "What is the minimum age to open an account?",
+        "What is the maximum age to open an account?",
+        Reason.OPPOSITE_MISMATCH,
+    ),
+    (
         "Is distilled water the same as tap water?",
         "Is distilled water different from tap water?",
         Reason.NEGATION_MISMATCH,
