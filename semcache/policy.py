@@ -771,19 +771,29 @@ _OPPOSITE_PAIRS = """north south, northern southern, east west, eastern western,
     uncle aunt, start stop, love hate, loves hates, largest smallest, biggest smallest,
     fastest slowest, longest shortest, tallest shortest, oldest youngest, richest poorest,
     maximum minimum, max min""".split(",")  # noqa: SIM905
-_OPPOSITE = {
-    word: frozenset(
-        b if a == word else a for a, b in map(str.split, _OPPOSITE_PAIRS) if word in (a, b)
-    )
-    for word in {w for pair in _OPPOSITE_PAIRS for w in pair.split()}
-}
+
+
+def _opposites(pairs: list[str]) -> dict[str, frozenset[str]]:
+    """Each word of ``pairs`` ("north south") with its opposites, both ways round."""
+    table: dict[str, set[str]] = {}
+    for pair in pairs:
+        a, b = pair.split()
+        table.setdefault(a, set()).add(b)
+        table.setdefault(b, set()).add(a)
+    return {word: frozenset(others) for word, others in table.items()}
+
+
+_OPPOSITE = _opposites(_OPPOSITE_PAIRS)
 
 
 def _opposite_words(q: TextFeatures, c: TextFeatures) -> bool:
     """Whether one text has a word where the other has its opposite, and neither has both:
     "flooding across southern England" / "... northern England", "shares rose" / "shares
     fell", "how do I enable" / "disable two-factor authentication"."""
-    return any(_OPPOSITE.get(word, frozenset()) & (c.words - q.words) for word in q.words - c.words)
+    only_c = c.words - q.words
+    return any(
+        not _OPPOSITE.get(word, frozenset()).isdisjoint(only_c) for word in q.words - c.words
+    )
 
 
 def _swap(query: str, q: TextFeatures, candidate: str, c: TextFeatures) -> Reason | None:

@@ -475,8 +475,6 @@ def fold(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """One network whose logit is the mean of several of the same shape: the first layers side
     by side, the hidden ones block-diagonal, the last averaged."""
-    if len(layers) == 1:
-        return list(layers[0]), list(biases[0])
     n, depth = len(layers), len(layers[0])
     out_w = [np.hstack([m[0] for m in layers])]
     out_b = [np.concatenate([b[0] for b in biases])]
