@@ -58,7 +58,11 @@ class ServerConfig(CacheConfig):
     shadow_agreement: float = setting(
         0.75, "similarity of the two answers above which a shadowed hit counts as right"
     )
-    max_body_bytes: int = setting(4 * 1024 * 1024, "largest request body accepted, in bytes")
+    max_body_bytes: int = setting(
+        32 * 1024 * 1024,
+        "largest request body accepted, in bytes (the providers take images and documents "
+        "inline, Anthropic up to 32 MB)",
+    )
     upstream_timeout_s: float = setting(
         600.0, "longest wait for the upstream's answer, or between two streamed chunks"
     )

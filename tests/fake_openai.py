@@ -139,7 +139,8 @@ class FakeOpenAI:
         return await handler(request)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._unless_down])
+        # The providers take bodies of tens of megabytes (images and documents in base64).
+        app = web.Application(middlewares=[self._unless_down], client_max_size=64 * 2**20)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_post("/v1/responses", self._responses)

@@ -3,6 +3,7 @@ server tests share (fixtures ``upstream`` and ``sidecar`` are in conftest.py).""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,7 +46,8 @@ class Sidecar:
             aiohttp.ClientSession() as session,
             session.post(
                 self.url + path,
-                data=data,
+                # aiohttp warns of raw bytes over 1 MiB (they are written in one go)
+                data=io.BytesIO(data) if len(data) > 2**20 else data,
                 headers={
                     "Authorization": "Bearer sk-raw",
                     "Content-Type": "application/json",

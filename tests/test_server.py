@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from semcache.server.controls import tenant_of
@@ -260,6 +261,34 @@ async def test_a_body_over_the_limit_is_413(
         )
         assert status == 413
         assert body["error"]["code"] == "request_too_large"
+
+
+async def test_a_request_with_an_image_of_megabytes_is_forwarded(sidecar: Sidecar) -> None:
+    """A photo sent inline (a base64 data URL of several megabytes) is what a vision client
+    sends every day, and the providers take it (Anthropic's Messages API up to 32 MB): the
+    sidecar must not refuse what the upstream would answer."""
+    image = "data:image/jpeg;base64," + "A" * (6 * 2**20)
+    body = {
+        "model": MODEL,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this photo?"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+    }
+    data = orjson.dumps(body)
+    status, _, headers = await sidecar.post("/v1/chat/completions", data)
+    assert status == 200
+    assert headers["X-Semcache"] == "bypass"
+    (sent,) = sidecar.upstream.calls()
+    assert sent.body["messages"][0]["content"][1]["image_url"]["url"] == image
+    # sent whole, with its length declared (not chunked) and its type
+    assert sent.headers["Content-Length"] == str(len(data))
+    assert sent.headers["Content-Type"] == "application/json"
 
 
 async def test_the_sdk_sees_a_bad_request_error(sidecar: Sidecar) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -131,7 +132,7 @@ class Upstream:
                 method,
                 URL(url or self.url(path, query), encoded=True),
                 headers=headers,
-                data=body,
+                data=_payload(body),
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -142,3 +143,12 @@ class Upstream:
             yield response
         finally:
             response.release()
+
+
+# aiohttp writes a bytes body in one piece, which for an image or a document of megabytes holds
+# the event loop (and it warns); a file-like body is written in chunks.
+_CHUNKED_FROM = 2**20
+
+
+def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    return io.BytesIO(body) if body is not None and len(body) > _CHUNKED_FROM else body
