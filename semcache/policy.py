@@ -1109,7 +1109,9 @@ def reworded(query: str, candidate: str) -> bool:
     to ten years" / "... to 10 years", "Dr. Smith said" / "Smith said"), or with one clause or
     phrase moved whole from the back to the front ("the vote is on Thursday, officials said" /
     "officials said that the vote is on Thursday", "the meeting was postponed because the CEO
-    was ill" / "because the CEO was ill, the meeting was postponed"), or two noun phrases
+    was ill" / "because the CEO was ill, the meeting was postponed"), a participle's phrase
+    set off after the subject put first ("the museum, founded in 1901, is ..." / "founded in
+    1901, the museum is ..."), or two noun phrases
     joined by "and"/"or" exchanged ("a man and a woman are dancing" / "a woman and a man
     ...").
 
@@ -1122,7 +1124,12 @@ def reworded(query: str, candidate: str) -> bool:
         return bool(q)
     if len(q) != len(c) or len(q) > _MAX_REWORDED or sorted(q) != sorted(c):
         return False
-    return _moved_to_other_end(q, c) or _nouns_exchanged(q_full, c_full)
+    return (
+        _moved_to_other_end(q, c)
+        or _nouns_exchanged(q_full, c_full)
+        or _participle_moved_to_front(query, c)
+        or _participle_moved_to_front(candidate, q)
+    )
 
 
 def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
@@ -1146,13 +1153,13 @@ def _moved_to_other_end(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
 
 def _phrase_moved_to_front(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
     """Whether ``c`` is ``q`` with a phrase of place or time of two to five words (see
-    :data:`_ADJUNCT_PREPOSITIONS`) taken from between its first and last words and put first.
+    :data:`_FRONTED_OPENERS`) taken from between its first and last words and put first.
     (Put last, it may only have traded places with the phrase that ended the sentence: "in
     India in June" / "in June in India" is fine, "in Maharashtra in India" / "in India in
     Maharashtra" is not.)"""
     n = len(q)
     for i in range(1, n - 2):
-        if q[i] not in _ADJUNCT_PREPOSITIONS or _ADJUNCT_PREPOSITIONS & set(q[max(0, i - 3) : i]):
+        if q[i] not in _FRONTED_OPENERS or _ADJUNCT_PREPOSITIONS & set(q[max(0, i - 3) : i]):
             continue  # one of stacked phrases ("in The Catcher in the Rye") is no phrase alone
         for j in range(i + 2, min(i + _MOVED_PHRASE, n - 1) + 1):
             phrase, rest = q[i:j], q[:i] + q[j:]
@@ -1162,6 +1169,41 @@ def _phrase_moved_to_front(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
 
 
 _MOVED_PHRASE = 5  # words at most in a phrase moved from within to the front
+# Past participles that do not end in "-ed", for :func:`_participle_moved_to_front`.
+_IRREGULAR_PARTICIPLES = frozenset(
+    "born built written known made held led run won given taken seen chosen drawn grown "  # noqa: SIM905
+    "shown sold told found left kept set put brought bought taught thought caught begun "
+    "done gone sent spent lost paid laid hit hurt cut shut struck stolen broken spoken "
+    "driven ridden hidden forgotten frozen sung sunk swum thrown worn torn sworn beaten "
+    "bitten eaten fallen shaken awoken woven".split()
+)
+_SUBJECT_OPENERS = frozenset(
+    "the a an this that these those my your his her its our their".split()  # noqa: SIM905
+)
+_SUBJECT_WORDS = 3  # words at most before a participle's phrase set off after the subject
+
+
+def _participle_moved_to_front(text: str, other: tuple[str, ...]) -> bool:
+    """Whether ``other`` (bare canonical tokens) is ``text`` with the participle's phrase set
+    off by commas right after its subject put first: "The museum, founded in 1901, is the
+    oldest" / "Founded in 1901, the museum is the oldest". The subject is at most three words
+    that open with a determiner or are capitalised (a name), so the phrase says something of
+    the subject in both places; after a verb it could say something of the object ("she met
+    the man, injured in the crash, ..." / "injured in the crash, she met the man ...")."""
+    parts = text.split(",")
+    if len(parts) < 3:
+        return False
+    subject, phrase = parts[0].split(), _bare(_canonical_tokens(parts[1]))
+    if not subject or len(subject) > _SUBJECT_WORDS or not phrase:
+        return False
+    if subject[0].casefold() not in _SUBJECT_OPENERS and not all(w[:1].isupper() for w in subject):
+        return False
+    opener = phrase[0]
+    if not (opener.endswith("ed") and len(opener) > 4) and opener not in _IRREGULAR_PARTICIPLES:
+        return False
+    head = _bare(_canonical_tokens(parts[0]))
+    rest = _bare(_canonical_tokens(",".join(parts[2:])))
+    return other == phrase + head + rest
 
 
 def _nouns_exchanged(q: tuple[str, ...], c: tuple[str, ...]) -> bool:
@@ -1323,6 +1365,10 @@ def _names_swapped(q: TextFeatures, c: TextFeatures) -> bool:
 _ADJUNCT_PREPOSITIONS = frozenset(
     "in on at during near inside outside throughout within since until".split()  # noqa: SIM905
 )
+# What opens a phrase that may be put first (:func:`_phrase_moved_to_front`): a preposition of
+# place or time, or "after"/"before" with what happened first ("she returned to Paris after the
+# war" / "after the war, she returned to Paris").
+_FRONTED_OPENERS = _ADJUNCT_PREPOSITIONS | {"after", "before"}
 
 
 def _role_names(

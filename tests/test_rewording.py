@@ -44,6 +44,19 @@ REWORDINGS = [
         "The Supreme Court agreed on Monday to hear the case.",
         "On Monday, the Supreme Court agreed to hear the case.",
     ),
+    (
+        "She returned to Paris after the war and opened a shop.",
+        "After the war, she returned to Paris and opened a shop.",
+    ),
+    # A participle's phrase set off after the subject, put first (news, encyclopaedias).
+    (
+        "The museum, founded in 1901, is the oldest in the region.",
+        "Founded in 1901, the museum is the oldest in the region.",
+    ),
+    (
+        "Picasso, born in Malaga, moved to Paris in 1904.",
+        "Born in Malaga, Picasso moved to Paris in 1904.",
+    ),
     # Two noun phrases joined by "and" exchanged.
     ("A man and a woman are dancing.", "A woman and a man are dancing."),
 ]
@@ -66,6 +79,15 @@ NOT_REWORDINGS = [
         "In The Rye in the Catcher, what is Holden Caulfield's personality like?",
     ),
     ("Where can I stay in Maharashtra in India?", "Where can I stay in India in Maharashtra?"),
+    # A participle's phrase after a verb says something of the object; put first, of the subject.
+    (
+        "She met the man, injured in the crash, at the station.",
+        "Injured in the crash, she met the man at the station.",
+    ),
+    (
+        "The police arrested him, wanted for the robbery, at the station.",
+        "Wanted for the robbery, the police arrested him at the station.",
+    ),
     # Ordinals and fractions are no spelt cardinals.
     ("A third of the students passed.", "Three of the students passed."),
     ("Half of the votes were counted.", "0.5 of the votes were counted."),
