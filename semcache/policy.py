@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from itertools import dropwhile, takewhile
 
 from semcache.embedding import LETTER_RUN, Reading, folded
+from semcache.memo import text_memo
 
 
 class Reason(StrEnum):
@@ -156,14 +156,14 @@ def _spelt_alike(text: str) -> str:
     return _DEGREES.sub(lambda m: f" degrees {_SCALES[m.group(1)]}", text)
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def _words_read(text: str) -> tuple[re.Match[str], ...]:
     """The words of ``text`` as the guards read them (:func:`_spelt_alike`), in order; a name's
     position is its index here (memoised: several guards read the same text)."""
     return tuple(_WORD.finditer(_spelt_alike(text)))
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def features(text: str) -> TextFeatures:
     """Extract the guarded details of ``text`` (memoised: stored prompts recur)."""
     words = [m.group() for m in _words_read(text)]
@@ -529,7 +529,7 @@ def _name_head(word: str) -> str:
     return "-".join(kept)
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def tokens_of(text: str) -> tuple[str, ...]:
     """Lower-cased word tokens, apostrophes kept inside words."""
     return tuple(_TOKEN.findall(text.lower().replace("’", "'")))
@@ -540,7 +540,7 @@ def function_word(token: str) -> bool:
     return token in _STOPWORDS
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def content_words(text: str) -> tuple[str, ...]:
     """The tokens of ``text`` that are not function words, in order."""
     return tuple(t for t in tokens_of(text) if t not in _STOPWORDS)
@@ -1053,7 +1053,7 @@ _DOTTED_ACRONYM = re.compile(r"\b(?:[a-z]\.){2,}")
 _MAX_REWORDED = 60  # tokens at most for the block-move checks below
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def _canonical_tokens(text: str) -> tuple[str, ...]:
     """The words of ``text`` as a rewording that keeps its sense may change them: numbers as
     digits, contractions spelt out; articles, titles and punctuation kept (see

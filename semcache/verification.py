@@ -28,7 +28,6 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +36,7 @@ import orjson
 from numpy.typing import NDArray
 
 from semcache.errors import ConfigError, ModelNotFoundError
+from semcache.memo import text_memo
 from semcache.policy import content_words, swapped_order, tokens_of
 
 logger = logging.getLogger("semcache")
@@ -84,7 +84,7 @@ class _Text:
     question_word: str
 
 
-@lru_cache(maxsize=16384)
+@text_memo()
 def _text(text: str) -> _Text:
     tokens = tokens_of(text)
     question_word = next((t for t in tokens if t in _QUESTION_WORDS), "")
