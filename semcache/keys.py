@@ -8,11 +8,13 @@ including a field rather than leaving it out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
+import sys
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,8 @@ MAX_NAMESPACE_LENGTH = 256  # what a caller may name (X-Semcache-Namespace, a cl
 MAX_SCOPED_NAMESPACE_LENGTH = 2 * MAX_NAMESPACE_LENGTH + 1
 
 _WHITESPACE = re.compile(r"\s+")
-_TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
+_TRAILING_PUNCTUATION = " ?!.。？！"  # after whitespace is one space
+_CUT = re.compile(r"[^\W_]\s")  # a letter or digit, then whitespace: the piece ends after it
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,9 @@ class CacheRequest:
         # Fail at construction, not at the first lookup, when the context cannot be hashed.
         object.__setattr__(self, "scope", Scope(self.namespace, fingerprint(self.context)))
 
-    @property
+    @functools.cached_property
     def exact_key(self) -> str:
+        """The exact tier's key (computed once: every stage of a request asks for it)."""
         return exact_key(self.scope, self.prompt)
 
 
@@ -142,15 +146,51 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def normalize_prompt(prompt: str) -> str:
+def normalize_prompt(prompt: str, chunk: int = 65536) -> str:
     """The form two prompts share when they differ only in case, spacing (any run of
     whitespace is one space), invisible format characters, Unicode width or trailing
-    punctuation: what the exact tier compares."""
-    text = unicodedata.normalize("NFKC", prompt).casefold()
-    # Zero-width and other format characters are invisible: "a\u200bb" reads as "ab".
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    text = _WHITESPACE.sub(" ", text).strip()
-    return _TRAILING_PUNCTUATION.sub("", text) or text
+    punctuation: what the exact tier compares.
+
+    A long prompt is read in pieces of about ``chunk`` characters, each cut where a run of
+    whitespace starts after a letter or digit (no step here joins anything across such a
+    cut). Each step is one call into C that holds the interpreter: over megabytes at once it
+    held every other request for a fifth of a second."""
+    parts = []
+    for piece in _pieces(prompt, chunk):
+        text = unicodedata.normalize("NFKC", piece).casefold()
+        # Zero-width and other format characters are invisible: "a\u200bb" reads as "ab".
+        if not text.isascii():  # none is ASCII
+            text = _format_characters().sub("", text)
+        parts.append(_WHITESPACE.sub(" ", text))
+    text = "".join(parts).strip()
+    return text.rstrip(_TRAILING_PUNCTUATION) or text
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    start = 0
+    while len(text) - start > size:
+        cut = _CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.start() + 1]
+        start = cut.start() + 1
+    yield text[start:]
+
+
+@functools.cache
+def _format_characters() -> re.Pattern[str]:
+    """Every format character (Unicode category Cf), as one character class: removed in one
+    pass of the regular expression engine, not a Python call per character (a prompt of
+    megabytes took a second that way, on the event loop)."""
+    ranges: list[list[int]] = []  # as ranges: a class of single characters is far slower
+    for c in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(c)) == "Cf":
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+    spans = (re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+    return re.compile("[" + "".join(spans) + "]")
 
 
 def exact_key(scope: Scope, prompt: str) -> str:

@@ -12,6 +12,7 @@ the same thing.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,6 +25,22 @@ from semcache.errors import SemcacheError
 from semcache.policy import Reason, generic_reading, illegible, with_unbroken_runs
 
 MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
+# Characters one token of a model's window can span at most: a WordPiece tokenizer reads a
+# word of over 100 characters as one unknown token, and splits words at spaces and
+# punctuation. A prompt of more characters than this many per token of the window is longer
+# than the window, or is blanks and unreadable runs (exact tier only either way).
+CHARS_PER_TOKEN_AT_MOST = 101
+GENERIC_WINDOW = 512  # words, for an embedder that does not say its window
+
+
+def _head(prompt: str, limit: int) -> str:
+    """``prompt`` itself when it has at most ``limit`` characters, else its first ``limit``
+    characters cut back to the last space (a word cut in two could read as more pieces)."""
+    if len(prompt) <= limit:
+        return prompt
+    head = prompt[:limit]
+    space = head.rfind(" ")
+    return head[:space] if space > 0 else head
 
 
 class Vectors:
@@ -43,14 +60,27 @@ class Vectors:
         return self.embedder.name
 
     def readings(self, prompts: Sequence[str]) -> list[Reading]:
-        """What the model sees of each prompt (see :class:`semcache.embedding.Reading`)."""
+        """What the model sees of each prompt (see :class:`semcache.embedding.Reading`).
+
+        A prompt longer than the model's window can be by its characters alone is read only
+        as far as that: the rest cannot change the verdict (too long: exact tier only), and
+        reading megabytes costs seconds (see :data:`CHARS_PER_TOKEN_AT_MOST`)."""
         if not prompts:
             return []
+        limit = CHARS_PER_TOKEN_AT_MOST * (
+            self._reader.max_tokens if self._reader is not None else GENERIC_WINDOW
+        )
+        heads = [_head(p, limit) for p in prompts]
         if self._reader is not None:
-            readings = self._reader.read(prompts)
+            readings = self._reader.read(heads)
+            over = self._reader.max_tokens + 1
+            readings = [
+                r if h is p else dataclasses.replace(r, tokens=max(r.tokens, over))
+                for r, h, p in zip(readings, heads, prompts, strict=True)
+            ]
         else:
-            readings = [generic_reading(p) for p in prompts]
-        return [with_unbroken_runs(r, p) for r, p in zip(readings, prompts, strict=True)]
+            readings = [generic_reading(h) for h in heads]
+        return [with_unbroken_runs(r, h) for r, h in zip(readings, heads, strict=True)]
 
     def unembeddable(self, reading: Reading) -> Reason | None:
         """Why a prompt's vector cannot stand for it (``None`` when it can): longer than the

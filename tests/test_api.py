@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import semcache
 from semcache import CacheRequest, ModelNotFoundError, resolve_model
@@ -55,6 +59,27 @@ def test_normalisation_ignores_case_spacing_width_and_trailing_punctuation() -> 
     assert normalize_prompt("ＡＢＣ") == "abc"
     assert normalize_prompt("???") == "???"
     assert normalize_prompt("2 + 2 = ?") == "2 + 2 ="
+
+
+# Letters, digits, spaces of several kinds, format characters, characters whose
+# compatibility form holds a space (U+00A8, U+FDFA) or several letters (U+FB01), combining
+# marks, trailing punctuation.
+_TRICKY = "aZé9 \t\n\u3000\xa0\u200b\u00ad\u00a8\ufdfa\ufb01\u0301Ａ?!.。_-"
+
+
+@given(st.text(alphabet=_TRICKY, max_size=60), st.integers(min_value=1, max_value=8))
+def test_a_long_prompt_read_in_pieces_normalises_as_one(text: str, chunk: int) -> None:
+    """Prompts of megabytes are normalised piece by piece (so that no single call holds the
+    interpreter for long); the pieces must join to what the whole text gives."""
+    assert normalize_prompt(text, chunk=chunk) == _normalised_in_one_go(text)
+
+
+def _normalised_in_one_go(text: str) -> str:
+    """The normalisation spelt out character by character, as the exact tier first did it."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"[\s?!.。？！]+$", "", text) or text
 
 
 def test_scope_fingerprint_is_canonical_and_separates_contexts() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 
 from semcache import CacheRequest, Reason, SemanticCache
+from semcache.embedding import Reading
 from semcache.evaluation import PairRow, metrics_at_defaults, run_pairs
 from tests.conftest import DATA, CountingEmbedder
 
@@ -140,6 +142,37 @@ def test_prompt_longer_than_the_model_window_is_exact_only(cache: SemanticCache)
     cache.put("a short question", "a short answer")
     decision = cache.lookup(CacheRequest(prompt=document + " Translate this."))
     assert decision.reason is Reason.PROMPT_TOO_LONG
+
+
+class ReadLengths(CountingEmbedder):
+    """Records the length of every text the model is asked to read."""
+
+    def __init__(self, inner: CountingEmbedder) -> None:
+        super().__init__(inner.inner)
+        self.read_lengths: list[int] = []
+
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        self.read_lengths += [len(t) for t in texts]
+        return self.inner.read(texts)
+
+
+def test_a_prompt_of_megabytes_is_read_only_as_far_as_the_window(
+    tmp_path: Path, embedder: CountingEmbedder
+) -> None:
+    """Reading a whole 2 MB prompt (tokenizing it, then walking every token in Python) took
+    seconds and held the interpreter; past the model's window the rest cannot change the
+    verdict: the prompt is too long, and is stored and answered by the exact tier alone."""
+    reader = ReadLengths(embedder)
+    document = " ".join(f"word{i % 977}" for i in range(300_000))  # 2.4 MB, 900,000 tokens
+    with SemanticCache(tmp_path / "c", embedder=reader) as cache:
+        cache.put("a short question", "a short answer")
+        decision = cache.lookup(CacheRequest(prompt=document + " Translate this."))
+        assert decision.reason is Reason.PROMPT_TOO_LONG
+        cache.put(document + " Summarise this.", "summary")
+        assert cache.get(document + " Summarise this.") is not None
+        assert cache.lookup(CacheRequest(prompt=document + " Summarise that.")).hit is None
+    window = reader.max_tokens
+    assert reader.read_lengths and max(reader.read_lengths) <= window * 101
 
 
 def test_put_many_and_get_many_embed_in_one_call(
