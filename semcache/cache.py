@@ -52,7 +52,7 @@ from semcache.errors import (
     StoreError,
 )
 from semcache.index import IndexMaker, ScopedIndex
-from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt
+from semcache.keys import DEFAULT_NAMESPACE, CacheRequest, check_prompt, normalize_prompt
 from semcache.persistence import Persistence
 from semcache.policy import (
     Reason,
@@ -655,6 +655,7 @@ class SemanticCache:
     def warm_up(self) -> None:
         """Load the embedding model and the verifier now rather than on the first lookup."""
         self._check_open()
+        normalize_prompt("warm up é")  # builds its table of format characters (0.1 s)
         vectors = self._vectors.compute(["warm up"])
         if self.verifier is not None:
             self.verifier.probabilities(["warm up"], ["warm up"], vectors, vectors)
