@@ -38,6 +38,7 @@ class Behaviour:
     answer: str | None = None
     raw_body: bytes | None = None  # answer 200 with exactly these bytes (JSON or not)
     raw_events: list[bytes] | None = None  # stream exactly these SSE data payloads, then [DONE]
+    raw_stream: list[bytes] | None = None  # stream exactly these bytes, each piece on its own
     body_fault: str | None = None  # "cut": half the body then close; "stall": half, then hang
     prompt_tokens: int = 12  # the usage reported (0: the prompt counted with the tokenizer)
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when set
@@ -370,6 +371,14 @@ class FakeOpenAI:
 
     async def _raw(self, request: web.Request, behaviour: Behaviour) -> web.StreamResponse | None:
         """The hostile answers: exactly the bytes or events it was told to send."""
+        if behaviour.raw_stream is not None:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for piece in behaviour.raw_stream:
+                await response.write(piece)
+                await asyncio.sleep(0.01)  # so that the sidecar reads it as a piece of its own
+            await response.write_eof()
+            return response
         if behaviour.raw_events is not None:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import gzip
+import itertools
 import threading
 import time
 from collections import Counter
@@ -19,12 +20,15 @@ import numpy as np
 import orjson
 import pytest
 from backports import zstd
+from hypothesis import given
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from semcache import SemanticCache, SentenceTransformerEmbedder
 from semcache.dialects import CHAT, Keying
 from semcache.keys import CacheRequest
 from semcache.server.controls import tenant_namespace, tenant_of
+from semcache.server.pipeline.relay import MAX_ANSWER_BYTES, EventSplitter
 from tests.conftest import CountingEmbedder, WordHashEmbedder
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.sidecar import MODEL, Sidecar, ask, start_sidecar
@@ -199,6 +203,91 @@ async def test_a_malformed_stream_ends_in_an_error_event_and_is_not_stored(
         )
         assert status == 200
         assert b"invalid_upstream_answer" in raw and b"HTTP/1.1" not in raw
+        assert len(sidecar.cache) == 0
+
+
+def _chunk(content: str, finish: str | None = None) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        }
+    )
+
+
+async def test_a_stream_with_crlf_lines_cut_between_cr_and_lf_is_read_whole(
+    tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    """Server-sent events may end their lines with CRLF (some OpenAI-compatible servers and
+    proxies do). Where a read ended between the CR and the LF of the blank line that closes an
+    event, that event and the next were read as one, and the stream failed as malformed."""
+    stream = (
+        b"data: " + _chunk("Once upon ") + b"\r\n\r\n"
+        b"data: " + _chunk("a time.", "stop") + b"\r\n\r\n"
+        b"data: [DONE]\r\n\r\n"
+    )
+    cut = stream.index(b"\r\n\r\n") + 3  # after "\r\n\r", before the last "\n"
+    async with start_sidecar(tmp_path, WordHashEmbedder(), upstream) as sidecar:
+        upstream.script = [Behaviour(raw_stream=[stream[:cut], stream[cut:]])]
+        headers = {"Authorization": "Bearer sk-a", "Content-Type": "application/json"}
+        body = _chat_body("Tell me a story please", stream=True)
+        status, raw, _ = await raw_post(sidecar, "/v1/chat/completions", body, headers)
+        assert status == 200
+        assert b"invalid_upstream_answer" not in raw
+        assert b"Once upon " in raw and b"a time." in raw
+        await sidecar.settled()
+        assert len(sidecar.cache) == 1
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=30).map(lambda b: b"data: " + b.hex().encode())),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+def test_events_come_out_whole_however_the_stream_is_cut(
+    events: list[bytes], newline: bytes, cuts: list[int]
+) -> None:
+    stream = b"".join(event + newline + newline for event in events)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    splitter = EventSplitter()
+    out = [e for a, b in itertools.pairwise(bounds) for e in splitter.feed(stream[a:b])]
+    assert out == events
+    assert splitter.pending == 0 and splitter.read == len(stream)
+
+
+async def test_an_endless_event_or_an_answer_of_tens_of_megabytes_is_not_stored(
+    tmp_path: Path, upstream: FakeOpenAI
+) -> None:
+    """An upstream that streams megabytes without ever closing an event was read into one
+    growing buffer, scanned again on every read; an answer of tens of megabytes was stored
+    and replayed. An event past MAX_ANSWER_BYTES is malformed, and an answer past it is
+    passed on but not stored."""
+    endless = b"data: " + b"x" * (MAX_ANSWER_BYTES + 1)
+    pieces = [endless[i : i + 2**20] for i in range(0, len(endless), 2**20)]
+    huge = {
+        **_ANSWER,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "w " * (5 * 2**20)},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    async with start_sidecar(tmp_path, WordHashEmbedder(), upstream) as sidecar:
+        headers = {"Authorization": "Bearer sk-a", "Content-Type": "application/json"}
+        upstream.script = [Behaviour(raw_stream=pieces)]
+        body = _chat_body("Tell me a story please", stream=True)
+        status, raw, _ = await raw_post(sidecar, "/v1/chat/completions", body, headers)
+        assert status == 200 and b"invalid_upstream_answer" in raw
+        upstream.script = [Behaviour(raw_body=orjson.dumps(huge))]
+        body = _chat_body("Tell me a long story please")
+        status, raw, _ = await raw_post(sidecar, "/v1/chat/completions", body, headers)
+        assert status == 200 and len(raw) > MAX_ANSWER_BYTES
+        await sidecar.settled()
         assert len(sidecar.cache) == 0
 
 

@@ -21,6 +21,9 @@ from semcache.server.upstream_headers import passed_headers
 logger = logging.getLogger("semcache.server")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+# An answer larger than this is passed on to its client but not stored (no model writes one:
+# 128k tokens are about half a megabyte), and a streamed event larger than this is malformed.
+MAX_ANSWER_BYTES = 8 * 2**20
 
 
 async def relay(x: Exchange) -> web.StreamResponse | None:
@@ -35,13 +38,14 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
     try:
         if upstream.status == 200 and upstream.content_type == "text/event-stream":
             assembler = dialect.assembler(hide_usage=x.hide_usage)
-            x.response, delivered = await _relay_stream(
+            x.response, delivered, size = await _relay_stream(
                 x.request, upstream, headers, dialect, assembler, x.first_event
             )
             x.received = assembler.result() if assembler.started else None
             complete = delivered and dialect.valid_answer(x.received)
         else:
             data = await upstream.read()
+            size = len(data)
             x.response = web.Response(
                 body=data,
                 status=upstream.status,
@@ -58,7 +62,7 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
             complete = x.received is not None
     finally:
         await x.upstream.aclose()  # the connection and its key are free before bill and store
-    if complete and dialect.finished_normally(x.received):
+    if complete and dialect.finished_normally(x.received) and size <= MAX_ANSWER_BYTES:
         x.answer = x.received
     return None
 
@@ -108,37 +112,72 @@ async def _relay_stream(
     dialect: Dialect,
     assembler: Assembler,
     on_first_event: Callable[[], None],
-) -> tuple[web.StreamResponse, bool]:
+) -> tuple[web.StreamResponse, bool, int]:
     """Pass the upstream's events on as they come, feeding ``assembler``; also returns whether
-    the whole stream reached the client (``on_first_event``: after each event passed on)."""
+    the whole stream reached the client (``on_first_event``: after each event passed on) and
+    how many bytes it held."""
     response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
-    buffer = b""
+    events = EventSplitter()
     try:
         async for data in upstream.content.iter_any():
-            buffer += data.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
+            for event in events.feed(data):
                 verdict = assembler.feed(event)
                 if verdict is Event.MALFORMED:
                     logger.warning("the upstream streamed an invalid event: %.200r", event)
                     await _write_stream_error(response, dialect, malformed=True)
-                    return response, False
+                    return response, False, events.read
                 if verdict is Event.PASS:
                     await response.write(event + b"\n\n")
                     on_first_event()
+            if events.pending > MAX_ANSWER_BYTES:
+                logger.warning("the upstream streamed an event of over %d bytes", MAX_ANSWER_BYTES)
+                await _write_stream_error(response, dialect, malformed=True)
+                return response, False, events.read
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
-        return response, False
+        return response, False, events.read
     except (TimeoutError, aiohttp.ClientError) as exc:
         logger.warning("upstream stream broke off: %s", exc)
     if not assembler.done:
         # The status line and part of the answer are already with the client: what is left is
         # to say so in the stream, as an error event that the API's SDKs raise.
         await _write_stream_error(response, dialect)
-        return response, False
+        return response, False, events.read
     await response.write_eof()
-    return response, True
+    return response, True, events.read
+
+
+class EventSplitter:
+    """Server-sent events out of the bytes of a stream as they come, each without the blank
+    line that ends it. Lines may end in CRLF, LF or CR (the SSE rule), also where a read ends
+    between the CR and the LF; each byte is scanned once however long an event grows."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no event's end
+        self._cr = False  # the last read ended in a CR: an LF opening the next belongs to it
+        self.read = 0  # bytes read in all
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an event not yet ended."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.read += len(data)
+        if self._cr and data.startswith(b"\n"):
+            data = data[1:]  # the LF of a CRLF whose CR ended the last read
+        self._cr = data.endswith(b"\r")
+        self._buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = []
+        start = 0
+        while (end := self._buffer.find(b"\n\n", max(start, self._scanned))) >= 0:
+            events.append(bytes(self._buffer[start:end]))
+            start = end + 2
+        del self._buffer[:start]
+        self._scanned = max(0, len(self._buffer) - 1)
+        return events
 
 
 async def _write_stream_error(
