@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from semcache.embedding import Embedder, Reading, ReadingEmbedder
 from semcache.errors import SemcacheError
+from semcache.memo import CHARS, TextMemo
 from semcache.policy import Reason, generic_reading, illegible, with_unbroken_runs
 
 MEMO_SIZE = 4096  # recent prompt vectors kept (about 6 MB at 384 dimensions)
@@ -52,7 +53,7 @@ class Vectors:
         self._reader = embedder if isinstance(embedder, ReadingEmbedder) else None
         self.memo_size = memo_size
         self._memo: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
-        self._reading_memo: OrderedDict[str, Reading] = OrderedDict()
+        self._stored_readings = TextMemo(self._read_one, entries=memo_size, chars=CHARS)
         self._lock = threading.Lock()
 
     @property
@@ -92,17 +93,10 @@ class Vectors:
 
     def stored_reading(self, prompt: str) -> Reading:
         """What the model sees of a stored prompt (memoised: candidates recur)."""
-        with self._lock:
-            found = self._reading_memo.get(prompt)
-            if found is not None:
-                self._reading_memo.move_to_end(prompt)
-                return found
-        reading = self.readings([prompt])[0]
-        with self._lock:
-            self._reading_memo[prompt] = reading
-            while len(self._reading_memo) > self.memo_size:
-                self._reading_memo.popitem(last=False)
-        return reading
+        return self._stored_readings(prompt)
+
+    def _read_one(self, prompt: str) -> Reading:
+        return self.readings([prompt])[0]
 
     def embed(self, texts: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
         """Unit vectors for ``(namespace, text)`` pairs, computing only those not embedded

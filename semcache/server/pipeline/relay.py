@@ -38,9 +38,11 @@ async def relay(x: Exchange) -> web.StreamResponse | None:
     try:
         if upstream.status == 200 and upstream.content_type == "text/event-stream":
             assembler = dialect.assembler(hide_usage=x.hide_usage)
-            x.response, delivered, size = await _relay_stream(
-                x.request, upstream, headers, dialect, assembler, x.first_event
+            events = EventSplitter()
+            x.response, delivered = await _relay_stream(
+                x.request, upstream, headers, dialect, assembler, events, x.first_event
             )
+            size = events.read
             x.received = assembler.result() if assembler.started else None
             complete = delivered and dialect.valid_answer(x.received)
         else:
@@ -111,14 +113,14 @@ async def _relay_stream(
     headers: dict[str, str],
     dialect: Dialect,
     assembler: Assembler,
+    events: EventSplitter,
     on_first_event: Callable[[], None],
-) -> tuple[web.StreamResponse, bool, int]:
-    """Pass the upstream's events on as they come, feeding ``assembler``; also returns whether
-    the whole stream reached the client (``on_first_event``: after each event passed on) and
-    how many bytes it held."""
+) -> tuple[web.StreamResponse, bool]:
+    """Pass the upstream's events (split by ``events``) on as they come, feeding ``assembler``;
+    also returns whether the whole stream reached the client (``on_first_event``: after each
+    event passed on)."""
     response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
-    events = EventSplitter()
     try:
         async for data in upstream.content.iter_any():
             for event in events.feed(data):
@@ -126,26 +128,26 @@ async def _relay_stream(
                 if verdict is Event.MALFORMED:
                     logger.warning("the upstream streamed an invalid event: %.200r", event)
                     await _write_stream_error(response, dialect, malformed=True)
-                    return response, False, events.read
+                    return response, False
                 if verdict is Event.PASS:
                     await response.write(event + b"\n\n")
                     on_first_event()
             if events.pending > MAX_ANSWER_BYTES:
                 logger.warning("the upstream streamed an event of over %d bytes", MAX_ANSWER_BYTES)
                 await _write_stream_error(response, dialect, malformed=True)
-                return response, False, events.read
+                return response, False
     except ConnectionResetError:
         logger.info("client left before the end of the stream; not storing it")
-        return response, False, events.read
+        return response, False
     except (TimeoutError, aiohttp.ClientError) as exc:
         logger.warning("upstream stream broke off: %s", exc)
     if not assembler.done:
         # The status line and part of the answer are already with the client: what is left is
         # to say so in the stream, as an error event that the API's SDKs raise.
         await _write_stream_error(response, dialect)
-        return response, False, events.read
+        return response, False
     await response.write_eof()
-    return response, True, events.read
+    return response, True
 
 
 class EventSplitter:
